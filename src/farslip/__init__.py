@@ -1,0 +1,12 @@
+"""farslip: FarSLIP (fine-grained CLIP for remote sensing) as a layer on stock open_clip.
+
+    model, preprocess_train, preprocess_eval, tokenizer = farslip.load_model("ViT-B-16", "FarSLIP2_ViT-B-16.pt")
+    tokens, cls = farslip.dense_features(model, images)          # [B, gh, gw, D], [B, D]
+    losses = farslip.objectives.FarSLIPObjective.stage1()(model, batch)
+"""
+from . import objectives
+from .models import dense_features, extend_text_context, load_model, save_model
+from .objectives import FarSLIPObjective
+
+__version__ = "0.1.0"
+__all__ = ["FarSLIPObjective", "dense_features", "extend_text_context", "load_model", "objectives", "save_model"]

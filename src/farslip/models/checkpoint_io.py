@@ -1,0 +1,202 @@
+"""Read and write CLIP checkpoints in every form seen in the wild, without executing pickled code.
+
+Forms read (spec section 2):
+  * a raw state dict, ``{"state_dict": ...}`` (optionally with a DDP ``module.`` prefix), saved with torch.save;
+  * safetensors files;
+  * OpenAI TorchScript archives (read as a zip: the pickled module tree is walked with a restricted unpickler
+    that only rebuilds tensors, so no TorchScript or Python code ever runs);
+  * farslip's own checkpoints, which carry ``farslip_meta`` (architecture, model config, settings).
+
+Everything goes through ``torch.load(weights_only=True)`` or safetensors, or the restricted unpickler below.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+META_KEY = "farslip_meta"
+
+# Keys that appear in some checkpoints but are not CLIP parameters: TorchScript attributes of OpenAI archives,
+# the Long-CLIP masks of the official FarSLIP fork, and training bookkeeping.
+NON_PARAMETER_KEYS = {"input_resolution", "context_length", "vocab_size", "mask1", "mask2"}
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be read or does not fit the requested model."""
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Return ``(state_dict, meta)`` for a checkpoint file of any supported form.
+
+    ``meta`` is farslip's metadata (empty for foreign checkpoints). The state dict has the DDP prefix removed,
+    non-parameter entries dropped and tensors in their stored dtype.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    if path.suffix == ".safetensors":
+        state, meta = _read_safetensors(path)
+    elif _is_torchscript_archive(path):
+        state, meta = _read_torchscript(path), {}
+    else:
+        state, meta = _read_torch_pickle(path)
+    return clean_state_dict(state, source=str(path)), meta
+
+
+def clean_state_dict(state: dict[str, Any], source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """Strip ``module.`` prefixes, drop non-parameter keys, keep tensors only."""
+    out = {}
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        while key.startswith("module."):
+            key = key[len("module."):]
+        if key.split(".")[-1] in NON_PARAMETER_KEYS or key.endswith("attn_mask") and "resblocks" in key:
+            continue
+        out[key] = value
+    if not out:
+        raise CheckpointError(f"{source}: no tensors found (is this a CLIP checkpoint?)")
+    return out
+
+
+def _read_torch_pickle(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for bad / unsafe pickles
+        raise CheckpointError(
+            f"{path}: cannot be read with torch.load(weights_only=True) ({type(exc).__name__}: {exc}). "
+            "farslip never executes pickled code; re-save the weights as a plain state dict or safetensors."
+        ) from exc
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
+    meta = obj.get(META_KEY) or {}
+    for wrapper in ("state_dict", "model", "model_state_dict"):
+        if isinstance(obj.get(wrapper), dict):
+            return obj[wrapper], meta
+    return obj, meta
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    from safetensors import safe_open
+
+    state = {}
+    with safe_open(str(path), framework="pt", device="cpu") as f:
+        raw_meta = f.metadata() or {}
+        for key in f.keys():
+            state[key] = f.get_tensor(key)
+    meta = json.loads(raw_meta[META_KEY]) if META_KEY in raw_meta else {}
+    return state, meta
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# TorchScript archives, read without torch.jit.load
+
+def _is_torchscript_archive(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(name.split("/", 1)[-1].startswith("code/") for name in zf.namelist())
+
+
+class _ScriptObject:
+    """Stands in for a ``__torch__.*`` module class: it only keeps the pickled attribute dict."""
+
+    def __init__(self, *args, **kwargs):
+        self.state = {}
+
+    def __setstate__(self, state):
+        self.state = state if isinstance(state, dict) else {}
+
+
+_SAFE_GLOBALS = {
+    ("collections", "OrderedDict"),
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_parameter"),
+    ("torch._utils", "_rebuild_parameter_with_state"),
+    ("torch", "device"),
+}
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def __init__(self, data: bytes, archive: zipfile.ZipFile, prefix: str):
+        super().__init__(io.BytesIO(data))
+        self.archive, self.prefix = archive, prefix
+
+    def find_class(self, module, name):
+        if module.startswith("__torch__"):
+            return _ScriptObject
+        if (module, name) in _SAFE_GLOBALS:
+            import importlib
+
+            return getattr(importlib.import_module(module), name)
+        if module == "torch" and name.endswith("Storage"):
+            return getattr(torch, name)
+        raise pickle.UnpicklingError(f"refusing to load global {module}.{name} from a TorchScript archive")
+
+    def persistent_load(self, pid):
+        kind, storage_type, key, _location, numel = pid
+        assert kind == "storage"
+        dtype = storage_type.dtype if hasattr(storage_type, "dtype") else storage_type(0).dtype
+        raw = self.archive.read(f"{self.prefix}data/{key}")
+        untyped = torch.UntypedStorage.from_buffer(raw, dtype=torch.uint8) if raw else torch.UntypedStorage(0)
+        return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
+
+
+def _read_torchscript(path: Path) -> dict[str, torch.Tensor]:
+    with zipfile.ZipFile(path) as zf:
+        pkl = next(n for n in zf.namelist() if n.endswith("data.pkl") and n.count("/") == 1)
+        prefix = pkl[: -len("data.pkl")]
+        try:
+            root = _RestrictedUnpickler(zf.read(pkl), zf, prefix).load()
+        except pickle.UnpicklingError as exc:
+            raise CheckpointError(f"{path}: unsupported TorchScript archive: {exc}") from exc
+    state: dict[str, torch.Tensor] = {}
+    _walk_script_object(root, "", state)
+    return state
+
+
+def _walk_script_object(obj: Any, prefix: str, out: dict[str, torch.Tensor]) -> None:
+    if isinstance(obj, _ScriptObject):
+        for name, value in obj.state.items():
+            _walk_script_object(value, f"{prefix}{name}.", out)
+    elif isinstance(obj, torch.Tensor):
+        out[prefix[:-1]] = obj.detach().clone()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Writing
+
+def write_checkpoint(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], meta: dict[str, Any],
+                     extra: dict[str, Any] | None = None) -> Path:
+    """Write a self-describing checkpoint atomically (temporary file, then rename).
+
+    ``.safetensors`` paths store the weights with the metadata as JSON; other paths use torch.save with plain
+    containers only, so ``torch.load(weights_only=True)`` reads them back.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+            save_file(tensors, tmp, metadata={META_KEY: json.dumps(meta)})
+        else:
+            payload = {"state_dict": {k: v.detach().cpu() for k, v in state_dict.items()}, META_KEY: meta}
+            payload.update(extra or {})
+            torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path

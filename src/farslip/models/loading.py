@@ -1,0 +1,206 @@
+"""``load_model``: any open_clip ViT CLIP from any checkpoint form, returned as a stock open_clip model.
+
+The architecture, image size and context length are read off the tensor shapes, so a FarSLIP long-text
+checkpoint, RemoteCLIP, GeoRSCLIP, SkyCLIP or an OpenAI archive loads with just its ViT name, and farslip's own
+checkpoints load with no name at all (they carry their model config).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import open_clip
+import torch
+from torch import nn
+
+from .checkpoint_io import CheckpointError, read_checkpoint, write_checkpoint
+from .long_text import KEEP_ROWS, LONG_CONTEXT, fold_long_text_state, freeze_leading_text_rows
+
+_CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
+_registered_dir: Path | None = None
+
+
+def register_model_configs() -> None:
+    """Make farslip's own architectures (e.g. the quickstart's tiny ViT) known to open_clip by name."""
+    if _CONFIG_DIR.is_dir() and _CONFIG_DIR not in open_clip.factory._MODEL_CONFIG_PATHS:
+        open_clip.add_model_config(_CONFIG_DIR)
+
+
+def register_model_config(name: str, cfg: dict[str, Any]) -> None:
+    """Register one architecture config under ``name`` through open_clip's public mechanism."""
+    global _registered_dir
+    if _registered_dir is None:
+        _registered_dir = Path(tempfile.mkdtemp(prefix="farslip-model-configs-"))
+    (_registered_dir / f"{name}.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(_registered_dir)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading the architecture off the weights
+
+def describe_state_dict(state: dict[str, torch.Tensor]) -> dict[str, int]:
+    """Shape facts of a CLIP state dict: the numbers that decide which architecture fits it."""
+    def count_blocks(prefix: str) -> int:
+        idx = {int(m.group(1)) for k in state if (m := re.match(re.escape(prefix) + r"(\d+)\.", k))}
+        return max(idx) + 1 if idx else 0
+
+    facts: dict[str, int] = {}
+    if "visual.conv1.weight" in state:
+        conv = state["visual.conv1.weight"]
+        facts["vision_width"], facts["patch_size"] = conv.shape[0], conv.shape[-1]
+        facts["vision_layers"] = count_blocks("visual.transformer.resblocks.")
+        grid = math.isqrt(state["visual.positional_embedding"].shape[0] - 1)
+        facts["image_size"] = grid * facts["patch_size"]
+    if "token_embedding.weight" in state:
+        facts["vocab_size"], facts["text_width"] = state["token_embedding.weight"].shape
+        facts["text_layers"] = count_blocks("transformer.resblocks.")
+        facts["context_length"] = state["positional_embedding"].shape[0]
+    if "text_projection" in state:
+        facts["embed_dim"] = state["text_projection"].shape[-1]
+    elif "visual.proj" in state:
+        facts["embed_dim"] = state["visual.proj"].shape[-1]
+    return facts
+
+
+def _config_facts(cfg: dict[str, Any]) -> dict[str, int] | None:
+    v, t = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
+    if "timm_model_name" in v or "hf_model_name" in t or cfg.get("custom_text"):
+        return None
+    return {
+        "vision_width": v.get("width", 768), "patch_size": v.get("patch_size", 16),
+        "vision_layers": v.get("layers", 12), "vocab_size": t.get("vocab_size", 49408),
+        "text_width": t.get("width", 512), "text_layers": t.get("layers", 12), "embed_dim": cfg.get("embed_dim"),
+    }
+
+
+def architectures_fitting(state: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the registered open_clip architectures whose shapes fit these weights."""
+    facts = describe_state_dict(state)
+    fitting = []
+    for name in open_clip.list_models():
+        cfg_facts = _config_facts(open_clip.get_model_config(name) or {})
+        if cfg_facts and all(facts.get(k) == val for k, val in cfg_facts.items() if k in facts):
+            fitting.append(name)
+    # Plain names first (ViT-B-16 before ViT-B-16-quickgelu or variants).
+    return sorted(fitting, key=lambda n: (n.count("-"), len(n), n))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+def load_model(arch: str | None = None, checkpoint: str | os.PathLike | None = None, *, device: str = "cpu",
+               precision: str = "fp32", quick_gelu: bool = True, context_length: int | None = None):
+    """Build a stock open_clip CLIP and load weights from any supported checkpoint.
+
+    Args:
+        arch: open_clip architecture name (``ViT-B-16``); optional for farslip checkpoints and for foreign ones
+            whose shapes fit exactly one architecture family.
+        checkpoint: an open_clip pretrained tag (``openai``, ``laion2b_s34b_b88k``) or a local file: raw state
+            dict, ``{"state_dict": ...}`` (DDP prefix or not), FarSLIP long-text, OpenAI TorchScript,
+            safetensors, or farslip's own. ``None`` gives random initialisation.
+        quick_gelu: QuickGELU activations, as every OpenAI-lineage RS CLIP needs.
+        context_length: text positions; by default read off the weights (77 or 248).
+
+    Returns:
+        ``(model, preprocess_train, preprocess_eval, tokenizer)``; the tokenizer matches the context length.
+    """
+    register_model_configs()
+    state, meta = None, {}
+    pretrained_tag = None
+    if checkpoint is not None and (os.path.exists(checkpoint) or os.sep in str(checkpoint)
+                                   or str(checkpoint).endswith((".pt", ".pth", ".bin", ".safetensors"))):
+        state, meta = read_checkpoint(checkpoint)
+        state = fold_long_text_state(state)
+    elif checkpoint is not None:
+        pretrained_tag = str(checkpoint)
+
+    if meta:
+        arch = arch or meta["arch"]
+        if meta.get("model_cfg") and open_clip.get_model_config(arch) is None:
+            register_model_config(arch, meta["model_cfg"])
+        quick_gelu = meta.get("quick_gelu", quick_gelu)
+    if arch is None:
+        if state is None:
+            raise ValueError("load_model needs an architecture name unless the checkpoint describes itself")
+        fitting = architectures_fitting(state)
+        if not fitting:
+            raise CheckpointError(f"{checkpoint}: no registered architecture fits these weights "
+                                  f"({describe_state_dict(state)})")
+        arch = fitting[0]
+    if open_clip.get_model_config(arch) is None:
+        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(open_clip.list_models())}")
+
+    facts = describe_state_dict(state) if state is not None else {}
+    ctx = context_length or facts.get("context_length")
+    image_size = facts.get("image_size")
+    cfg = open_clip.get_model_config(arch)
+    if image_size == cfg["vision_cfg"].get("image_size"):
+        image_size = None
+
+    model, preprocess_train, preprocess_eval = open_clip.create_model_and_transforms(
+        arch, pretrained=pretrained_tag, precision="fp32", device="cpu", force_image_size=image_size,
+        force_context_length=ctx, quick_gelu=quick_gelu,
+    )
+    if state is not None:
+        load_state_strict(model, state, arch, source=str(checkpoint))
+    if model.positional_embedding.shape[0] == LONG_CONTEXT:
+        freeze_leading_text_rows(model, KEEP_ROWS)
+    model.farslip_arch = arch
+    model.farslip_quick_gelu = quick_gelu
+    model = _set_precision(model.to(device), precision)
+    tokenizer = open_clip.get_tokenizer(arch, context_length=model.context_length)
+    return model, preprocess_train, preprocess_eval, tokenizer
+
+
+def _set_precision(model: nn.Module, precision: str) -> nn.Module:
+    if precision in ("fp32", "amp", "amp_bf16", "amp_fp16"):
+        return model
+    dtypes = {"bf16": torch.bfloat16, "pure_bf16": torch.bfloat16, "fp16": torch.float16, "pure_fp16": torch.float16}
+    if precision not in dtypes:
+        raise ValueError(f"precision must be one of fp32, bf16, fp16, amp, amp_bf16; got {precision!r}")
+    return model.to(dtypes[precision])
+
+
+def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], arch: str, source: str) -> None:
+    """Load weights, or fail naming the missing, unexpected and mis-shaped keys and the architectures that fit."""
+    own = model.state_dict()
+    if "logit_scale" in state and state["logit_scale"].ndim != own["logit_scale"].ndim:
+        state = {**state, "logit_scale": state["logit_scale"].reshape(own["logit_scale"].shape)}
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    misshaped = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or misshaped:
+        lines = [f"{source} does not fit architecture {arch}:"]
+        for label, keys in (("missing", missing), ("unexpected", unexpected)):
+            if keys:
+                lines.append(f"  {label} keys ({len(keys)}): {_abbrev(keys)}")
+        if misshaped:
+            shown = [f"{k} checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in misshaped[:8]]
+            lines.append(f"  mis-shaped keys ({len(misshaped)}): " + "; ".join(shown))
+        fits = architectures_fitting(state)
+        lines.append(f"  architectures whose shapes fit: {', '.join(fits[:12]) if fits else 'none registered'}")
+        raise CheckpointError("\n".join(lines))
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
+
+
+def _abbrev(keys: list[str], n: int = 8) -> str:
+    return ", ".join(keys[:n]) + (f", ... (+{len(keys) - n})" if len(keys) > n else "")
+
+
+def model_meta(model: nn.Module) -> dict[str, Any]:
+    """What load_model needs to rebuild ``model`` from its weights alone."""
+    arch = getattr(model, "farslip_arch", None)
+    if arch is None:
+        raise ValueError("model was not created by farslip.load_model; pass arch to save_model")
+    return {"format": "farslip", "version": 1, "arch": arch, "model_cfg": open_clip.get_model_config(arch),
+            "quick_gelu": getattr(model, "farslip_quick_gelu", True), "context_length": int(model.context_length)}
+
+
+def save_model(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None = None):
+    """Write a self-describing checkpoint (``.safetensors`` or torch) that ``load_model(checkpoint=path)`` reads."""
+    model = getattr(model, "module", model)
+    return write_checkpoint(path, model.state_dict(), model_meta(model), extra)

@@ -1,0 +1,99 @@
+"""Long text (Long-CLIP style): 248 text positions built from CLIP's 77, the first 20 kept frozen.
+
+Spec section 2. The official FarSLIP fork keeps two 248-row tensors, ``positional_embedding`` (rows 0..19 used,
+frozen) and ``positional_embedding_res`` (rows 20..247 used, trained). We keep stock open_clip's single
+``positional_embedding`` and reproduce the freezing with a gradient mask plus a restore after each optimiser
+step (AdamW's decoupled weight decay would otherwise move frozen rows).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+KEEP_ROWS = 20
+LONG_CONTEXT = 248
+FROZEN_ATTR = "farslip_frozen_text_rows"
+
+
+def stretch_positional_embedding(pos: torch.Tensor, keep: int = KEEP_ROWS) -> torch.Tensor:
+    """Long-CLIP's knowledge-preserving stretch of an ``[n, d]`` embedding to ``[4n - 3*keep, d]`` rows.
+
+    Rows ``0..keep-1`` are copied; each gap ``P[i] -> P[i+1]`` (i >= keep) becomes four rows mixed
+    1, 3/4-1/4, 1/2-1/2, 1/4-3/4; the last four rows extrapolate ``P[n-1] + k/4 (P[n-1] - P[n-2])``.
+    """
+    n, d = pos.shape
+    pos = pos.float()
+    head = pos[:keep]
+    left, right = pos[keep:-1], pos[keep + 1:]  # the n-1-keep gaps
+    w = torch.tensor([0.0, 0.25, 0.5, 0.75]).view(1, 4, 1)
+    gaps = (left.unsqueeze(1) * (1 - w) + right.unsqueeze(1) * w).reshape(-1, d)
+    step = pos[-1] - pos[-2]
+    tail = pos[-1].unsqueeze(0) + w.view(4, 1) * step.unsqueeze(0)
+    out = torch.cat([head, gaps, tail], dim=0)
+    assert out.shape[0] == 4 * n - 3 * keep
+    return out
+
+
+def fold_long_text_state(state: dict[str, torch.Tensor], keep: int = KEEP_ROWS) -> dict[str, torch.Tensor]:
+    """Fold the official ``positional_embedding`` + ``positional_embedding_res`` pair into one embedding.
+
+    The official forward adds ``pos * mask1 + res * mask2`` with mask1 = rows < keep, mask2 = rows >= keep:
+    exactly ``cat(pos[:keep], res[keep:])``.
+    """
+    if "positional_embedding_res" not in state:
+        return state
+    state = dict(state)
+    pos, res = state["positional_embedding"], state.pop("positional_embedding_res")
+    if pos.shape != res.shape:
+        raise ValueError(f"positional_embedding {tuple(pos.shape)} and positional_embedding_res "
+                         f"{tuple(res.shape)} differ in shape")
+    state["positional_embedding"] = torch.cat([pos[:keep], res[keep:]], dim=0)
+    return state
+
+
+def set_text_context(model: nn.Module, context_length: int, values: torch.Tensor | None = None) -> None:
+    """Give ``model``'s text tower ``context_length`` positions (new embedding and causal mask)."""
+    old = model.positional_embedding
+    new = values if values is not None else torch.zeros(context_length, old.shape[1])
+    model.positional_embedding = nn.Parameter(new.to(device=old.device, dtype=old.dtype),
+                                              requires_grad=old.requires_grad)
+    mask = torch.full((context_length, context_length), float("-inf"), device=old.device).triu_(1)
+    model.register_buffer("attn_mask", mask, persistent=False)
+    model.context_length = context_length
+
+
+def extend_text_context(model: nn.Module, context_length: int = LONG_CONTEXT, keep: int = KEEP_ROWS) -> nn.Module:
+    """Expand a 77-position text encoder to Long-CLIP's 248 positions in place; rows 0..keep-1 train frozen."""
+    n = model.positional_embedding.shape[0]
+    if n == context_length:
+        freeze_leading_text_rows(model, keep)
+        return model
+    target = 4 * n - 3 * keep
+    if context_length != target:
+        raise ValueError(f"Long-CLIP stretch of {n} positions gives {target} rows, not {context_length}")
+    set_text_context(model, context_length, stretch_positional_embedding(model.positional_embedding.data, keep))
+    freeze_leading_text_rows(model, keep)
+    return model
+
+
+def freeze_leading_text_rows(model: nn.Module, keep: int = KEEP_ROWS) -> None:
+    """Mask the gradient of positional rows ``0..keep-1`` and remember their values for restore_frozen_rows."""
+    param = model.positional_embedding
+    setattr(model, FROZEN_ATTR, (keep, param.detach()[:keep].clone()))
+
+    def _mask(grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        grad[:keep] = 0
+        return grad
+
+    param.register_hook(_mask)
+
+
+def restore_frozen_rows(model: nn.Module) -> None:
+    """Undo what weight decay did to the frozen rows. Call after every optimiser step (the trainer does)."""
+    frozen = getattr(model, FROZEN_ATTR, None)
+    if frozen is None:
+        return
+    keep, values = frozen
+    with torch.no_grad():
+        model.positional_embedding[:keep].copy_(values.to(model.positional_embedding))
