@@ -16,6 +16,7 @@ import json
 import os
 import pickle
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -59,7 +60,7 @@ def clean_state_dict(state: dict[str, Any], source: str = "checkpoint") -> dict[
             continue
         while key.startswith("module."):
             key = key[len("module."):]
-        if key.split(".")[-1] in NON_PARAMETER_KEYS or key.endswith("attn_mask") and "resblocks" in key:
+        if key.split(".")[-1] in NON_PARAMETER_KEYS or key.split(".")[-1] == "attn_mask":
             continue
         out[key] = value
     if not out:
@@ -122,6 +123,13 @@ _SAFE_GLOBALS = {
     ("torch._utils", "_rebuild_parameter"),
     ("torch._utils", "_rebuild_parameter_with_state"),
     ("torch", "device"),
+    # TorchScript's list/type-tag builders: plain constructors of Python lists, nothing executes.
+    ("torch.jit._pickle", "build_intlist"),
+    ("torch.jit._pickle", "build_doublelist"),
+    ("torch.jit._pickle", "build_boollist"),
+    ("torch.jit._pickle", "build_tensorlist"),
+    ("torch.jit._pickle", "build_genericlist"),
+    ("torch.jit._pickle", "restore_type_tag"),
 }
 
 
@@ -155,7 +163,9 @@ def _read_torchscript(path: Path) -> dict[str, torch.Tensor]:
         pkl = next(n for n in zf.namelist() if n.endswith("data.pkl") and n.count("/") == 1)
         prefix = pkl[: -len("data.pkl")]
         try:
-            root = _RestrictedUnpickler(zf.read(pkl), zf, prefix).load()
+            with warnings.catch_warnings():  # legacy storage classes name the dtype; torch warns on their use
+                warnings.simplefilter("ignore", UserWarning)
+                root = _RestrictedUnpickler(zf.read(pkl), zf, prefix).load()
         except pickle.UnpicklingError as exc:
             raise CheckpointError(f"{path}: unsupported TorchScript archive: {exc}") from exc
     state: dict[str, torch.Tensor] = {}

@@ -17,14 +17,20 @@ ATTENTION_VARIANTS = ("segearth", "sclip", "clearclip", "maskclip", "vanilla")
 
 
 def interpolate_pos_embed(pos: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
-    """Bicubically resize a ViT positional embedding ``[1 + g*g, C]`` to a ``gh x gw`` patch grid."""
+    """Bicubically resize a ViT positional embedding ``[1 + g*g, C]`` to a ``gh x gw`` patch grid.
+
+    Uses SegEarth-OV's arithmetic (a scale factor of ``(g' + 0.1) / g`` rather than a target size), so OVSS on
+    images smaller than a window reproduces the reference numbers.
+    """
     n = pos.shape[0] - 1
     g = math.isqrt(n)
     if (g, g) == tuple(grid_hw):
         return pos
     cls, patches = pos[:1], pos[1:]
     patches = patches.reshape(1, g, g, -1).permute(0, 3, 1, 2).float()
-    patches = F.interpolate(patches, size=grid_hw, mode="bicubic", align_corners=False)
+    factor = ((grid_hw[0] + 0.1) / g, (grid_hw[1] + 0.1) / g)
+    patches = F.interpolate(patches, scale_factor=factor, mode="bicubic")
+    assert tuple(patches.shape[-2:]) == tuple(grid_hw)
     patches = patches.permute(0, 2, 3, 1).reshape(grid_hw[0] * grid_hw[1], -1).to(pos.dtype)
     return torch.cat([cls, patches], dim=0)
 
@@ -102,34 +108,44 @@ def _check_visual(model: nn.Module) -> nn.Module:
 
 
 def encode_views(model: nn.Module, images: torch.Tensor, attn: str = "segearth", *,
-                 dense_rows: slice | None = slice(None), cls_rows: slice | None = slice(None)):
+                 dense_rows: slice | None = slice(None), cls_rows: slice | None = slice(None),
+                 cls_from: str = "ordinary"):
     """Run the shared trunk once over ``images``; dense tokens for ``dense_rows``, global embeddings for ``cls_rows``.
 
     Lets an objective push all views of a step through one encoder call while paying for the modified and the
-    ordinary last block only on the rows that need each. ``None`` skips that output.
+    ordinary last block only on the rows that need each. ``None`` skips that output. ``cls_from="surgery"`` takes
+    the CLS row of the modified block instead (what SegEarth-OV uses for its CLS-bias); it needs
+    ``dense_rows == cls_rows``.
     """
     visual = _check_visual(model)
     x, (gh, gw) = _trunk(visual, images)
     tokens = cls = None
     if dense_rows is not None:
         xd = x[dense_rows]
-        tokens = surgery_attention(visual.transformer.resblocks[-1], xd, attn)
-        tokens = _project(visual, visual.ln_post(tokens[:, 1:])).reshape(xd.shape[0], gh, gw, -1)
+        out = visual.ln_post(surgery_attention(visual.transformer.resblocks[-1], xd, attn))
+        tokens = _project(visual, out[:, 1:]).reshape(xd.shape[0], gh, gw, -1)
+        if cls_from == "surgery":
+            if cls_rows != dense_rows:
+                raise ValueError("cls_from='surgery' needs cls_rows == dense_rows")
+            return tokens, _project(visual, out[:, 0])
     if cls_rows is not None:
+        if cls_from != "ordinary":
+            raise ValueError(f"cls_from must be 'ordinary' or 'surgery', got {cls_from!r}")
         pooled, _ = visual._pool(_ordinary_last_block(visual, x[cls_rows]))  # open_clip's pooling: ln_post, CLS
         cls = _project(visual, pooled)
     return tokens, cls
 
 
 def dense_features(model: nn.Module, images: torch.Tensor, attn: str = "segearth", *,
-                   with_cls: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+                   with_cls: bool = True, cls_from: str = "ordinary") -> tuple[torch.Tensor, torch.Tensor | None]:
     """Dense tokens and the global embedding of ``images`` ``[B, 3, H, W]`` (any size the patches tile).
 
     Returns:
         tokens: ``[B, gh, gw, D]`` from the modified last block, after ln_post and the visual projection
             (joint embedding space, not normalised);
-        cls: ``[B, D]`` the ordinary global image embedding (intact last block), or None if ``with_cls=False``.
+        cls: ``[B, D]`` the ordinary global image embedding (intact last block), or with ``cls_from="surgery"``
+            the CLS row of the modified block (SegEarth-OV's CLS-bias input); None if ``with_cls=False``.
     """
     if attn not in ATTENTION_VARIANTS:
         raise ValueError(f"attn must be one of {ATTENTION_VARIANTS}, got {attn!r}")
-    return encode_views(model, images, attn, cls_rows=slice(None) if with_cls else None)
+    return encode_views(model, images, attn, cls_rows=slice(None) if with_cls else None, cls_from=cls_from)

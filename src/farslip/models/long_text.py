@@ -22,14 +22,12 @@ def stretch_positional_embedding(pos: torch.Tensor, keep: int = KEEP_ROWS) -> to
     1, 3/4-1/4, 1/2-1/2, 1/4-3/4; the last four rows extrapolate ``P[n-1] + k/4 (P[n-1] - P[n-2])``.
     """
     n, d = pos.shape
-    pos = pos.float()
-    head = pos[:keep]
-    left, right = pos[keep:-1], pos[keep + 1:]  # the n-1-keep gaps
-    w = torch.tensor([0.0, 0.25, 0.5, 0.75]).view(1, 4, 1)
-    gaps = (left.unsqueeze(1) * (1 - w) + right.unsqueeze(1) * w).reshape(-1, d)
-    step = pos[-1] - pos[-2]
-    tail = pos[-1].unsqueeze(0) + w.view(4, 1) * step.unsqueeze(0)
-    out = torch.cat([head, gaps, tail], dim=0)
+    a, b = pos[keep:-1], pos[keep + 1:]  # the n-1-keep gaps P[i] -> P[i+1]
+    # Written with Long-CLIP's own operation order so the result is bit-identical to the reference.
+    gaps = torch.stack([a, 3 * a / 4 + 1 * b / 4, 2 * a / 4 + 2 * b / 4, 1 * a / 4 + 3 * b / 4], dim=1)
+    last, step = pos[-1], pos[-1] - pos[-2]
+    tail = torch.stack([last + k * step / 4 for k in range(4)])
+    out = torch.cat([pos[:keep], gaps.reshape(-1, d), tail], dim=0)
     assert out.shape[0] == 4 * n - 3 * keep
     return out
 
