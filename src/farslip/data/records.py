@@ -1,0 +1,219 @@
+"""Raw training records from the formats RS people have: MGRS JSON, image-caption CSV, webdataset shards.
+
+A record says where the image is and what the text is; ``views.py`` turns it into tensors. Problems are raised
+as :class:`BadRecord` naming the file, the record and the field, so a loader can skip, count and report them.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+from PIL import Image, UnidentifiedImageError
+
+
+class BadRecord(Exception):
+    """A record that cannot be used. ``where`` names the file and the record, ``field`` the offending field."""
+
+    def __init__(self, where: str, field_name: str, reason: str):
+        super().__init__(f"{where}: field {field_name!r}: {reason}")
+        self.where, self.field, self.reason = where, field_name, reason
+
+    def as_dict(self) -> dict[str, str]:
+        return {"where": self.where, "field": self.field, "reason": self.reason}
+
+
+@dataclass
+class RegionObject:
+    """An object of an MGRS record: a box in pixels of the original image and its category (or caption)."""
+
+    box: tuple[float, float, float, float]
+    category: str | None
+    category_id: int
+    caption: str | None = None  # a free-text region caption (the official label is then -1)
+
+
+@dataclass
+class Record:
+    where: str                          # "file.json record 12" -- for messages
+    caption: str
+    path: str | None = None             # image file, or
+    image_bytes: bytes | None = None    # encoded image (webdataset)
+    objects: list[RegionObject] = field(default_factory=list)
+    notes: list[dict] = field(default_factory=list)  # object-level problems met while parsing (counted, not fatal)
+
+
+def open_rgb(record: Record) -> Image.Image:
+    """Decode the record's image once, as RGB (grayscale and palette images are converted)."""
+    try:
+        if record.image_bytes is not None:
+            img = Image.open(io.BytesIO(record.image_bytes))
+        else:
+            if not record.path or not os.path.isfile(record.path):
+                raise BadRecord(record.where, "image", f"image file not found: {record.path}")
+            img = Image.open(record.path)
+        img.load()
+    except BadRecord:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise BadRecord(record.where, "image", f"cannot decode image {record.path or ''}: {exc}") from exc
+    return img.convert("RGB") if img.mode != "RGB" else img
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# MGRS-200k JSON (official release layout: text_info.json + global_imgs/)
+
+CAPTION_CHOICES = {
+    # The official loader (data.py) reads global_caption, falling back to brief_caption.
+    "official": ("global_caption", "brief_caption"),
+    "global": ("global_caption", "detailed_caption", "brief_caption"),
+    "detailed": ("detailed_caption", "global_caption", "brief_caption"),
+    "brief": ("brief_caption", "global_caption", "detailed_caption"),
+}
+
+
+def read_bbox(bbox: Any, where: str) -> tuple[list[float], tuple[float, float] | None]:
+    """Box ``x1 y1 x2 y2`` and, when present, the image size ``(W, H)``, read by order (keys vary in the wild)."""
+    values = list(bbox.values()) if isinstance(bbox, dict) else list(bbox) if isinstance(bbox, (list, tuple)) else None
+    if values is None or len(values) < 4:
+        raise BadRecord(where, "bbox", f"expected 4 or 6 numbers, got {bbox!r}")
+    try:
+        nums = [float(v) for v in values[:6]]
+    except (TypeError, ValueError):
+        raise BadRecord(where, "bbox", f"non-numeric value in {bbox!r}") from None
+    if not all(math.isfinite(v) for v in nums):
+        raise BadRecord(where, "bbox", f"non-finite value in {bbox!r}")
+    return nums[:4], (nums[4], nums[5]) if len(nums) >= 6 else None
+
+
+class MGRSRecords:
+    """The MGRS JSON list. ``image_root`` defaults to the JSON's folder (``global_imgs/`` is tried too)."""
+
+    def __init__(self, json_path: str | os.PathLike, image_root: str | os.PathLike | None = None,
+                 caption: str = "official"):
+        self.json_path = Path(json_path)
+        if caption not in CAPTION_CHOICES:
+            raise ValueError(f"caption must be one of {sorted(CAPTION_CHOICES)}, got {caption!r}")
+        try:
+            items = json.loads(self.json_path.read_text())
+        except FileNotFoundError:
+            raise FileNotFoundError(f"MGRS annotation file not found: {self.json_path}") from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{self.json_path}: not valid JSON ({exc})") from exc
+        if not isinstance(items, list):
+            raise ValueError(f"{self.json_path}: expected a JSON list of records, found {type(items).__name__}")
+        self.items = items
+        self.roots = [Path(image_root)] if image_root else [self.json_path.parent, self.json_path.parent / "global_imgs"]
+        self.caption_keys = CAPTION_CHOICES[caption]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _resolve(self, rel: str, where: str) -> str:
+        for root in self.roots:
+            if (root / rel).is_file():
+                return str(root / rel)
+        raise BadRecord(where, "global_filepath", f"image {rel!r} not found under {' or '.join(map(str, self.roots))}")
+
+    def __getitem__(self, i: int) -> Record:
+        item = self.items[i]
+        where = f"{self.json_path} record {i}"
+        if not isinstance(item, dict):
+            raise BadRecord(where, "record", f"expected an object, got {type(item).__name__}")
+        rel = item.get("global_filepath")
+        if not rel:
+            raise BadRecord(where, "global_filepath", "missing")
+        caption = next((item[k] for k in self.caption_keys if isinstance(item.get(k), str) and item[k].strip()), None)
+        if caption is None:
+            raise BadRecord(where, "caption", f"none of {', '.join(self.caption_keys)} present")
+        record = Record(where=where, caption=caption.strip(), path=self._resolve(rel, where))
+        for j, seg in enumerate(item.get("segment") or []):
+            owhere = f"{where} object {j}"
+            try:
+                if not isinstance(seg, dict) or "bbox" not in seg:
+                    raise BadRecord(owhere, "bbox", "missing")
+                box, _ = read_bbox(seg["bbox"], owhere)
+                cap = seg.get("cap") if isinstance(seg.get("cap"), str) and seg.get("cap").strip() else None
+                category = seg.get("category")
+                if not category and not cap:
+                    raise BadRecord(owhere, "category", "neither a category nor a caption")
+                if category:  # a category wins over a free-text caption; caption-only objects get label -1
+                    record.objects.append(RegionObject(tuple(box), str(category), int(seg.get("category_id", -1))))
+                else:
+                    record.objects.append(RegionObject(tuple(box), None, -1, cap))
+            except BadRecord as exc:
+                record.notes.append(exc.as_dict())
+        return record
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Image-caption CSV (SkyScript style)
+
+class CaptionCSVRecords:
+    def __init__(self, csv_path: str | os.PathLike, root: str | os.PathLike | None = None, image_key: str = "filepath",
+                 caption_key: str = "title", sep: str = ","):
+        self.csv_path = Path(csv_path)
+        self.root = Path(root) if root else self.csv_path.parent
+        with open(self.csv_path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f, delimiter=sep)
+            missing = {image_key, caption_key} - set(reader.fieldnames or [])
+            if missing:
+                raise ValueError(f"{self.csv_path}: missing column(s) {sorted(missing)}; has {reader.fieldnames}")
+            self.rows = [(r[image_key], r[caption_key]) for r in reader]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> Record:
+        path, caption = self.rows[i]
+        where = f"{self.csv_path} row {i + 2}"  # +2: header line and 1-based lines
+        if not caption or not caption.strip():
+            raise BadRecord(where, "caption", "empty")
+        return Record(where=where, caption=caption.strip(), path=str(self.root / path))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Webdataset shards (RS5M: img_content / img_name / caption; or plain jpg|png + txt)
+
+IMAGE_KEYS = ("img_content", "jpg", "jpeg", "png", "webp", "tif", "tiff")
+TEXT_KEYS = ("caption", "txt", "text")
+
+
+def expand_shards(spec: str | list[str]) -> list[str]:
+    """Brace-expand shard specs (``{pub11,rs3}-train-{0000..0031}.tar``); ``::`` or a list joins sources."""
+    from webdataset.shardlists import expand_urls
+
+    specs = spec if isinstance(spec, (list, tuple)) else [spec]
+    return [url for s in specs for url in expand_urls(str(s))]
+
+
+def shard_records(url: str) -> Iterator[Record | BadRecord]:
+    """Records of one tar shard, in order. Broken members are yielded as BadRecord (the caller counts them)."""
+    from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+    def files():
+        with open(url, "rb") as stream:
+            for sample in tar_file_iterator(stream):
+                sample["__url__"] = url
+                yield sample
+
+    try:
+        for sample in group_by_keys(files()):
+            where = f"{url} sample {sample['__key__']}"
+            image = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
+            text = next((sample[k] for k in TEXT_KEYS if k in sample), None)
+            if image is None:
+                yield BadRecord(where, "image", f"no image member (looked for {', '.join(IMAGE_KEYS)})")
+                continue
+            caption = text.decode("utf-8", errors="replace").strip() if isinstance(text, bytes) else (text or "")
+            if not caption:
+                yield BadRecord(where, "caption", "missing or empty")
+                continue
+            yield Record(where=where, caption=caption, image_bytes=image)
+    except (OSError, ValueError, EOFError) as exc:  # truncated or unreadable shard: report, go on with the next
+        yield BadRecord(url, "shard", f"unreadable tar: {exc}")

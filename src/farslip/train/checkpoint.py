@@ -1,0 +1,89 @@
+"""Training checkpoints: atomic, keep-last-N, and everything needed to resume bit-exactly.
+
+A checkpoint is also a model file: ``farslip.load_model(checkpoint=path)`` reads it with no other argument.
+"""
+from __future__ import annotations
+
+import random
+import re
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..models.checkpoint_io import META_KEY, write_checkpoint
+from ..models.loading import model_meta
+
+PATTERN = re.compile(r"step_(\d+)\.pt$")
+
+
+def git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                              cwd=Path(__file__).parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(_to_tuple(state["python"]))
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_tuple(x):
+    return tuple(_to_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def save_training_checkpoint(run_dir: Path, model, *, optimizer, scaler, teacher, progress: dict, config: dict,
+                             keep_last: int) -> Path:
+    path = Path(run_dir) / "checkpoints" / f"step_{progress['step']:08d}.pt"
+    extra = {
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "teacher": teacher.state_dict() if teacher is not None else None,
+        "progress": progress,                 # step, epoch, batch_in_epoch, stream cursors, skip counts
+        "rng": rng_state(),
+        "config": config,
+        "git_commit": git_commit(),
+    }
+    write_checkpoint(path, model.state_dict(), model_meta(model), extra)
+    for old in sorted(list_checkpoints(run_dir))[:-keep_last] if keep_last > 0 else []:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    folder = Path(run_dir) / "checkpoints"
+    return sorted((p for p in folder.glob("step_*.pt") if PATTERN.search(p.name)), key=lambda p: p.name)
+
+
+def load_training_checkpoint(path: Path) -> dict:
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", META_KEY, "optimizer", "progress", "rng"):
+        if key not in payload:
+            raise ValueError(f"{path}: not a farslip training checkpoint (no {key!r})")
+    return payload
+
+
+def newest_intact(run_dir: Path) -> tuple[Path, dict] | None:
+    """The newest checkpoint that loads completely; a truncated or corrupt one is passed over with a warning."""
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            return path, load_training_checkpoint(path)
+        except Exception as exc:  # noqa: BLE001 - any failure means "not intact"
+            print(f"[farslip] skipping unreadable checkpoint {path}: {type(exc).__name__}: {exc}")
+    return None
