@@ -1,0 +1,29 @@
+"""Evaluation with the paper's protocols: zero-shot classification, image-text retrieval, open-vocabulary
+segmentation; the benchmark registry; metrics; reports.
+
+    model, _, preprocess, tokenizer = farslip.load_model("ViT-B-16", "FarSLIP2_ViT-B-16.pt", device="cuda")
+    farslip.eval.zero_shot_classification(model, tokenizer, preprocess, "aid/aid_img_txt_pairs_test.csv",
+                                          "aid/classnames.txt", "/data/classification")  # {"top1": %, "top5": %}
+    farslip.eval.retrieval(model, tokenizer, preprocess, "RSICD/RSICD_img_txt_pairs_test.csv", "/data/retrieval",
+                           prefix="a satellite image. ")                    # {"text2img_R@1": fraction, ...}
+    ds = farslip.eval.OVSSDataset("LoveDA/img_dir/val", "LoveDA/ann_dir/val", "cls_loveda.txt",
+                                  prob_threshold=0.3, reduce_zero_label=True)
+    farslip.eval.ovss(model, tokenizer, ds)                                 # {"mIoU": %, "aAcc": %, "IoU": {...}}
+"""
+from .common import SCENE_TEMPLATES, EvalResult, TextEmbeddingCache, name_embeddings
+from .io import EvalDataError
+from .metrics import (SegmentationMeter, best_positive_rank, intersect_and_union, percent, recall_at_k,
+                      recall_from_ranks, reduce_zero_label, segmentation_scores, topk_correct)
+from .ovss import (OVSS_TEMPLATES, OVSSDataset, class_scores, ovss, predict_classes, sliding_window_logits,
+                   window_boxes)
+from .registry import CLASSIFICATION, OVSS, RETRIEVAL, select
+from .retrieval import SATELLITE_PREFIX, retrieval
+from .zeroshot import zero_shot_classification
+
+__all__ = [
+    "CLASSIFICATION", "EvalDataError", "EvalResult", "OVSS", "OVSSDataset", "OVSS_TEMPLATES", "RETRIEVAL",
+    "SATELLITE_PREFIX", "SCENE_TEMPLATES", "SegmentationMeter", "TextEmbeddingCache", "best_positive_rank",
+    "class_scores", "intersect_and_union", "name_embeddings", "ovss", "percent", "predict_classes", "recall_at_k",
+    "recall_from_ranks", "reduce_zero_label", "retrieval", "segmentation_scores", "select",
+    "sliding_window_logits", "topk_correct", "window_boxes", "zero_shot_classification",
+]

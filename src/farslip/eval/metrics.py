@@ -1,0 +1,225 @@
+"""Metric functions of the three protocols, independent of models and files.
+
+* ranks and recall for retrieval (a query is a hit at k when ANY of its true partners is among its top k);
+* top-k accuracy for classification;
+* intersection / union accumulation and mIoU for segmentation (mmsegmentation's IoUMetric arithmetic).
+
+Ties. The official retrieval script ranks with ``torch.argsort(descending=True)``, which orders equal scores in an
+implementation-defined way (it is not a stable sort beyond 16 elements). ``ties`` chooses the rule:
+
+* ``"official"`` -- what the official script gets: wherever equal (or within a few ulps) scores could change a
+  result, that query's row is ranked with ``torch.argsort`` exactly as the official loop does; elsewhere the
+  answer is tie-independent and computed with matrix operations.
+* ``"stable"`` -- equal scores keep index order (a stable descending sort);
+* ``"optimistic"`` / ``"pessimistic"`` -- true partners placed first / last among equal scores.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable, Sequence
+
+import torch
+
+TIE_RULES = ("official", "stable", "optimistic", "pessimistic")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Ranking
+
+def _official_row_rank(row: torch.Tensor, positive_idx: torch.Tensor) -> int:
+    """Position of the first true partner in ``torch.argsort(row, descending=True)`` (the official loop)."""
+    ranking = torch.argsort(row, descending=True)
+    hit = torch.isin(ranking, positive_idx.to(ranking.device))
+    found = hit.nonzero()
+    return int(found[0, 0]) if len(found) else row.numel()
+
+
+def best_positive_rank(scores: torch.Tensor, positives: torch.Tensor, ties: str = "official",
+                       row_fn: Callable[[int], torch.Tensor] | None = None, row_offset: int = 0) -> torch.Tensor:
+    """0-based rank of each query's best-placed true partner.
+
+    Args:
+        scores: ``[Q, N]`` similarity of each query to each gallery item (higher is better).
+        positives: ``[Q, N]`` bool, True where the gallery item is a true partner of the query.
+        ties: one of :data:`TIE_RULES`.
+        row_fn: for ``ties="official"``: gives query ``i``'s score row exactly as the official script computes it
+            (a 1-D product); defaults to the row of ``scores``. ``i`` counts from ``row_offset``.
+
+    Returns:
+        ``[Q]`` long; a query without any true partner gets ``N`` (a miss at every k).
+    """
+    if ties not in TIE_RULES:
+        raise ValueError(f"ties must be one of {TIE_RULES}, got {ties!r}")
+    if scores.shape != positives.shape:
+        raise ValueError(f"scores {tuple(scores.shape)} and positives {tuple(positives.shape)} differ in shape")
+    Q, N = scores.shape
+    positives = positives.to(torch.bool)
+    s = scores.float() if scores.dtype in (torch.float16, torch.bfloat16) else scores
+    has = positives.any(dim=1)
+    best = s.masked_fill(~positives, -math.inf).max(dim=1).values if N else s.new_zeros(Q)
+    best_col = best[:, None]
+    greater = (s > best_col).sum(dim=1)
+    equal = s == best_col
+    if ties == "optimistic":
+        rank = greater
+    elif ties == "pessimistic":
+        rank = greater + (equal & ~positives).sum(dim=1)
+    elif ties == "stable":
+        first = (equal & positives).to(torch.uint8).argmax(dim=1)  # first index among tied true partners
+        before = torch.arange(N, device=s.device)[None, :] < first[:, None]
+        rank = greater + (equal & before).sum(dim=1)
+    else:  # official
+        rank = greater.clone()
+        # Equal scores -- or scores a few ulps apart, which another summation order could make equal -- next to
+        # the best partner make the official answer depend on argsort's tie order: rank those rows its way.
+        eps = torch.finfo(scores.dtype).eps if scores.dtype.is_floating_point else 0.0
+        tol = 4 * eps * best_col.abs().clamp_min(1.0)
+        near = (s - best_col).abs() <= tol
+        ambiguous = (near & ~positives).any(dim=1) & has
+        for i in ambiguous.nonzero().flatten().tolist():
+            row = row_fn(row_offset + i) if row_fn is not None else scores[i]
+            rank[i] = _official_row_rank(row.cpu(), positives[i].nonzero().flatten().cpu())
+    return torch.where(has, rank, torch.full_like(rank, N))
+
+
+def recall_from_ranks(ranks: torch.Tensor, ks: Iterable[int] = (1, 5, 10, 100)) -> dict[int, float]:
+    """Fraction of queries whose best true partner ranks within the top k, for each k."""
+    n = ranks.numel()
+    return {int(k): (float((ranks < k).sum()) / n if n else float("nan")) for k in ks}
+
+
+def _as_mask(positives, Q: int, N: int, device) -> torch.Tensor:
+    if isinstance(positives, torch.Tensor):
+        return positives.to(device=device, dtype=torch.bool)
+    mask = torch.zeros(Q, N, dtype=torch.bool, device=device)
+    for i, idx in enumerate(positives):
+        idx = list(idx)
+        if idx:
+            mask[i, torch.as_tensor(idx, dtype=torch.long, device=device)] = True
+    return mask
+
+
+def recall_at_k(scores: torch.Tensor, positives, ks: Sequence[int] = (1, 5, 10, 100),
+                ties: str = "official") -> dict[str, float]:
+    """Recall@k of a query-by-gallery score matrix.
+
+    ``positives`` is a ``[Q, N]`` bool tensor or, per query, a collection of gallery indices of its true partners
+    (several captions of one image, or one caption shared by several images, both work).
+    Returns ``{"R@1": fraction, ...}``.
+    """
+    Q, N = scores.shape
+    ranks = best_positive_rank(scores, _as_mask(positives, Q, N, scores.device), ties)
+    return {f"R@{k}": v for k, v in recall_from_ranks(ranks, ks).items()}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Classification
+
+def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: Sequence[int] = (1, 5),
+                 ties: str = "official") -> list[int]:
+    """Number of rows whose target class is within the top k logits, for each k.
+
+    ``ties="official"`` uses ``logits.topk(max(ks))`` as SkyScript's/FarSLIP's ``accuracy`` does (k is capped at
+    the number of classes); the other rules rank as :func:`best_positive_rank`.
+    """
+    targets = targets.to(logits.device).long()
+    C = logits.shape[1]
+    if ties == "official":
+        pred = logits.topk(min(max(ks), C), dim=1, largest=True, sorted=True)[1].t()
+        correct = pred.eq(targets.view(1, -1).expand_as(pred))
+        return [int(correct[:min(k, C)].sum()) for k in ks]
+    positives = torch.nn.functional.one_hot(targets, C).bool()
+    ranks = best_positive_rank(logits, positives, ties)
+    return [int((ranks < k).sum()) for k in ks]
+
+
+def percent(count: float, n: int, digits: int = 2) -> float:
+    """``100 * count / n`` rounded as the official scripts print it."""
+    return round(100.0 * count / n, digits) if n else float("nan")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Segmentation
+
+def reduce_zero_label(label: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+    """mmseg's ``reduce_zero_label``: 0 (no data) becomes ``ignore_index``, every other class moves down by one."""
+    label = label.clone()
+    label[label == 0] = ignore_index
+    label = label - 1
+    label[label == ignore_index - 1] = ignore_index
+    return label
+
+
+def intersect_and_union(pred: torch.Tensor, label: torch.Tensor, num_classes: int, ignore_index: int = 255):
+    """Per-class pixel counts of one image, as mmseg's ``IoUMetric.intersect_and_union``.
+
+    Pixels labelled ``ignore_index`` are left out; label values outside ``[0, num_classes)`` count for no class
+    (but the prediction at such pixels still counts for its class, as in mmseg).
+    Returns ``(area_intersect, area_union, area_pred, area_label)``, each ``[num_classes]`` int64.
+    """
+    if pred.shape != label.shape:
+        raise ValueError(f"prediction {tuple(pred.shape)} and label {tuple(label.shape)} differ in shape")
+    mask = label != ignore_index
+    pred, label = pred[mask].long(), label[mask].long()
+    intersect = pred[pred == label]
+
+    def hist(x):
+        x = x[(x >= 0) & (x < num_classes)]
+        return torch.bincount(x, minlength=num_classes)[:num_classes]
+
+    area_i, area_p, area_l = hist(intersect), hist(pred), hist(label)
+    return area_i, area_p + area_l - area_i, area_p, area_l
+
+
+class SegmentationMeter:
+    """Accumulates :func:`intersect_and_union` over a dataset; :meth:`compute` gives mmseg's IoU metrics."""
+
+    def __init__(self, num_classes: int, class_names: Sequence[str] | None = None, ignore_index: int = 255):
+        self.num_classes = num_classes
+        self.class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+        self.ignore_index = ignore_index
+        self.reset()
+
+    def reset(self) -> None:
+        z = torch.zeros(self.num_classes, dtype=torch.int64)
+        self.intersect, self.union, self.pred, self.label = z.clone(), z.clone(), z.clone(), z.clone()
+        self.images = 0
+
+    def update(self, pred: torch.Tensor, label: torch.Tensor) -> None:
+        counts = intersect_and_union(pred, label, self.num_classes, self.ignore_index)
+        for total, c in zip((self.intersect, self.union, self.pred, self.label), counts):
+            total += c.cpu()
+        self.images += 1
+
+    def compute(self, digits: int | None = 2) -> dict:
+        return segmentation_scores(self.intersect, self.union, self.label, self.class_names, digits)
+
+
+def segmentation_scores(intersect: torch.Tensor, union: torch.Tensor, label: torch.Tensor,
+                        class_names: Sequence[str], digits: int | None = 2) -> dict:
+    """mIoU, aAcc (pixel accuracy) and mAcc in percent from accumulated counts (mmseg's ``IoUMetric``).
+
+    A class with no ground-truth and no predicted pixel has an undefined IoU (None) and is left out of the mean,
+    as ``nanmean`` does in mmseg.
+    """
+    i, u, l = intersect.double(), union.double(), label.double()
+    iou = torch.where(u > 0, i / u.clamp_min(1), torch.full_like(i, float("nan")))
+    acc = torch.where(l > 0, i / l.clamp_min(1), torch.full_like(i, float("nan")))
+
+    def pct(x: float):
+        if x != x:  # NaN
+            return None
+        return round(100.0 * x, digits) if digits is not None else 100.0 * x
+
+    def nanmean(t):
+        valid = t[~torch.isnan(t)]
+        return float(valid.mean()) if valid.numel() else float("nan")
+
+    total_label = float(l.sum())
+    return {
+        "mIoU": pct(nanmean(iou)),
+        "aAcc": pct(float(i.sum()) / total_label if total_label else float("nan")),
+        "mAcc": pct(nanmean(acc)),
+        "IoU": {name: pct(float(v)) for name, v in zip(class_names, iou)},
+        "Acc": {name: pct(float(v)) for name, v in zip(class_names, acc)},
+    }

@@ -1,0 +1,153 @@
+"""Zero-shot scene classification (spec section 7; SkyScript's / FarSLIP's ``test_zero_shot_classification``).
+
+Per class: the mean of the L2-normalised embeddings of its prompts, renormalised; logits = 100 x cosine between
+the normalised image embedding and each class embedding; top-1 and top-5 accuracy in percent.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from .common import (SCENE_TEMPLATES, EvalResult, Template, TextEmbeddingCache, autocast_for, make_loader,
+                     model_device, model_dtype, name_embeddings, progress, split_bad)
+from .io import BadRecord, ErrorPolicy, EvalDataError, open_image, read_csv, read_name_lines
+from .metrics import percent, topk_correct
+
+
+class ImageLabelDataset(Dataset):
+    """``(path, label index)`` records through an image transform; unreadable images become :class:`BadRecord`."""
+
+    def __init__(self, records: list[tuple[str, int, str]], transform):
+        self.records = records  # (path, label, where -- "file:line" for messages)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i):
+        path, label, where = self.records[i]
+        try:
+            image = self.transform(open_image(path))
+        except Exception as exc:  # noqa: BLE001 -- reported with file and record by the consumer
+            return BadRecord(i, f"{where}: cannot read image {path!r} (field 'filepath'): {type(exc).__name__}: {exc}")
+        return image, label, i
+
+
+def _collate(batch):
+    good, bad = split_bad(batch)
+    if not good:
+        return None, None, bad
+    images = torch.stack([g[0] for g in good])
+    labels = torch.tensor([g[1] for g in good], dtype=torch.long)
+    return images, labels, bad
+
+
+def _is_int(text: str) -> bool:
+    try:
+        return float(text) == int(float(text))
+    except ValueError:
+        return False
+
+
+def read_classification_csv(csv_path, classnames: Sequence[str], image_root, *, img_key: str = "filepath",
+                            label_key: str = "label", sep: str = ",", errors: ErrorPolicy | None = None,
+                            limit: int | None = None) -> list[tuple[str, int, str]]:
+    """Records ``(image path, class index, "csv:line")`` of a SkyScript-style classification table.
+
+    Rows with an empty label are dropped (as the official reader does). Labels are class indices when every label
+    is an integer, otherwise names looked up in ``classnames``.
+    """
+    errors = errors or ErrorPolicy("raise")
+    rows = read_csv(csv_path, [img_key, label_key], sep)
+    rows = [r for r in rows if (r.values.get(label_key) or "").strip() != ""]
+    if limit is not None:
+        rows = rows[:limit]
+    root = Path(csv_path).parent if image_root is None else Path(image_root)
+    numeric = bool(rows) and all(_is_int(r.values[label_key]) for r in rows)
+    index = {name: i for i, name in enumerate(classnames)}
+    records = []
+    for r in rows:
+        where = f"{csv_path}:{r.line}"
+        raw = r.values[label_key]
+        path = (r.values.get(img_key) or "").strip()
+        if not path:
+            errors(f"{where}: empty field {img_key!r}")
+            continue
+        if numeric:
+            label = int(float(raw))
+            if not 0 <= label < len(classnames):
+                errors(f"{where}: field {label_key!r} = {raw!r} is not a class index (0..{len(classnames) - 1})")
+                continue
+        else:
+            key = raw.strip() if raw.strip() in index else raw
+            if key not in index:
+                errors(f"{where}: field {label_key!r} = {raw!r} is not in the class-name file")
+                continue
+            label = index[key]
+        records.append((os.path.join(root, path), label, where))
+    return records
+
+
+@torch.no_grad()
+def zero_shot_classification(model: nn.Module, tokenizer, preprocess, csv_path, classnames_path, image_root=None,
+                             templates: Sequence[Template] | None = None, batch_size: int = 128, *,
+                             num_workers: int | None = None, amp: bool | None = None,
+                             csv_img_key: str = "filepath", csv_class_key: str = "label",
+                             csv_separator: str = ",", on_error: str = "raise", limit: int | None = None,
+                             ties: str = "official", text_cache: TextEmbeddingCache | None = None,
+                             show_progress: bool = True, desc: str | None = None) -> EvalResult:
+    """Zero-shot classification accuracy on a ``filepath,label`` CSV.
+
+    Args:
+        model, tokenizer, preprocess: as :func:`farslip.load_model` returns them (``preprocess`` = the eval
+            transform: shorter side to S bicubic, centre crop, CLIP mean/std).
+        csv_path: table with an image-path column and a label column (class name or index).
+        classnames_path: one class name a line, in label order (or a list of names).
+        image_root: folder the CSV's paths are relative to (default: the CSV's folder).
+        templates: prompt templates (``"... {c} ..."`` strings or callables); default the two scene prompts.
+        amp: float16 autocast on CUDA (default: on for an fp32 model on CUDA, as the official ``precision=amp``).
+        on_error: ``"raise"`` at the first unreadable image or bad row, or ``"skip"`` and count it.
+        limit: evaluate only the first ``limit`` rows (smoke tests).
+        ties: how equal logits rank (see :mod:`farslip.eval.metrics`); the default mirrors ``torch.topk``.
+
+    Returns:
+        ``{"top1": %, "top5": %}`` rounded to 2 decimals; ``.info`` has ``n``, ``skipped``, ``errors``, timing.
+    """
+    t0 = time.time()
+    errors = ErrorPolicy(on_error)
+    classnames = list(classnames_path) if isinstance(classnames_path, (list, tuple)) else read_name_lines(classnames_path)
+    records = read_classification_csv(csv_path, classnames, image_root, img_key=csv_img_key, label_key=csv_class_key,
+                                      sep=csv_separator, errors=errors, limit=limit)
+    if not records:
+        raise EvalDataError(f"{csv_path}: no usable rows")
+    model.eval()
+    device = model_device(model)
+    classifier = name_embeddings(model, tokenizer, classnames, templates or SCENE_TEMPLATES, amp=False,
+                                 cache=text_cache)
+    loader = make_loader(ImageLabelDataset(records, preprocess), batch_size, num_workers, _collate,
+                         pin=device.type == "cuda")
+    correct1 = correct5 = n = 0
+    for images, labels, bad in progress(loader, desc=desc or "classification", enabled=show_progress):
+        for b in bad:
+            errors(b.error)
+        if images is None:
+            continue
+        images = images.to(device, dtype=model_dtype(model), non_blocking=True)
+        labels = labels.to(device)
+        with autocast_for(model, amp):
+            feats = F.normalize(model.encode_image(images), dim=-1)
+            logits = 100.0 * feats @ classifier.t()
+        c1, c5 = topk_correct(logits, labels, (1, 5), ties=ties)
+        correct1, correct5, n = correct1 + c1, correct5 + c5, n + images.shape[0]
+    if n == 0:
+        raise EvalDataError(f"{csv_path}: no image could be read ({errors.count} skipped)")
+    info = {"n": n, "classes": len(classnames), "correct_top1": correct1, "correct_top5": correct5,
+            "seconds": round(time.time() - t0, 2), **errors.summary()}
+    return EvalResult({"top1": percent(correct1, n), "top5": percent(correct5, n)}, info=info)
