@@ -36,6 +36,7 @@ def setup(device: str = "auto") -> Dist:
 
 def teardown() -> None:
     if dist.is_initialized():
+        dist.barrier()  # let rank 0 finish writing before anyone tears the group down
         dist.destroy_process_group()
 
 

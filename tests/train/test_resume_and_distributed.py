@@ -1,0 +1,104 @@
+"""Exact resume (bit-identical losses on CPU, workers=0), checkpoints, and a 2-process gloo run through torchrun."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import farslip
+from farslip.train import load_config, train
+from farslip.train.checkpoint import list_checkpoints
+
+from .helpers import REPO, tiny_overrides
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _losses(run: Path) -> dict[int, dict]:
+    return {e["step"]: e for e in map(json.loads, (run / "log.jsonl").read_text().splitlines())}
+
+
+@pytest.mark.parametrize("recipe,stage", [("stage1_vitb16_rs5m.yaml", 1), ("stage2_vitb16_mgrs.yaml", 2),
+                                          ("ablations/stage1_ema_target.yaml", 1)])
+def test_resume_is_bit_identical(tmp_path, tiny_arch, recipe, stage):
+    # batch 2 over the tiny sets gives several steps per epoch: the run crosses an epoch boundary.
+    over = tiny_overrides(tmp_path / "a", stage, steps=7, optim={"batch_size": 2, "precision": "fp32", "warmup": 3,
+                                                                   "max_steps": 7, "lr": 1e-3})
+    over["run"]["save_every"] = 3
+    over["optim"]["epochs"] = 3
+    full = load_config(REPO / "configs" / recipe, over)
+    train(full)
+
+    over["run"]["out"] = str(tmp_path / "b")
+    over["optim"]["max_steps"] = 4  # stopped after step 4 (last checkpoint at 4) ...
+    train(load_config(REPO / "configs" / recipe, over))
+    over["optim"]["max_steps"] = 7  # ... and resumed
+    train(load_config(REPO / "configs" / recipe, over), resume="auto")
+
+    a, b = _losses(tmp_path / "a" / "run"), _losses(Path(over["run"]["out"]))
+    assert sorted(b) == list(range(1, 8))
+    for step in range(1, 8):
+        for key in ("total", "global_itc", "lr", "logit_scale"):
+            assert a[step][key] == b[step][key], (step, key)
+    wa = farslip.load_model(checkpoint=tmp_path / "a" / "run" / "final.pt")[0].state_dict()
+    wb = farslip.load_model(checkpoint=Path(over["run"]["out"]) / "final.pt")[0].state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_checkpoints_keep_last_and_skip_corrupt(tmp_path, tiny_arch):
+    over = tiny_overrides(tmp_path, 2, steps=5)
+    over["run"].update(save_every=1, keep_last=2)
+    cfg = load_config(REPO / "configs" / "stage2_vitb16_mgrs.yaml", over)
+    train(cfg)
+    ckpts = list_checkpoints(Path(cfg.run.out))
+    assert [p.name for p in ckpts] == ["step_00000004.pt", "step_00000005.pt"]
+    assert not list((Path(cfg.run.out) / "checkpoints").glob("*.tmp"))
+    payload = torch.load(ckpts[-1], weights_only=True)
+    assert {"optimizer", "rng", "progress", "config", "git_commit", "farslip_meta"} <= set(payload)
+    # A checkpoint is a model file too: load_model needs no other argument.
+    model, *_ = farslip.load_model(checkpoint=ckpts[-1])
+    assert model.context_length == 248  # stage 2 recipe: long text
+    # The newest is truncated (a crash while copying it elsewhere): resume falls back to the previous one.
+    ckpts[-1].write_bytes(ckpts[-1].read_bytes()[:1000])
+    cfg.optim.max_steps = 6
+    result = train(cfg, resume="auto")
+    assert result["steps"] == 6
+    assert _losses(Path(cfg.run.out))[5]["step"] == 5
+
+
+def test_long_text_rows_stay_frozen_in_training(tmp_path, tiny_arch):
+    cfg = load_config(REPO / "configs" / "stage2_vitb16_mgrs.yaml", tiny_overrides(tmp_path, 2, steps=3))
+    cfg.optim.lr = 1e-2
+    torch.manual_seed(0)
+    start, *_ = farslip.load_model(tiny_arch)
+    farslip.extend_text_context(start, 248)
+    train(cfg)
+    end, *_ = farslip.load_model(checkpoint=Path(cfg.run.out) / "final.pt")
+    assert torch.equal(end.positional_embedding[:20], start.positional_embedding[:20])
+    assert not torch.equal(end.positional_embedding[20:], start.positional_embedding[20:])
+
+
+def test_two_process_gloo_run_through_torchrun(tmp_path):
+    over = tiny_overrides(tmp_path, 1, arch="FarSLIP-Tiny", steps=2)
+    args = []
+    for section, values in over.items():
+        for k, v in values.items():
+            args += ["--set", f"{section}.{k}={'null' if v is None else v}"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}", "-m", "farslip",
+           "train", "--config", str(REPO / "configs" / "stage1_vitb16_rs5m.yaml"), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = _losses(Path(over["run"]["out"]))
+    assert sorted(log) == [1, 2]
+    assert log[1]["samples_per_s"] > 0
