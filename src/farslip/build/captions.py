@@ -156,8 +156,8 @@ class TemplateCaptioner:
             cover = [(k, v) for k, v in sorted(land_cover.items(), key=lambda kv: (-kv[1], kv[0])) if v >= 0.05]
             if cover:
                 parts = [f"{name} about {round(100 * frac / 5) * 5 or 5}%" for name, frac in cover[:3]]
-                sents.append(_cap(parts[0].replace(" about", " covers about", 1))
-                             + (", " + join_words(parts[1:]) if len(parts) > 1 else "") + " of the image.")
+                parts[0] = parts[0].replace(" about", " covers about", 1)
+                sents.append(_cap(join_words(parts)) + " of the image.")
         if gsd:
             sents.append(f"The ground sampling distance is about {gsd:.2g} m per pixel.")
         return {"brief_caption": brief, "global_caption": glob, "detailed_caption": " ".join(sents)}

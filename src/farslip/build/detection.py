@@ -53,6 +53,15 @@ class DetObject:
     polygon: list[tuple[float, float]]
     difficult: bool = False
     record: str = ""  # where it was read from, for messages ("line 4", "object 2", "annotation id 17")
+    is_box: bool = False  # an axis-aligned box as the file gave it (x1, y1), (x2, y1), (x2, y2), (x1, y2)
+
+    @property
+    def inverted(self) -> bool:
+        """A box whose max corner is not beyond its min corner (e.g. VOC xmax < xmin, COCO w <= 0)."""
+        if not self.is_box:
+            return False
+        (x1, y1), (x2, y2) = self.polygon[0], self.polygon[2]
+        return x2 <= x1 or y2 <= y1
 
     @property
     def bounds(self) -> tuple[float, float, float, float]:
@@ -218,7 +227,8 @@ def read_voc(path: str | Path) -> LabelFile:
                  for k in ("xmin", "ymin", "xmax", "ymax")]
             if len(out.problems) > n_before:
                 continue
-            poly = box_polygon(*v)
+            out.objects.append(DetObject(name, box_polygon(*v), difficult, rec, is_box=True))
+            continue
         elif obj.find("robndbox") is not None:
             rb = obj.find("robndbox")
             if rb.find("x_left_top") is not None:  # DIOR-R: four corners
@@ -278,7 +288,7 @@ def read_fair1m(path: str | Path) -> LabelFile:
                 if not _finite((x, y)):
                     raise ValueError
             except ValueError:
-                out.problems.append(Problem("bad-record", str(path), f"point {j} is {p.text!r}, expected 'x,y'",
+                out.problems.append(Problem("bad-record", str(path), f"point {j} is {p.text!r}, expected two numbers 'x,y'",
                                             rec, "points/point"))
                 bad = True
                 break
@@ -358,13 +368,14 @@ def read_coco(path: str | Path) -> CocoDataset:
             problems.append(Problem("bad-record", str(path), err, rec, fld))
             continue
         difficult = bool(ann.get("iscrowd", 0)) or bool(ann.get("ignore", 0))
-        im["objects"].append(DetObject(name, poly, difficult, rec))
+        im["objects"].append(DetObject(name, poly, difficult, rec, is_box=fld == "bbox"))
     return CocoDataset(list(images.values()), cats, problems)
 
 
 def _coco_geometry(ann: dict):
     """Polygon for a COCO annotation: its single polygon if it has one, else its bbox, else the bounds of a
-    multi-part polygon or an RLE mask. Returns (polygon, error, field)."""
+    multi-part polygon or an RLE mask. Returns (polygon, error, field); on success field is "bbox" when the
+    polygon is the annotation's bbox."""
     seg = ann.get("segmentation")
     polys = []
     if isinstance(seg, list) and seg:
@@ -387,7 +398,7 @@ def _coco_geometry(ann: dict):
             return None, f"bbox must be [x, y, w, h], got {bbox!r}", "bbox"
         if not _finite((x, y, w, h)):
             return None, "bbox is not finite", "bbox"
-        return box_polygon(x, y, x + w, y + h), None, None
+        return box_polygon(x, y, x + w, y + h), None, "bbox"
     if polys:
         xs = [p[0] for poly in polys for p in poly]
         ys = [p[1] for poly in polys for p in poly]

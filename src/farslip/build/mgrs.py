@@ -194,13 +194,15 @@ def process_source(item: SourceImage, cfg: BuildConfig, cmap: CategoryMap) -> di
         if o.difficult and cfg.drop_difficult:
             counts["dropped_difficult"] += 1
             continue
-        poly = clip_polygon(convex_hull(o.polygon), (0, 0, W, H))
+        poly = [] if o.inverted else clip_polygon(convex_hull(o.polygon), (0, 0, W, H))
         xs, ys = [p[0] for p in poly], [p[1] for p in poly]
         if (len(poly) < 3 or polygon_area(poly) <= 0 or max(xs) - min(xs) < cfg.min_box_size
                 or max(ys) - min(ys) < cfg.min_box_size):
             counts["dropped_degenerate"] += 1
-            problems.append(Problem("degenerate", label_src, f"{o.category!r} box is empty or thinner than "
-                                    f"{cfg.min_box_size:g} px inside the {W}x{H} image; dropped", o.record))
+            x1, y1, x2, y2 = o.bounds if not o.is_box else (*o.polygon[0], *o.polygon[2])
+            problems.append(Problem("degenerate", label_src, f"{o.category!r} box ({x1:g}, {y1:g}, {x2:g}, {y2:g}) "
+                                    f"is inverted, empty or thinner than {cfg.min_box_size:g} px inside the "
+                                    f"{W}x{H} image; dropped", o.record))
             continue
         prepared.append((name, o.category, poly, bool(o.difficult)))
     image = None
