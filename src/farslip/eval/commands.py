@@ -243,10 +243,18 @@ def run_command(args) -> int:
         if lacking:
             raise SystemExit(f"farslip eval {kind}: own data also needs {' '.join(lacking)}")
     out_dir = Path(args.output) if args.output else _default_output(args, kind)
-    model, preprocess, tokenizer, device = _load(args)
     roots = _parse_roots(args.root)
-    sections = {}
     kinds = ["classification", "retrieval", "ovss"] if kind == "all" else [kind]
+    chosen = {}
+    if not custom:
+        from .registry import select, select_any
+
+        try:
+            chosen = select_any(args.datasets) if kind == "all" else {kind: select(kind, args.datasets)}
+        except KeyError as exc:
+            raise SystemExit(str(exc.args[0]))
+    model, preprocess, tokenizer, device = _load(args)
+    sections = {}
     if custom:
         name = args.name or Path(args.csv or args.img_dir).stem
         opts = _options(args, kind)
@@ -268,12 +276,7 @@ def run_command(args) -> int:
                                     overlay_root=out_dir / "overlays", **kw, **opts)
     else:
         from .common import TextEmbeddingCache
-        from .registry import select, select_any
 
-        try:
-            chosen = select_any(args.datasets) if kind == "all" else {kind: select(kind, args.datasets)}
-        except KeyError as exc:
-            raise SystemExit(str(exc.args[0]))
         cache = TextEmbeddingCache()
         for k in kinds:
             if kind == "all" and args.datasets and not chosen[k]:

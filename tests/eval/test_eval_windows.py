@@ -1,0 +1,103 @@
+"""OVSS sliding windows: SegEarth-OV's arithmetic by hand, and batched windows of several images equal to
+SegEarth-OV's loop run one window at a time."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import farslip
+from farslip.eval.ovss import pad_to_patch, prepare_image, rescaled_size, sliding_window_logits, window_boxes
+
+
+def test_window_boxes_by_hand():
+    assert window_boxes(448, 448) == [(y, y + 224, x, x + 224) for y in (0, 112, 224) for x in (0, 112, 224)]
+    # 448 x 300: the second column would end at 336 > 300 and is shifted back to end at the border
+    assert window_boxes(448, 300) == [(y, y + 224, x1, x2) for y in (0, 112, 224) for x1, x2 in ((0, 224), (76, 300))]
+    # smaller than a window: one window of the image's own size
+    assert window_boxes(100, 150) == [(0, 100, 0, 150)]
+    assert window_boxes(100, 448) == [(0, 100, 0, 224), (0, 100, 112, 336), (0, 100, 224, 448)]
+    # exactly one stride more than a window
+    assert window_boxes(336, 224) == [(0, 224, 0, 224), (112, 336, 0, 224)]
+
+
+def test_pad_and_resize_by_hand():
+    assert pad_to_patch(100, 300, 16) == (2, 2, 6, 6)       # (left, right, top, bottom), centred
+    assert pad_to_patch(224, 224, 16) == (0, 0, 0, 0)
+    assert pad_to_patch(21, 224, 8) == (0, 0, 1, 2)
+    assert rescaled_size(1024, 1024, 448) == (448, 448)
+    assert rescaled_size(2160, 4096, 448) == (236, 448)      # 2160 * 448/4096 = 236.25
+    assert rescaled_size(300, 200, 448) == (448, 299)        # small images are enlarged too (mmcv imrescale)
+    assert rescaled_size(512, 512, 448) == (448, 448)
+
+
+def test_prepare_image_normalises_on_the_255_scale():
+    rgb = torch.full((10, 20, 3), 128, dtype=torch.uint8)
+    x = prepare_image(rgb, 40)
+    assert x.shape == (3, 20, 40)
+    assert torch.allclose(x[0], torch.full((20, 40), (128 - 122.771) / 68.501))
+
+
+def _segearth_slide(model, img, query, crop, stride, cls_lambda, attn):
+    """SegEarth-OV's forward_slide + forward_feature, one window at a time (batch of one image)."""
+    img = img[None]
+    patch = model.visual.conv1.kernel_size[0]
+    h_stride = w_stride = stride
+    h_crop = w_crop = crop
+    _, _, h_img, w_img = img.shape
+    h_grids = max(h_img - h_crop + h_stride - 1, 0) // h_stride + 1
+    w_grids = max(w_img - w_crop + w_stride - 1, 0) // w_stride + 1
+    preds = img.new_zeros((1, query.shape[0], h_img, w_img))
+    count_mat = img.new_zeros((1, 1, h_img, w_img))
+    for h_idx in range(h_grids):
+        for w_idx in range(w_grids):
+            y1 = h_idx * h_stride
+            x1 = w_idx * w_stride
+            y2 = min(y1 + h_crop, h_img)
+            x2 = min(x1 + w_crop, w_img)
+            y1 = max(y2 - h_crop, 0)
+            x1 = max(x2 - w_crop, 0)
+            crop_img = img[:, :, y1:y2, x1:x2]
+            H, W = crop_img.shape[2:]
+            l = r = t = b = 0
+            if W % patch:
+                lr = patch - W % patch
+                l, r = lr // 2, lr - lr // 2
+            if H % patch:
+                tb = patch - H % patch
+                t, b = tb // 2, tb - tb // 2
+            pad = (l, r, t, b)
+            if any(pad):
+                crop_img = F.pad(crop_img, pad)
+            tokens, cls = farslip.dense_features(model, crop_img, attn, cls_from="surgery")
+            feats = tokens.reshape(1, -1, tokens.shape[-1])
+            feats = feats / feats.norm(dim=-1, keepdim=True)
+            cls = cls / cls.norm(dim=-1, keepdim=True)
+            logits = feats @ query.T + (cls @ query.T)[:, None, :] * cls_lambda
+            gh, gw = crop_img.shape[-2] // patch, crop_img.shape[-1] // patch
+            logits = logits.permute(0, 2, 1).reshape(-1, query.shape[0], gh, gw)
+            seg = F.interpolate(logits, size=crop_img.shape[-2:], mode="bilinear")
+            if any(pad):
+                seg = seg[:, :, t:t + H, l:l + W]
+            preds += F.pad(seg, (int(x1), int(preds.shape[3] - x2), int(y1), int(preds.shape[2] - y2)))
+            count_mat[:, :, y1:y2, x1:x2] += 1
+    assert (count_mat == 0).sum() == 0
+    return (preds / count_mat)[0]
+
+
+@pytest.mark.parametrize("attn", ["segearth", "maskclip"])
+def test_batched_windows_of_several_images_equal_one_at_a_time(tiny_model, attn):
+    model, _, _ = tiny_model
+    model.eval()
+    g = torch.Generator().manual_seed(1)
+    query = F.normalize(torch.randn(5, model.text_projection.shape[1], generator=g), dim=-1)
+    # a big image, one smaller than a window and not a patch multiple (padded), one non-square
+    images = [torch.randn(3, 48, 72, generator=g), torch.randn(3, 21, 44, generator=g),
+              torch.randn(3, 40, 33, generator=g)]
+    with torch.no_grad():
+        batched = sliding_window_logits(model, images, query, crop=32, stride=16, attn=attn, cls_lambda=-0.3,
+                                        window_batch_size=4)
+        for img, got in zip(images, batched):
+            ref = _segearth_slide(model, img, query, 32, 16, -0.3, attn)
+            assert got.shape == ref.shape
+            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
