@@ -38,7 +38,7 @@ def make(out: str | Path, per_shard: int = 8, seed: int = 0) -> Path:
                 key = f"pub11_{s}_{i:05d}"
                 _add(tar, f"{key}.img_content", _jpeg(rng))
                 _add(tar, f"{key}.img_name", f"{key}.jpg".encode())
-                _add(tar, f"{key}.caption", f"a satellite image of farmland and {i} buildings".encode())
+                _add(tar, f"{key}.caption", f"a satellite image of farmland and {i} buildings in region {s}".encode())
     with tarfile.open(out / "rs3-train-0000.tar", "w") as tar:
         for i in range(per_shard):
             key = f"rs3_{i:05d}"
