@@ -98,10 +98,20 @@ class OVSSBenchmark:
     aliases: tuple[str, ...] = ()
     root: str = "ovss"
     source: str = ""
+    #: other ``(img_dir, ann_dir)`` spellings seen in the wild (SegEarth-OV's dataset_prepare.md tree); the
+    #: first location that exists is used, the config's one is reported when none does
+    alternatives: tuple[tuple[str, str], ...] = ()
+
+    def locate(self, data_root=None, roots=None) -> tuple[Path, Path]:
+        r = _root(self.root, data_root, roots)
+        for img, ann in ((self.img_dir, self.ann_dir), *self.alternatives):
+            if (r / img).is_dir() and (r / ann).is_dir():
+                return r / img, r / ann
+        return r / self.img_dir, r / self.ann_dir
 
     def dataset(self, data_root=None, roots=None, class_file_override: str | None = None) -> OVSSDataset:
-        r = _root(self.root, data_root, roots)
-        return OVSSDataset(img_dir=str(r / self.img_dir), ann_dir=str(r / self.ann_dir),
+        img_dir, ann_dir = self.locate(data_root, roots)
+        return OVSSDataset(img_dir=str(img_dir), ann_dir=str(ann_dir),
                            class_file=class_file_override or class_file(self.class_name_file), name=self.name,
                            img_suffix=self.img_suffix, ann_suffix=self.ann_suffix,
                            prob_threshold=self.prob_threshold, background_index=self.background_index,
@@ -154,7 +164,7 @@ OVSS: dict[str, OVSSBenchmark] = {b.name: b for b in [
                   ".tif", ".tif", 0.1, 0, False, aliases=("openearthmap", "oem"),
                   source="OpenEarthMap (open-earth-map.org), " + _SEG + ": openearthmap.py"),
     OVSSBenchmark("LoveDA", "LoveDA/img_dir/val", "LoveDA/ann_dir/val", "loveda", ".png", ".png", 0.3, 0, True,
-                  aliases=("loveda",), source="LoveDA (Zenodo, Val.zip), " + _SEG + ": loveda.py"),
+                  aliases=("loveda",), alternatives=(("loveDA/img_dir/val", "loveDA/ann_dir/val"),), source="LoveDA (Zenodo, Val.zip), " + _SEG + ": loveda.py"),
     OVSSBenchmark("iSAID", "iSAID/img_dir/val", "iSAID/ann_dir/val", "isaid", ".png", "_instance_color_RGB.png",
                   0.4, 0, False, aliases=("isaid",),
                   source="iSAID (DOTA images + iSAID semantic masks, val), " + _SEG + ": isaid.py"),
@@ -170,7 +180,7 @@ OVSS: dict[str, OVSSBenchmark] = {b.name: b for b in [
                   aliases=("uavid",), source="UAVid (uavid.nl; the labelled test split as SegEarth-OV uses it), "
                                               + _SEG + ": uavid.py"),
     OVSSBenchmark("UDD5", "UDD/UDD/UDD5/val/src", "UDD/UDD/UDD5/val/gt", "udd5", ".JPG", ".png", 0.4, 4, False,
-                  aliases=("udd5", "udd"), source="UDD5 (github.com/MarcWong/UDD), used as released; " + _SEG),
+                  aliases=("udd5", "udd"), alternatives=(("UDD5/val/src", "UDD5/val/gt"),), source="UDD5 (github.com/MarcWong/UDD), used as released; " + _SEG),
     OVSSBenchmark("VDD", "VDD/test/src", "VDD/test/gt", "vdd", ".JPG", ".png", 0.3, 0, False, aliases=("vdd",),
                   source="VDD (github.com/RussRobin/VDD), used as released; " + _SEG),
 ]}
