@@ -127,7 +127,8 @@ class TemplateCaptioner:
 
         # brief: the scene (or the image) and its two most frequent categories
         if subject:
-            brief = _cap(subject) + (f" with {join_words(summary[:2])}" if summary else "") + "."
+            brief = (_cap(subject) + f" with {join_words(summary[:2])}." if summary
+                     else f"An aerial view of {subject}.")
         elif summary:
             brief = f"An aerial image with {join_words(summary[:2])}."
         else:

@@ -1,0 +1,117 @@
+"""`farslip data validate` catches bad files; `farslip data stats` prints tables and writes a PNG."""
+import copy
+import json
+
+import pytest
+from PIL import Image
+
+from farslip.build import mgrs_stats, plot_stats, validate_mgrs, write_mgrs_json
+from farslip.build.mgrs import mgrs_record
+from farslip.cli import main
+
+
+def _bbox(x1, y1, x2, y2, w=100, h=80):
+    return {"x1": x1, "y1": y1, "x2": x2, "y2": y2, "width": w, "height": h}
+
+
+@pytest.fixture
+def good(tmp_path):
+    d = tmp_path / "mgrs"
+    (d / "global_imgs").mkdir(parents=True)
+    recs = []
+    for i in range(3):
+        Image.new("RGB", (100, 80), (i * 40, 90, 90)).save(d / "global_imgs" / f"{i}.jpg")
+        objs = [{"category": "ship", "category_id": 1, "box": [10, 10, 30 + i, 40]},
+                {"category": "airplane", "category_id": 0, "box": [0, 0, 100, 80]},
+                {"category": "ship", "category_id": 1, "box": [50, 10, 70, 40]}][: i + 1]
+        caps = {"brief_caption": "b", "global_caption": "g", "detailed_caption": "d d d"}
+        recs.append(mgrs_record(f"global_imgs/{i}.jpg", caps, objs, 100, 80))
+    write_mgrs_json(recs, d / "text_info.json")
+    return d, recs
+
+
+def _write(d, recs):
+    (d / "text_info.json").write_text(json.dumps(recs))
+
+
+def _errors(d, **kw):
+    return [f"{f.where}: {f.message}" for f in validate_mgrs(d, **kw).errors]
+
+
+def test_good_file_passes(good):
+    d, _ = good
+    rep = validate_mgrs(d)
+    assert rep.ok and rep.records == 3 and rep.objects == 6 and rep.images_checked == 3
+    assert any("under 64x64" in w.message for w in rep.warnings)
+
+
+@pytest.mark.parametrize("mutate,expect", [
+    (lambda r: r[0]["segment"][0]["bbox"].update(x2=5), "text_info.json[0].segment[0].bbox: degenerate"),
+    (lambda r: r[1]["segment"][1]["bbox"].update(y2=90), "text_info.json[1].segment[1].bbox: box (0, 0, 100, 90) is "
+                                                        "outside the 100x80 image"),
+    (lambda r: r[0]["segment"][0].update(bbox={"x2": 30, "x1": 10, "y1": 10, "y2": 40, "width": 100, "height": 80}),
+     "order"),
+    (lambda r: r[0]["segment"][0].update(bbox=[10, 10, 30, 40, 100]), "needs six numbers"),
+    (lambda r: r[2]["segment"][0].update(category_id=7), "category 'ship' has several ids: [1, 7]"),
+    (lambda r: r[2]["segment"][1].update(category="ship"), "category_id 0 is used for several names"),
+    (lambda r: r[0]["segment"][0].update(category_id="1"), "text_info.json[0].segment[0].category_id: must be an "
+                                                            "integer"),
+    (lambda r: [r[0].pop(k) for k in ("brief_caption", "global_caption", "detailed_caption")], "no caption"),
+    (lambda r: r[1].update(global_filepath="global_imgs/nope.jpg"), "nope.jpg does not exist"),
+    (lambda r: [o["bbox"].update(width=120) for o in r[2]["segment"]], "image is 100x80 but its boxes say 120x80"),
+    (lambda r: r[1]["segment"][0]["bbox"].update(width=90), "boxes disagree on the image size"),
+])
+def test_validate_catches(good, mutate, expect):
+    d, recs = good
+    recs = copy.deepcopy(recs)
+    mutate(recs)
+    _write(d, recs)
+    errs = _errors(d)
+    assert any(expect in e for e in errs), errs
+
+
+def test_validate_bad_images_and_json(good):
+    d, recs = good
+    (d / "global_imgs" / "1.jpg").write_bytes(Image.open(d / "global_imgs" / "0.jpg").tobytes()[:50])
+    errs = _errors(d)
+    assert len(errs) == 1 and "1.jpg does not decode" in errs[0]
+    assert _errors(d, check_images=False) == []
+    (d / "text_info.json").write_text('[{"global_filepath": "x",}]')
+    errs = _errors(d)
+    assert len(errs) == 1 and "not valid JSON" in errs[0] and "line 1" in errs[0]
+    (d / "text_info.json").write_text('{"a": 1}')
+    assert "top level must be a JSON list" in _errors(d)[0]
+
+
+def test_validate_cli(good, tmp_path, capsys):
+    d, recs = good
+    assert main(["data", "validate", str(d), "--no-progress"]) == 0
+    recs = copy.deepcopy(recs)
+    recs[0]["segment"][0]["bbox"]["x2"] = 5
+    _write(d, recs)
+    report = tmp_path / "r.json"
+    assert main(["data", "validate", str(d / "text_info.json"), "--no-progress", "--report", str(report)]) == 1
+    out = capsys.readouterr().out
+    assert "1 errors" in out and "segment[0].bbox" in out
+    assert json.loads(report.read_text())["ok"] is False
+    assert main(["data", "validate", str(tmp_path / "missing")]) == 2
+
+
+def test_stats_numbers_and_png(good, tmp_path, capsys):
+    d, recs = good
+    st = mgrs_stats(d)
+    assert st["images"] == 3 and st["objects"] == 6
+    assert st["objects_per_image"]["mean"] == 2.0 and st["objects_per_image"]["max"] == 3
+    assert [(c["name"], c["id"], c["objects"], c["images"]) for c in st["categories"]] == [
+        ("ship", 1, 4, 3), ("airplane", 0, 2, 2)]
+    # airplane boxes are 100x80 -> side 89.4 (>= 64); ship boxes 20x30, 21x30, 22x30, 20x30 -> sides 24.5..25.7
+    bins = {(b["from"], b["to"]): b["objects"] for b in st["box_side"]["bins"]}
+    assert bins[(16, 32)] == 4 and bins[(64, 128)] == 2 and st["box_side"]["stage2_usable"] == 2
+    png = plot_stats(st, tmp_path / "s.png")
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.size[0] > 300
+    assert main(["data", "stats", str(d), "--png", str(tmp_path / "c.png"), "--json", str(tmp_path / "s.json")]) == 0
+    out = capsys.readouterr().out
+    assert "objects per image      mean 2.00" in out and "ship" in out and "[  16,   32)" in out
+    assert (tmp_path / "c.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "s.json").read_text())["objects"] == 6
