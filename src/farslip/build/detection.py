@@ -288,8 +288,9 @@ def read_fair1m(path: str | Path) -> LabelFile:
                 if not _finite((x, y)):
                     raise ValueError
             except ValueError:
-                out.problems.append(Problem("bad-record", str(path), f"point {j} is {p.text!r}, expected two numbers 'x,y'",
-                                            rec, "points/point"))
+                out.problems.append(Problem("bad-record", str(path),
+                                            f"point {j} is {p.text!r}, expected two numbers 'x,y'", rec,
+                                            "points/point"))
                 bad = True
                 break
             pts.append((x, y))

@@ -114,7 +114,8 @@ def format_stats(st: dict, top: int = 40) -> str:
     lines += ["", "box side sqrt(w*h) px   objects   share"]
     for b in bs["bins"]:
         hi = "inf" if b["to"] == math.inf else b["to"]
-        lines.append(f"  [{b['from']:>4}, {hi:>4})          {b['objects']:>8}  {b['objects'] / max(1, st['objects']):>6.1%}")
+        share = b["objects"] / max(1, st["objects"])
+        lines.append(f"  [{b['from']:>4}, {hi:>4})          {b['objects']:>8}  {share:>6.1%}")
     lines.append(f"median side {bs['median']:.1f} px; {bs['stage2_usable']} boxes reach {STAGE2_MIN_SIDE}x"
                  f"{STAGE2_MIN_SIDE} px of area (FarSLIP stage-2 default minimum)")
     return "\n".join(lines)

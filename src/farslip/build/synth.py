@@ -489,6 +489,12 @@ def _forest(cv: Canvas) -> None:
                             _ROOFS_HOUSE[int(rng.integers(len(_ROOFS_HOUSE)))], ridge=True), clearing)
 
 
+def _lattice(start: float, step: float, half: float) -> list[float]:
+    """Positions start + k * step (k any integer) inside [-half, half)."""
+    first = start - step * math.ceil((start + half) / step)
+    return np.arange(first, half, step).tolist()
+
+
 def _residential(cv: Canvas) -> None:
     S, k, rng = cv.S, cv.k, cv.rng
     cv.bg = "lawn"
@@ -512,8 +518,8 @@ def _residential(cv: Canvas) -> None:
     hs = _u(rng, 17, 21) * k
     # house lattice aligned with the blocks
     half = 0.75 * S
-    for a in np.arange(ou + rw + hs / 2, ou + half, hs).tolist() + np.arange(ou + rw + hs / 2 - sp, -half, -hs).tolist():
-        for b in np.arange(ov + rw + hs / 2, ov + half, hs).tolist() + np.arange(ov + rw + hs / 2 - sp, -half, -hs).tolist():
+    for a in _lattice(ou + rw + hs / 2, hs, half):
+        for b in _lattice(ov + rw + hs / 2, hs, half):
             if rng.random() < 0.18:
                 continue
             x, y = cv.to_image(a + _u(rng, -1.5, 1.5) * k, b + _u(rng, -1.5, 1.5) * k, S / 2, S / 2, ang)

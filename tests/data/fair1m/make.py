@@ -26,7 +26,8 @@ FAIR_0 = f"""<?xml version="1.0" encoding="utf-8"?>
     {_obj("Boeing737", [(100, 100), (160, 100), (160, 150), (100, 150)])}
     {_obj("Small Car", [(300, 200), (310, 195), (315, 205), (305, 210)])}
     {_obj("Dump Truck", [(590, 480), (620, 480), (620, 520), (590, 520)])}
-    <object><possibleresult><name>Tugboat</name></possibleresult><points><point>1,2</point><point>x,y</point></points></object>
+    <object><possibleresult><name>Tugboat</name></possibleresult>
+      <points><point>1,2</point><point>x,y</point></points></object>
   </objects>
 </annotation>
 """
