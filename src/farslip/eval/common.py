@@ -132,7 +132,7 @@ def name_embeddings(model: nn.Module, tokenizer, names: Sequence[str], templates
     if cache is not None and (hit := cache.get(key)) is not None:
         return hit
     emb = encode_texts(model, tokenizer, prompts, batch_size=batch_size, amp=amp)
-    emb = emb.view(len(names), len(templates), -1).mean(dim=1)
+    emb = emb.float().view(len(names), len(templates), -1).mean(dim=1)
     emb = emb / emb.norm(dim=-1, keepdim=True)
     if cache is not None:
         cache.put(key, emb)

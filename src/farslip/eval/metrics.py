@@ -35,7 +35,8 @@ def _official_row_rank(row: torch.Tensor, positive_idx: torch.Tensor) -> int:
 
 
 def best_positive_rank(scores: torch.Tensor, positives: torch.Tensor, ties: str = "official",
-                       row_fn: Callable[[int], torch.Tensor] | None = None, row_offset: int = 0) -> torch.Tensor:
+                       row_fn: Callable[[int], torch.Tensor] | None = None, row_offset: int = 0,
+                       ks: Sequence[int] | None = None) -> torch.Tensor:
     """0-based rank of each query's best-placed true partner.
 
     Args:
@@ -44,6 +45,9 @@ def best_positive_rank(scores: torch.Tensor, positives: torch.Tensor, ties: str 
         ties: one of :data:`TIE_RULES`.
         row_fn: for ``ties="official"``: gives query ``i``'s score row exactly as the official script computes it
             (a 1-D product); defaults to the row of ``scores``. ``i`` counts from ``row_offset``.
+        ks: for ``ties="official"``: the cutoffs that will be asked of the ranks. Rows whose hit/miss at every
+            cutoff does not depend on tie order are then not re-ranked (their rank is exact whenever no other item
+            ties with the best partner, and gives the right answer at every cutoff otherwise). None: exact ranks.
 
     Returns:
         ``[Q]`` long; a query without any true partner gets ``N`` (a miss at every k).
@@ -58,27 +62,35 @@ def best_positive_rank(scores: torch.Tensor, positives: torch.Tensor, ties: str 
     has = positives.any(dim=1)
     best = s.masked_fill(~positives, -math.inf).max(dim=1).values if N else s.new_zeros(Q)
     best_col = best[:, None]
+    if ties == "official":
+        # Scores equal to the best partner's -- or a few ulps from it, which another summation order could make
+        # equal -- make the official answer depend on argsort's order: such rows are ranked its way. Items above
+        # that band are ahead of every partner (lo); at worst every non-partner in the band is too (hi).
+        eps = torch.finfo(scores.dtype).eps if scores.dtype.is_floating_point else 0.0
+        tol = 4 * eps * best_col.abs().clamp_min(1.0)
+        lo = (s > best_col + tol).sum(dim=1)
+        hi = lo + (((s - best_col).abs() <= tol) & ~positives).sum(dim=1)
+        if ks is None:
+            ambiguous = hi > lo
+        else:
+            ambiguous = torch.zeros_like(has)
+            for k in ks:
+                ambiguous |= (lo < k) & (hi >= k)
+        rank = lo.clone()
+        for i in (ambiguous & has).nonzero().flatten().tolist():
+            row = row_fn(row_offset + i) if row_fn is not None else scores[i]
+            rank[i] = _official_row_rank(row.cpu(), positives[i].nonzero().flatten().cpu())
+        return torch.where(has, rank, torch.full_like(rank, N))
     greater = (s > best_col).sum(dim=1)
     equal = s == best_col
     if ties == "optimistic":
         rank = greater
     elif ties == "pessimistic":
         rank = greater + (equal & ~positives).sum(dim=1)
-    elif ties == "stable":
+    else:  # stable
         first = (equal & positives).to(torch.uint8).argmax(dim=1)  # first index among tied true partners
         before = torch.arange(N, device=s.device)[None, :] < first[:, None]
         rank = greater + (equal & before).sum(dim=1)
-    else:  # official
-        rank = greater.clone()
-        # Equal scores -- or scores a few ulps apart, which another summation order could make equal -- next to
-        # the best partner make the official answer depend on argsort's tie order: rank those rows its way.
-        eps = torch.finfo(scores.dtype).eps if scores.dtype.is_floating_point else 0.0
-        tol = 4 * eps * best_col.abs().clamp_min(1.0)
-        near = (s - best_col).abs() <= tol
-        ambiguous = (near & ~positives).any(dim=1) & has
-        for i in ambiguous.nonzero().flatten().tolist():
-            row = row_fn(row_offset + i) if row_fn is not None else scores[i]
-            rank[i] = _official_row_rank(row.cpu(), positives[i].nonzero().flatten().cpu())
     return torch.where(has, rank, torch.full_like(rank, N))
 
 
@@ -134,8 +146,8 @@ def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: Sequence[int] 
 
 
 def percent(count: float, n: int, digits: int = 2) -> float:
-    """``100 * count / n`` rounded as the official scripts print it."""
-    return round(100.0 * count / n, digits) if n else float("nan")
+    """``count / n`` as a percentage rounded to ``digits`` (fraction first, then x 100, as the official scripts)."""
+    return round(count / n * 100, digits) if n else float("nan")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
@@ -151,7 +152,7 @@ class SegmentationSamples(Dataset):
         if not Path(ann_path).is_file():
             return BadRecord(i, f"{self.ds.name}: no label map {ann_path!r} for image {img_path!r}")
         try:
-            label = torch.from_numpy(read_label_array(ann_path))
+            label = torch.from_numpy(read_label_array(ann_path).astype(np.int32))
         except Exception as exc:  # noqa: BLE001
             return BadRecord(i, f"{self.ds.name}: cannot read label map {ann_path!r}: {type(exc).__name__}: {exc}")
         if tuple(label.shape) != tuple(rgb.shape[:2]):

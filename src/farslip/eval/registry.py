@@ -16,7 +16,7 @@ See docs/benchmarks.md for where each comes from and how to prepare it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Iterable, Mapping

@@ -107,12 +107,13 @@ def _text_features(model, tokenizer, texts, *, batch_size, amp, show_progress, d
 
 def rank_queries(queries: torch.Tensor, gallery: torch.Tensor, positives: list[list[int]], *,
                  logit_scale: float = 100.0, ties: str = "official", block: int = 1024,
-                 device: torch.device | str | None = None) -> torch.Tensor:
+                 device: torch.device | str | None = None, ks: Sequence[int] | None = None) -> torch.Tensor:
     """Rank of each query's best true partner among ``gallery`` (block-wise ``(scale * q) @ g.T``).
 
     ``queries``/``gallery`` are normalised features (on CPU, as the official script keeps them); for
     ``ties="official"`` a row whose answer depends on tie order is recomputed on CPU exactly as the official loop
-    does (``logit_scale * q[i] @ gallery.t()`` then ``torch.argsort``).
+    does (``logit_scale * q[i] @ gallery.t()`` then ``torch.argsort``) -- only where it matters at the cutoffs
+    ``ks`` when they are given.
     """
     device = torch.device(device) if device is not None else queries.device
     g_dev = gallery.to(device)
@@ -128,7 +129,7 @@ def rank_queries(queries: torch.Tensor, gallery: torch.Tensor, positives: list[l
         for r, pos in enumerate(positives[start:start + block]):
             if pos:
                 mask[r, torch.as_tensor(pos, dtype=torch.long, device=device)] = True
-        ranks.append(best_positive_rank(scores, mask, ties, row_fn=official_row, row_offset=start).cpu())
+        ranks.append(best_positive_rank(scores, mask, ties, row_fn=official_row, row_offset=start, ks=ks).cpu())
     return torch.cat(ranks) if ranks else torch.empty(0, dtype=torch.long)
 
 
@@ -184,8 +185,8 @@ def retrieval(model: nn.Module, tokenizer, preprocess, csv_path, image_root=None
     text_queries = [i for i, s in enumerate(txt2img) if s]  # texts whose images were all unreadable drop out
     dev = rank_device or model_device(model)
     tq = txt_feats[text_queries] if len(text_queries) < len(texts) else txt_feats
-    t_ranks = rank_queries(tq, img_feats, [sorted(txt2img[i]) for i in text_queries], ties=ties, device=dev)
-    i_ranks = rank_queries(img_feats, txt_feats, [sorted(s) for s in img2txt], ties=ties, device=dev)
+    t_ranks = rank_queries(tq, img_feats, [sorted(txt2img[i]) for i in text_queries], ties=ties, device=dev, ks=ks)
+    i_ranks = rank_queries(img_feats, txt_feats, [sorted(s) for s in img2txt], ties=ties, device=dev, ks=ks)
     res = EvalResult()
     for name, ranks in (("text2img", t_ranks), ("img2text", i_ranks)):
         rec = recall_from_ranks(ranks, ks)

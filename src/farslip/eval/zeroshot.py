@@ -143,7 +143,7 @@ def zero_shot_classification(model: nn.Module, tokenizer, preprocess, csv_path, 
         labels = labels.to(device)
         with autocast_for(model, amp):
             feats = F.normalize(model.encode_image(images), dim=-1)
-            logits = 100.0 * feats @ classifier.t()
+            logits = 100.0 * feats @ classifier.t().to(feats.dtype)
         c1, c5 = topk_correct(logits, labels, (1, 5), ties=ties)
         correct1, correct5, n = correct1 + c1, correct5 + c5, n + images.shape[0]
     if n == 0:
