@@ -8,5 +8,19 @@ from . import objectives
 from .models import dense_features, extend_text_context, load_model, save_model
 from .objectives import FarSLIPObjective
 
+
+def __getattr__(name):
+    # The inference API (farslip.segment / classify / search) imports rasterio and matplotlib: load it on first use.
+    if name in ("segment", "classify", "search"):
+        from . import infer
+
+        return getattr(infer, name)
+    if name in ("eval", "build", "train", "data", "infer"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'farslip' has no attribute {name!r}")
+
 __version__ = "0.1.0"
-__all__ = ["FarSLIPObjective", "dense_features", "extend_text_context", "load_model", "objectives", "save_model"]
+__all__ = ["FarSLIPObjective", "classify", "dense_features", "extend_text_context", "load_model", "objectives",
+           "save_model", "search", "segment"]

@@ -193,6 +193,7 @@ class TrainLoader:
     def __init__(self, cfg: LoaderConfig, view_cfg: ViewConfig, tokenizer, batch_size: int, rank: int = 0,
                  world: int = 1, seed: int = 0):
         self.cfg, self.tokenizer = cfg, tokenizer
+        self._map_loader = None
         views = ViewMaker(view_cfg)
         if cfg.kind in ("mgrs", "csv"):
             if cfg.kind == "mgrs":
@@ -219,17 +220,19 @@ class TrainLoader:
 
     def epoch(self, epoch: int, start_batch: int = 0, cursors: dict | None = None):
         workers = self.cfg.workers
-        common = dict(num_workers=workers, persistent_workers=False, pin_memory=torch.cuda.is_available())
+        common = dict(num_workers=workers, pin_memory=torch.cuda.is_available())
         if workers > 0:
             common["prefetch_factor"] = 4
         if isinstance(self.dataset, ShardStream):
+            # Workers hold their own copy of a stream, so a new epoch needs new workers.
             self.dataset.set_epoch(epoch, start_batch, cursors)
-            loader = DataLoader(self.dataset, batch_size=None, **common)
-        else:
-            self.sampler.set_epoch(epoch, start_batch)
-            loader = DataLoader(self.dataset, batch_sampler=self.sampler,
-                                collate_fn=_Collate(self.tokenizer), **common)
-        yield from loader
+            yield from DataLoader(self.dataset, batch_size=None, **common)
+            return
+        self.sampler.set_epoch(epoch, start_batch)  # the sampler runs in this process: workers can persist
+        if self._map_loader is None:
+            self._map_loader = DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=_Collate(self.tokenizer),
+                                          persistent_workers=workers > 0, **common)
+        yield from self._map_loader
 
 
 class _Collate:

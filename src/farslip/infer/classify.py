@@ -1,0 +1,94 @@
+"""``farslip classify``: zero-shot scene classification of images or rasters of any size."""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from ..eval.common import SCENE_TEMPLATES, name_embeddings
+from .common import load_for_inference, model_input_size, parse_classes
+from .raster import open_raster, read_thumbnail
+
+
+@dataclass
+class Prediction:
+    image: str
+    top: list[tuple[str, float]]  # (class, probability), best first
+
+
+def load_image(path: Path, side: int) -> Image.Image:
+    """Any raster as an RGB PIL image whose longer side is about ``side`` (decimated read for large ones)."""
+    r = open_raster(path)
+    try:
+        return Image.fromarray(read_thumbnail(r, side).transpose(1, 2, 0))
+    finally:
+        r.close()
+
+
+def classify(images: Sequence[str | Path] | str | Path, classes: Sequence[str] | None = None, *,
+             checkpoint: str | Path | None = None, model=None, preprocess=None, tokenizer=None,
+             classes_file: str | Path | None = None, templates: Sequence[str] = SCENE_TEMPLATES, top_k: int = 5,
+             arch: str | None = None, device: str = "auto", batch_size: int = 32,
+             progress: bool = True) -> list[Prediction]:
+    """Top-k classes of each image, with the classification protocol of the evaluation (prompt-ensembled class
+    embeddings, 100 x cosine, softmax). A class with synonyms scores by its best synonym."""
+    images = [images] if isinstance(images, (str, Path)) else list(images)
+    if not images:
+        raise ValueError("no images given")
+    class_syn = parse_classes(classes, classes_file)
+    if model is None:
+        if checkpoint is None:
+            raise ValueError("classify needs a checkpoint (or a model, preprocess and tokenizer)")
+        model, preprocess, tokenizer = load_for_inference(checkpoint, arch, device)
+    device_ = next(model.parameters()).device
+    flat = [s for syn in class_syn for s in syn]
+    owner = torch.tensor([i for i, syn in enumerate(class_syn) for _ in syn], device=device_)
+    with torch.no_grad():
+        text = name_embeddings(model, tokenizer, flat, templates).to(device_)
+    side = 2 * model_input_size(model)
+    out = []
+    for start in tqdm(range(0, len(images), batch_size), desc="classify", unit="batch", disable=not progress):
+        chunk = [Path(p) for p in images[start:start + batch_size]]
+        x = torch.stack([preprocess(load_image(p, side)) for p in chunk]).to(device_)
+        with torch.no_grad():
+            feats = model.encode_image(x)
+            feats = feats / feats.norm(dim=-1, keepdim=True)
+            probs = (100.0 * feats.float() @ text.float().t()).softmax(dim=-1)
+        per_class = torch.zeros(len(chunk), len(class_syn), device=device_).scatter_reduce(
+            1, owner.expand(len(chunk), -1), probs, reduce="amax", include_self=True)
+        k = min(top_k, len(class_syn))
+        vals, idx = per_class.topk(k, dim=1)
+        for p, v, i in zip(chunk, vals.tolist(), idx.tolist()):
+            out.append(Prediction(str(p), [(class_syn[j][0], round(pv, 4)) for j, pv in zip(i, v)]))
+    return out
+
+
+def write_predictions(preds: list[Prediction], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".json":
+        path.write_text(json.dumps([{"image": p.image, "top": [{"class": c, "prob": s} for c, s in p.top]}
+                                    for p in preds], indent=2))
+    else:
+        k = max(len(p.top) for p in preds)
+        with open(path, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["image"] + [x for i in range(1, k + 1) for x in (f"class_{i}", f"prob_{i}")])
+            for p in preds:
+                w.writerow([p.image] + [x for c, s in p.top for x in (c, s)])
+    return path
+
+
+def table(preds: list[Prediction]) -> str:
+    """A Markdown table people can paste."""
+    k = max(len(p.top) for p in preds)
+    head = "| image | " + " | ".join(f"top-{i}" for i in range(1, k + 1)) + " |"
+    rows = [head, "|" + "---|" * (k + 1)]
+    for p in preds:
+        rows.append(f"| {Path(p.image).name} | " + " | ".join(f"{c} ({s:.2f})" for c, s in p.top) + " |")
+    return "\n".join(rows)

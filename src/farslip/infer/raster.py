@@ -1,0 +1,141 @@
+"""Windowed raster IO: any size, any band count or bit depth in; georeferenced class maps out.
+
+Everything is read and written block by block through rasterio, so a 20,000 x 20,000 scene is never held in
+memory whole. PNG and JPEG go through the same path (GDAL reads them), without a georeference.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+try:  # rasterio is a hard dependency; import lazily-friendly for clear errors
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
+    from rasterio.windows import Window
+except ImportError as exc:  # pragma: no cover
+    raise ImportError("farslip's inference needs rasterio (pip install rasterio)") from exc
+
+
+class RasterError(ValueError):
+    """An input that is missing, not a raster, or asks for bands it does not have."""
+
+
+@dataclass
+class RasterInput:
+    """An open raster with the choices that turn its pixels into 8-bit RGB."""
+
+    path: Path
+    src: "rasterio.DatasetReader"
+    bands: list[int]                         # 1-based band indexes giving R, G, B
+    stretch: list[tuple[float, float]] | None  # per output band (low, high) -> 0..255; None for 8-bit input
+
+    @property
+    def height(self) -> int:
+        return self.src.height
+
+    @property
+    def width(self) -> int:
+        return self.src.width
+
+    def close(self) -> None:
+        self.src.close()
+
+
+def open_raster(path: str | Path, bands: Sequence[int] | None = None,
+                percentiles: tuple[float, float] = (2.0, 98.0)) -> RasterInput:
+    """Open ``path`` and decide the RGB bands and the 8-bit stretch (percentiles of a decimated read)."""
+    path = Path(path)
+    if not path.exists():
+        raise RasterError(f"{path}: file not found")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            src = rasterio.open(path)
+    except RasterioIOError as exc:
+        raise RasterError(f"{path}: not a raster image GDAL can read ({exc})") from None
+    if bands:
+        bad = [b for b in bands if not 1 <= b <= src.count]
+        if bad:
+            src.close()
+            raise RasterError(f"{path}: has {src.count} band(s); --bands asks for {bad}")
+        chosen = list(bands) if len(bands) == 3 else [bands[0]] * 3
+    else:
+        chosen = [1, 2, 3] if src.count >= 3 else [1, 1, 1]
+    stretch = None if src.dtypes[0] == "uint8" else _percentile_stretch(src, chosen, percentiles)
+    return RasterInput(path, src, chosen, stretch)
+
+
+def _percentile_stretch(src, bands, percentiles, max_side: int = 1024):
+    """Low/high percentiles per band from a decimated read (bounded memory), ignoring nodata."""
+    f = max(1, max(src.height, src.width) // max_side)
+    shape = (max(1, src.height // f), max(1, src.width // f))
+    out = []
+    for b in bands:
+        arr = src.read(b, out_shape=shape, resampling=Resampling.nearest, masked=True)
+        vals = arr.compressed() if np.ma.isMaskedArray(arr) else arr.ravel()
+        vals = vals[np.isfinite(vals)]
+        if vals.size == 0:
+            out.append((0.0, 1.0))
+            continue
+        lo, hi = np.percentile(vals, percentiles)
+        out.append((float(lo), float(hi) if hi > lo else float(lo) + 1.0))
+    return out
+
+
+def read_rgb(r: RasterInput, window: Window, out_shape: tuple[int, int] | None = None):
+    """8-bit RGB ``[3, h, w]`` and a validity mask ``[h, w]`` (False where the input is nodata) for a window."""
+    shape = out_shape or (int(window.height), int(window.width))
+    data = r.src.read(r.bands, window=window, out_shape=(3,) + tuple(shape), resampling=Resampling.bilinear)
+    masks = r.src.read_masks(r.bands, window=window, out_shape=(3,) + tuple(shape), resampling=Resampling.nearest)
+    valid = (masks > 0).all(axis=0)
+    if r.stretch is None:
+        rgb = data.astype(np.uint8)
+    else:
+        rgb = np.empty(data.shape, np.uint8)
+        for i, (lo, hi) in enumerate(r.stretch):
+            band = np.nan_to_num(data[i].astype(np.float32), nan=lo)
+            rgb[i] = np.clip((band - lo) * (255.0 / (hi - lo)), 0, 255).round().astype(np.uint8)
+    return rgb, valid
+
+
+def read_thumbnail(r: RasterInput, max_side: int) -> np.ndarray:
+    """The whole raster as 8-bit RGB ``[3, h, w]`` with its longer side at most ``max_side`` (decimated read)."""
+    f = max(r.height, r.width) / max_side
+    shape = (max(1, round(r.height / f)), max(1, round(r.width / f))) if f > 1 else (r.height, r.width)
+    return read_rgb(r, Window(0, 0, r.width, r.height), shape)[0]
+
+
+def blocks(height: int, width: int, block: int, margin: int) -> Iterator[tuple[Window, Window]]:
+    """``(read_window, write_window)`` pairs: each block read with a margin of context, written without it."""
+    for y in range(0, height, block):
+        for x in range(0, width, block):
+            h, w = min(block, height - y), min(block, width - x)
+            y0, x0 = max(0, y - margin), max(0, x - margin)
+            y1, x1 = min(height, y + h + margin), min(width, x + w + margin)
+            yield Window(x0, y0, x1 - x0, y1 - y0), Window(x, y, w, h)
+
+
+def class_map_writer(path: Path, like: RasterInput, class_names: Sequence[str], palette: np.ndarray,
+                     nodata: int = 255):
+    """A single-band uint8 GeoTIFF with the input's CRS, transform and size, class names and a colour table."""
+    profile = {"driver": "GTiff", "height": like.height, "width": like.width, "count": 1, "dtype": "uint8",
+               "nodata": nodata, "compress": "deflate", "tiled": True, "blockxsize": 256, "blockysize": 256,
+               "BIGTIFF": "IF_SAFER"}
+    if like.src.crs is not None:
+        profile["crs"] = like.src.crs
+    if not like.src.transform.is_identity:
+        profile["transform"] = like.src.transform
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        dst = rasterio.open(path, "w", **profile)
+    dst.update_tags(CLASS_NAMES=json.dumps(list(class_names)), SOFTWARE="farslip")
+    dst.set_band_description(1, "class index; " + ", ".join(f"{i}={n}" for i, n in enumerate(class_names)))
+    dst.write_colormap(1, {i: tuple(int(c) for c in palette[i]) + (255,) for i in range(len(class_names))})
+    return dst

@@ -1,0 +1,169 @@
+"""``farslip segment``: open-vocabulary land-cover maps of rasters of any size, GeoTIFF in, GeoTIFF out.
+
+The raster is processed in blocks with a margin of context; inside a block the OVSS protocol of the evaluation
+(dense features in sliding windows, 80-template text embeddings, synonym max, CLS-bias, threshold -> background)
+runs at the model's own window size. Memory is bounded by the block size, not the raster size.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..eval.common import name_embeddings
+from ..eval.overlays import palette as make_palette
+from ..eval.ovss import OVSS_TEMPLATES, class_scores, predict_classes, query_table, sliding_window_logits
+from .common import load_for_inference, model_input_size, normaliser, parse_classes
+from .raster import blocks, class_map_writer, open_raster, read_rgb, read_thumbnail
+
+NODATA = 255
+
+
+@dataclass
+class SegmentOptions:
+    attn: str = "segearth"
+    cls_lambda: float = -0.3
+    logit_scale: float = 50.0
+    threshold: float = 0.0              # best class probability under this -> background class
+    background_index: int = 0
+    scale: float = 1.0                  # resample the raster by this factor before the windows (e.g. to match GSD)
+    window: int | None = None           # default: the model's input size
+    stride: int | None = None           # default: half the window
+    block: int = 1024                   # output pixels per block side
+    window_batch_size: int = 32
+    bands: Sequence[int] | None = None
+    percentiles: tuple[float, float] = (2.0, 98.0)
+    preview_size: int = 1024
+    progress: bool = True
+
+
+@dataclass
+class SegmentResult:
+    image: str
+    geotiff: str
+    preview: str
+    classes: list[str]
+    pixels: int
+    seconds: float
+    class_fractions: dict[str, float] = field(default_factory=dict)
+
+
+def segment(images: Sequence[str | Path] | str | Path, classes: Sequence[str] | None = None, *,
+            checkpoint: str | Path | None = None, model=None, tokenizer=None, classes_file: str | Path | None = None,
+            out: str | Path = "segmentations", arch: str | None = None, device: str = "auto",
+            options: SegmentOptions | None = None, **overrides) -> list[SegmentResult]:
+    """Segment each image into ``classes`` (``"building,roof"`` = one class with synonyms); write
+    ``OUT/<stem>.tif`` (class indexes, input georeference kept, 255 = nodata) and ``OUT/<stem>.png`` (preview)."""
+    opts = options or SegmentOptions()
+    for k, v in overrides.items():
+        setattr(opts, k, v)
+    images = [images] if isinstance(images, (str, Path)) else list(images)
+    class_syn = parse_classes(classes, classes_file)
+    names = [c[0] for c in class_syn]
+    if not 0 <= opts.background_index < len(names):
+        raise ValueError(f"background index {opts.background_index} outside the {len(names)} classes")
+    if model is None:
+        if checkpoint is None:
+            raise ValueError("segment needs a checkpoint (or a model and tokenizer)")
+        model, _, tokenizer = load_for_inference(checkpoint, arch, device)
+    queries, query_to_class = query_table(class_syn)
+    with torch.no_grad():
+        text = name_embeddings(model, tokenizer, queries, OVSS_TEMPLATES)
+    results = []
+    for image in images:
+        results.append(_segment_one(Path(image), model, text, query_to_class, names, Path(out), opts))
+    return results
+
+
+def _segment_one(path: Path, model, text, query_to_class, names, out: Path, opts: SegmentOptions) -> SegmentResult:
+    t0 = time.perf_counter()
+    r = open_raster(path, opts.bands, opts.percentiles)
+    window = opts.window or model_input_size(model)
+    stride = opts.stride or window // 2
+    margin = int(np.ceil(window / opts.scale))  # one window of context around each block, in input pixels
+    norm = normaliser(model)
+    colours = _class_colours(names)
+    tif = out / f"{path.stem}.tif"
+    counts = np.zeros(len(names), np.int64)
+    n_blocks = sum(1 for _ in blocks(r.height, r.width, opts.block, margin))
+    try:
+        dst = class_map_writer(tif, r, names, colours, NODATA)
+        with dst, tqdm(total=n_blocks, desc=f"segment {path.name}", unit="block", disable=not opts.progress) as bar:
+            for read_win, write_win in blocks(r.height, r.width, opts.block, margin):
+                h, w = int(read_win.height), int(read_win.width)
+                scaled = (max(1, round(h * opts.scale)), max(1, round(w * opts.scale)))
+                rgb, valid = read_rgb(r, read_win, scaled)
+                x = norm(torch.from_numpy(rgb)).to(next(model.parameters()).device)
+                logits = sliding_window_logits(model, [x], text, crop=window,
+                                               stride=stride, attn=opts.attn, cls_lambda=opts.cls_lambda,
+                                               window_batch_size=opts.window_batch_size)[0]
+                scores = class_scores(logits, query_to_class, len(names), out_size=(h, w),
+                                      logit_scale=opts.logit_scale)
+                pred = predict_classes(scores, opts.threshold, opts.background_index).cpu().numpy().astype(np.uint8)
+                if scaled != (h, w):
+                    valid = np.asarray(torch.nn.functional.interpolate(
+                        torch.from_numpy(valid)[None, None].float(), size=(h, w), mode="nearest")[0, 0] > 0.5)
+                pred[~valid] = NODATA
+                top, left = int(write_win.row_off - read_win.row_off), int(write_win.col_off - read_win.col_off)
+                tile = pred[top:top + int(write_win.height), left:left + int(write_win.width)]
+                dst.write(tile[None], window=write_win)
+                counts += np.bincount(tile[tile != NODATA].ravel(), minlength=len(names))[:len(names)]
+                bar.update(1)
+        preview = write_preview(tif, r, names, colours, out / f"{path.stem}.png", opts.preview_size)
+    finally:
+        r.close()
+    total = max(1, int(counts.sum()))
+    fractions = {n: round(float(c) / total, 4) for n, c in zip(names, counts)}
+    result = SegmentResult(str(path), str(tif), str(preview), names, r.height * r.width,
+                           time.perf_counter() - t0, fractions)
+    (out / f"{path.stem}.json").write_text(json.dumps(result.__dict__, indent=2))
+    return result
+
+
+def _class_colours(names: list[str]) -> np.ndarray:
+    """Distinct colours; black only for a class literally called background."""
+    full = make_palette(len(names) + 1)
+    colours = full[1:].copy()
+    for i, n in enumerate(names):
+        if n.lower() in ("background", "clutter", "other"):
+            colours[i] = full[0]
+    return colours
+
+
+def write_preview(tif: Path, r, names, colours, png: Path, max_side: int) -> Path:
+    """Image | colour-mapped prediction with a legend, from decimated reads (bounded memory)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import rasterio
+    from matplotlib.patches import Patch
+    from rasterio.enums import Resampling
+
+    thumb = read_thumbnail(r, max_side).transpose(1, 2, 0)
+    with rasterio.open(tif) as src:
+        pred = src.read(1, out_shape=thumb.shape[:2], resampling=Resampling.nearest)
+    rgba = np.zeros(pred.shape + (4,), np.uint8)
+    known = pred != NODATA
+    rgba[known, :3] = colours[pred[known]]
+    rgba[known, 3] = 255
+    fig, axes = plt.subplots(1, 2, figsize=(12, 6 * thumb.shape[0] / max(thumb.shape[1], 1) + 1))
+    axes[0].imshow(thumb)
+    axes[0].set_title(r.path.name)
+    axes[1].imshow(thumb)
+    axes[1].imshow(rgba, alpha=0.75)
+    axes[1].set_title("prediction")
+    for ax in axes:
+        ax.axis("off")
+    fig.legend(handles=[Patch(color=colours[i] / 255, label=n) for i, n in enumerate(names)],
+               loc="lower center", ncol=min(len(names), 6), frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png
