@@ -185,11 +185,15 @@ TEXT_KEYS = ("caption", "txt", "text")
 
 
 def expand_shards(spec: str | list[str]) -> list[str]:
-    """Brace-expand shard specs (``{pub11,rs3}-train-{0000..0031}.tar``); ``::`` or a list joins sources."""
+    """Brace-expand shard specs (``{pub11,rs3}-train-{0000..0031}.tar``) and globs (``shards/*.tar``); ``::`` or a
+    list joins several sources into one mixture."""
+    import glob
+
     from webdataset.shardlists import expand_urls
 
     specs = spec if isinstance(spec, (list, tuple)) else [spec]
-    return [url for s in specs for url in expand_urls(str(s))]
+    urls = [url for s in specs for url in expand_urls(str(s))]
+    return [m for url in urls for m in (sorted(glob.glob(url)) if glob.has_magic(url) else [url])]
 
 
 def shard_records(url: str) -> Iterator[Record | BadRecord]:
