@@ -225,8 +225,8 @@ def _reference_ovss(model, tokenizer, ds, scale, crop, stride):
     return round(float(np.nanmean(iou.numpy())) * 100, 2)
 
 
-@pytest.mark.parametrize("name", ["LoveDA", "iSAID", "OpenEarthMap"])  # reduce_zero_label + synonyms; palette
-def test_ovss_equals_reference_pipeline(bench_root, model_parts, name):   # labels; .tif images and labels
+@pytest.mark.parametrize("name", ["LoveDA", "iSAID"])  # reduce_zero_label + synonyms; palette labels + suffix
+def test_ovss_equals_reference_pipeline(bench_root, model_parts, name):
     model, _, tokenizer = model_parts
     ds = OVSS[name].dataset(bench_root)
     res = fe.ovss(model, tokenizer, ds, scale=48, crop=32, stride=16, num_workers=0, show_progress=False,
@@ -265,3 +265,24 @@ def test_ovss_bad_inputs(bench_root, model_parts, tmp_path):
     missing = fe.OVSSDataset(str(tmp_path / "nope" / "img"), str(root / "test" / "gt"), ["a", "b"], name="x")
     with pytest.raises(fe.EvalDataError, match=r"OVSS dataset 'x': missing image folder .*nope"):
         fe.ovss(model, tokenizer, missing, **kw)
+
+
+def test_text_embeddings_are_computed_once_per_name(model_parts):
+    model, _, tokenizer = model_parts
+    seen = []
+
+    def counting_tokenizer(texts):
+        seen.extend(texts)
+        return tokenizer(texts)
+
+    cache = fe.TextEmbeddingCache()
+    a = fe.name_embeddings(model, counting_tokenizer, ["road", "tree"], fe.SCENE_TEMPLATES, cache=cache)
+    b = fe.name_embeddings(model, counting_tokenizer, ["tree", "water", "road"], fe.SCENE_TEMPLATES, cache=cache)
+    assert len(seen) == 3 * len(fe.SCENE_TEMPLATES)          # road, tree, then only water
+    torch.testing.assert_close(b[[2, 0]], a)
+    ref = fe.name_embeddings(model, tokenizer, ["tree", "water", "road"], fe.SCENE_TEMPLATES)
+    torch.testing.assert_close(b, ref)
+    # = mean of the normalised prompt embeddings, renormalised
+    with torch.no_grad():
+        e = F.normalize(model.encode_text(tokenizer([t.replace("{c}", "water") for t in fe.SCENE_TEMPLATES])), dim=-1)
+    torch.testing.assert_close(b[1], F.normalize(e.mean(0), dim=-1))

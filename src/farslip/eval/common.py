@@ -96,10 +96,10 @@ def encode_texts(model: nn.Module, tokenizer, texts: Sequence[str], *, batch_siz
 
 
 class TextEmbeddingCache:
-    """Prompt-ensembled name embeddings, computed once per (names, templates) for one model.
+    """Prompt-ensembled name embeddings, computed once per (name, templates) for one model.
 
     Create one per model (and drop it when the weights change): a benchmark suite shares it across datasets, so a
-    class list is encoded once.
+    class list -- and a name that several lists share -- is encoded once.
     """
 
     def __init__(self):
@@ -127,13 +127,16 @@ def name_embeddings(model: nn.Module, tokenizer, names: Sequence[str], templates
     templates = list(templates)
     if not templates:
         raise ValueError("no prompt templates")
-    prompts = [render(t, n) for n in names for t in templates]
-    key = (tuple(prompts), len(templates), amp)
-    if cache is not None and (hit := cache.get(key)) is not None:
-        return hit
-    emb = encode_texts(model, tokenizer, prompts, batch_size=batch_size, amp=amp)
-    emb = emb.float().view(len(names), len(templates), -1).mean(dim=1)
-    emb = emb / emb.norm(dim=-1, keepdim=True)
-    if cache is not None:
-        cache.put(key, emb)
-    return emb
+    keys = [(tuple(render(t, n) for t in templates), amp) for n in names]
+    todo = [i for i, k in enumerate(keys) if cache is None or cache.get(k) is None]
+    fresh = {}
+    if todo:
+        prompts = [p for i in todo for p in keys[i][0]]
+        emb = encode_texts(model, tokenizer, prompts, batch_size=batch_size, amp=amp)
+        emb = emb.float().view(len(todo), len(templates), -1).mean(dim=1)
+        emb = emb / emb.norm(dim=-1, keepdim=True)
+        for j, i in enumerate(todo):
+            fresh[i] = emb[j]
+            if cache is not None:
+                cache.put(keys[i], emb[j])
+    return torch.stack([fresh[i] if i in fresh else cache.get(keys[i]) for i in range(len(names))])

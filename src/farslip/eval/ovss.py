@@ -313,7 +313,8 @@ def ovss(model: nn.Module, tokenizer, dataset: OVSSDataset, *, attn: str = "sege
          window_batch_size: int = 64, num_workers: int | None = None, amp: bool | None = None,
          on_error: str = "raise", limit: int | None = None, overlays: int = 0, overlay_dir=None,
          text_cache: TextEmbeddingCache | None = None, show_progress: bool = True,
-         desc: str | None = None) -> EvalResult:
+         desc: str | None = None,
+         device=None) -> EvalResult:
     """Open-vocabulary segmentation mIoU of ``model`` on ``dataset`` with SegEarth-OV's protocol.
 
     Args:
@@ -326,6 +327,9 @@ def ovss(model: nn.Module, tokenizer, dataset: OVSSDataset, *, attn: str = "sege
         templates: prompt templates; default OpenAI's 80 ImageNet templates.
         batch_size: images loaded per step; their windows share encoder batches of ``window_batch_size``.
         overlays, overlay_dir: write ``image | prediction | ground truth`` PNGs of the first ``overlays`` images.
+        device: move the model there first (default: use it where it is).
+        on_error: ``"raise"`` at the first unreadable image or label map, or ``"skip"`` and count it.
+        limit: evaluate only the first ``limit`` images.
 
     Returns:
         ``{"mIoU", "aAcc" (pixel accuracy), "mAcc"}`` in percent (2 decimals) and per-class ``"IoU"``/``"Acc"``
@@ -334,6 +338,8 @@ def ovss(model: nn.Module, tokenizer, dataset: OVSSDataset, *, attn: str = "sege
     if attn not in ATTENTION_VARIANTS:
         raise ValueError(f"attn must be one of {ATTENTION_VARIANTS}, got {attn!r}")
     t0 = time.time()
+    if device is not None:
+        model.to(device)
     errors = ErrorPolicy(on_error)
     classes = dataset.classes()
     names, owner = query_table(classes)

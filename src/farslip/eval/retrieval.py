@@ -138,7 +138,8 @@ def retrieval(model: nn.Module, tokenizer, preprocess, csv_path, image_root=None
               prefix: str = "", *, batch_size: int = 128, num_workers: int | None = None, amp: bool | None = None,
               csv_img_key: str = "filepath", csv_separator: str = ",", on_error: str = "raise",
               limit: int | None = None, ties: str = "official", rank_device: str | None = None,
-              ks: Sequence[int] = KS, show_progress: bool = True, desc: str | None = None) -> EvalResult:
+              ks: Sequence[int] = KS, show_progress: bool = True, desc: str | None = None,
+              device=None) -> EvalResult:
     """Text-to-image and image-to-text Recall@k on an image-caption table.
 
     Args:
@@ -150,12 +151,16 @@ def retrieval(model: nn.Module, tokenizer, preprocess, csv_path, image_root=None
         amp: float16 autocast on CUDA (default: on for an fp32 model on CUDA, as the official script).
         ties: tie rule (see :mod:`farslip.eval.metrics`); default the official script's order.
         rank_device: where the score blocks are computed (default: the model's device).
+        device: move the model there first (default: use it where it is).
+        on_error: ``"raise"`` at the first unreadable image or bad row, or ``"skip"`` and count it.
 
     Returns:
         ``text2img_R@1/5/10/100``, ``text2img_mean`` (mean of R@1/5/10), ``img2text_R@1/5/10/100``,
         ``img2text_mean``, all fractions; ``.info`` has the counts of unique images/texts and skipped records.
     """
     t0 = time.time()
+    if device is not None:
+        model.to(device)
     desc = desc or "retrieval"
     errors = ErrorPolicy(on_error)
     pairs, where = read_pairs(csv_path, image_root, caption_key, prefix, img_key=csv_img_key, sep=csv_separator,

@@ -102,7 +102,8 @@ def zero_shot_classification(model: nn.Module, tokenizer, preprocess, csv_path, 
                              csv_img_key: str = "filepath", csv_class_key: str = "label",
                              csv_separator: str = ",", on_error: str = "raise", limit: int | None = None,
                              ties: str = "official", text_cache: TextEmbeddingCache | None = None,
-                             show_progress: bool = True, desc: str | None = None) -> EvalResult:
+                             show_progress: bool = True, desc: str | None = None,
+                             device=None) -> EvalResult:
     """Zero-shot classification accuracy on a ``filepath,label`` CSV.
 
     Args:
@@ -113,6 +114,7 @@ def zero_shot_classification(model: nn.Module, tokenizer, preprocess, csv_path, 
         image_root: folder the CSV's paths are relative to (default: the CSV's folder).
         templates: prompt templates (``"... {c} ..."`` strings or callables); default the two scene prompts.
         amp: float16 autocast on CUDA (default: on for an fp32 model on CUDA, as the official ``precision=amp``).
+        device: move the model there first (default: use it where it is).
         on_error: ``"raise"`` at the first unreadable image or bad row, or ``"skip"`` and count it.
         limit: evaluate only the first ``limit`` rows (smoke tests).
         ties: how equal logits rank (see :mod:`farslip.eval.metrics`); the default mirrors ``torch.topk``.
@@ -121,6 +123,8 @@ def zero_shot_classification(model: nn.Module, tokenizer, preprocess, csv_path, 
         ``{"top1": %, "top5": %}`` rounded to 2 decimals; ``.info`` has ``n``, ``skipped``, ``errors``, timing.
     """
     t0 = time.time()
+    if device is not None:
+        model.to(device)
     errors = ErrorPolicy(on_error)
     classnames = list(classnames_path) if isinstance(classnames_path, (list, tuple)) else read_name_lines(classnames_path)
     records = read_classification_csv(csv_path, classnames, image_root, img_key=csv_img_key, label_key=csv_class_key,
