@@ -85,8 +85,8 @@ def _segearth_slide(model, img, query, crop, stride, cls_lambda, attn):
     return (preds / count_mat)[0]
 
 
-@pytest.mark.parametrize("attn", ["segearth", "maskclip"])
-def test_batched_windows_of_several_images_equal_one_at_a_time(tiny_model, attn):
+@pytest.mark.parametrize("attn, cls_lambda", [("segearth", -0.3), ("maskclip", -0.3), ("sclip", 0.0)])
+def test_batched_windows_of_several_images_equal_one_at_a_time(tiny_model, attn, cls_lambda):
     model, _, _ = tiny_model
     model.eval()
     g = torch.Generator().manual_seed(1)
@@ -95,9 +95,9 @@ def test_batched_windows_of_several_images_equal_one_at_a_time(tiny_model, attn)
     images = [torch.randn(3, 48, 72, generator=g), torch.randn(3, 21, 44, generator=g),
               torch.randn(3, 40, 33, generator=g)]
     with torch.no_grad():
-        batched = sliding_window_logits(model, images, query, crop=32, stride=16, attn=attn, cls_lambda=-0.3,
-                                        window_batch_size=4)
+        batched = sliding_window_logits(model, images, query, crop=32, stride=16, attn=attn,
+                                        cls_lambda=cls_lambda, window_batch_size=4)
         for img, got in zip(images, batched):
-            ref = _segearth_slide(model, img, query, 32, 16, -0.3, attn)
+            ref = _segearth_slide(model, img, query, 32, 16, cls_lambda, attn)
             assert got.shape == ref.shape
             torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)

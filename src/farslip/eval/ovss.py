@@ -99,7 +99,7 @@ class OVSSDataset:
         if problems := self.missing():
             raise EvalDataError(f"OVSS dataset {self.name!r}: missing " + "; ".join(problems))
         root = Path(self.img_dir)
-        images = sorted(os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(root)
+        images = sorted(os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(root, followlinks=True)
                         for f in files if f.endswith(self.img_suffix))
         if not images:
             raise EvalDataError(f"OVSS dataset {self.name!r}: no '*{self.img_suffix}' images under {root}")
@@ -225,7 +225,7 @@ def window_logits(model: nn.Module, windows: torch.Tensor, query_features: torch
     """
     with autocast_for(model, amp):
         tokens, cls = dense_features(model, windows.to(model_dtype(model)), attn, with_cls=cls_lambda != 0,
-                                     cls_from=cls_from)
+                                     cls_from=cls_from if cls_lambda != 0 else "ordinary")
     q = query_features.float()
     tokens = tokens.float()
     logits = (tokens / tokens.norm(dim=-1, keepdim=True)) @ q.t()  # [B, gh, gw, Q]
@@ -337,6 +337,11 @@ def ovss(model: nn.Module, tokenizer, dataset: OVSSDataset, *, attn: str = "sege
     """
     if attn not in ATTENTION_VARIANTS:
         raise ValueError(f"attn must be one of {ATTENTION_VARIANTS}, got {attn!r}")
+    if isinstance(dataset, dict):
+        dataset = OVSSDataset(**dataset)
+    if not isinstance(dataset, OVSSDataset):
+        raise TypeError("dataset must be an OVSSDataset (for a registered benchmark: "
+                        "farslip.eval.OVSS['LoveDA'].dataset(data_root))")
     t0 = time.time()
     if device is not None:
         model.to(device)
