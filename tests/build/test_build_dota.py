@@ -42,6 +42,12 @@ def test_build_matches_hand_checked_boxes(dota, tmp_path):
     report = json.loads((out / "build_report.json").read_text())
     assert {p["kind"] for p in report["problems"]} == {"missing-image", "missing-label", "bad-record", "degenerate"}
     assert validate_mgrs(out).ok
+    from farslip.data.records import MGRSRecords  # the project's training reader takes it as is
+
+    mg = MGRSRecords(out / "text_info.json")
+    read = [mg[i] for i in range(len(mg))]
+    assert [len(r.objects) for r in read] == [1, 2, 2] and not any(r.notes for r in read)
+    assert read[1].objects[0].box == (500, 300, 700, 400) and read[1].caption == recs[1]["global_caption"]
 
 
 def test_chip_pixels_come_from_their_window(dota, tmp_path):
@@ -95,6 +101,14 @@ def test_resume_and_options_guard(dota, tmp_path):
     fresh = tmp_path / "fresh"
     build_mgrs(_cfg(dota, fresh), progress=False)
     assert (out / "text_info.json").read_text() == (fresh / "text_info.json").read_text()
+    # a smaller run in the same folder writes a smaller JSON but keeps the chips the journal accounts for
+    assert build_mgrs(_cfg(dota, out, limit=1), progress=False)["images_written"] == 2
+    assert (out / "global_imgs" / "P0004.jpg").is_file()
+    (out / "global_imgs" / ".x.jpg.tmp").write_bytes(b"left by a killed run")
+    s = build_mgrs(_cfg(dota, out), progress=False)
+    assert s["resumed"] == 2 and validate_mgrs(out).ok
+    assert sorted(p.name for p in (out / "global_imgs").iterdir()) == [
+        "P0001__0_0.jpg", "P0001__200_0.jpg", "P0004.jpg"]
     with pytest.raises(BuildError, match="chip_size"):
         build_mgrs(_cfg(dota, out, chip_size=512, overlap=100), progress=False)
     s3 = build_mgrs(_cfg(dota, out, chip_size=512, overlap=100), overwrite=True, progress=False)

@@ -320,7 +320,16 @@ def build_mgrs(cfg: BuildConfig, workers: int = 0, overwrite: bool = False, prog
     out, done = _prepare_out(cfg, overwrite)
     todo = [it for it in items if it.key not in done]
     resumed = len(items) - len(todo)
-    journal = open(out / STATE_DIR / "journal.jsonl", "a", encoding="utf-8")
+    jpath = out / STATE_DIR / "journal.jsonl"
+    if jpath.is_file() and jpath.stat().st_size:
+        with open(jpath, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            torn = f.read(1) != b"\n"
+    else:
+        torn = False
+    journal = open(jpath, "a", encoding="utf-8")
+    if torn:  # a run killed mid-line: start the next entry on a line of its own
+        journal.write("\n")
     entries = dict(done)
     bar = tqdm(total=len(items), initial=resumed, desc=f"build {cfg.format}", unit="img", disable=not progress)
     try:
@@ -384,10 +393,12 @@ def build_mgrs(cfg: BuildConfig, workers: int = 0, overwrite: bool = False, prog
     write_mgrs_json(records, out / JSON_NAME)
     _write_json(out / "categories.json", ids)
 
-    used = {c["file"].split("/", 1)[1] for c in chips}
-    stale = [p for p in (out / IMAGE_DIR).iterdir() if p.is_file() and p.name not in used]
-    for p in stale:  # chips of images no longer in the input (or left by a killed run)
-        p.unlink()
+    # Chips no journal entry accounts for (left by a killed run, or by an image that failed this time) go;
+    # chips of journaled images outside this run's --limit stay, so a later run can still use them.
+    used = {r["file"].split("/", 1)[1] for e in entries.values() if not e.get("failed") for r in e["records"]}
+    for p in (out / IMAGE_DIR).iterdir():
+        if p.is_file() and p.name not in used:
+            p.unlink()
     per_cat = Counter(o["category"] for c in chips for o in c["objects"])
     summary = {
         "out": str(out), "json": str(out / JSON_NAME), "format": cfg.format,
