@@ -38,7 +38,7 @@ def model_parts(tiny_model):
 
 def _official_classification(model, tokenizer, preprocess, csv_path, classnames_path, root):
     """SkyScript's CsvDatasetForClassification + zero_shot_classifier + run(), without pandas."""
-    classnames = [line.strip() for line in open(classnames_path)]
+    classnames = [line.strip() for line in Path(classnames_path).read_text().splitlines()]
     with open(csv_path, newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["label"] != ""]
     labels = [r["label"] for r in rows]
@@ -80,7 +80,7 @@ def test_classification_bad_inputs(bench_root, model_parts, tmp_path):
     root = tmp_path / "cls"
     shutil.copytree(src / "aid", root / "aid")
     csv_path, names = root / "aid" / "aid_img_txt_pairs_test.csv", root / "aid" / "classnames.txt"
-    first = next(iter(csv.DictReader(open(csv_path))))["filepath"]
+    first = next(iter(csv.DictReader(csv_path.read_text().splitlines())))["filepath"]
     (root / first).write_bytes(b"not an image")
     with pytest.raises(fe.EvalDataError, match=r"aid_img_txt_pairs_test\.csv:2: cannot read image .*'filepath'"):
         fe.zero_shot_classification(model, tokenizer, preprocess, csv_path, names, root, num_workers=0,
@@ -162,7 +162,7 @@ def test_retrieval_skips_unreadable_images(bench_root, model_parts, tmp_path):
                        on_error="skip")
     assert res.info["images"] == 6 and res.info["skipped"] == 1
     # captions of image 6 alone lost their only image and are no longer queries (but stay in the gallery)
-    rows = list(csv.DictReader(open(csv_path)))
+    rows = list(csv.DictReader(csv_path.read_text().splitlines()))
     own = {r["title"] for r in rows if r["filepath"].endswith("0006.jpg")}
     own -= {r["title"] for r in rows if not r["filepath"].endswith("0006.jpg")}
     assert len(own) >= 2 and res.info["text_queries"] == res.info["texts"] - len(own)
