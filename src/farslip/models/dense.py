@@ -68,19 +68,19 @@ def surgery_attention(block: nn.Module, x: torch.Tensor, attn: str = "segearth")
     q, k, v = (t.reshape(B, N, heads, C // heads).transpose(1, 2) for t in (q, k, v))  # [B, H, N, d]
     scale = (C // heads) ** -0.5
 
-    def self_softmax(t):
-        return torch.softmax(scale * t @ t.transpose(-2, -1), dim=-1)
+    def attend(a, b):  # softmax(scale * a b^T) v, fused (scaled-dot-product attention kernels)
+        return F.scaled_dot_product_attention(a, b, v, scale=scale)
 
     if attn == "segearth":
-        out = (self_softmax(q) + self_softmax(k) + self_softmax(v)) @ v
+        out = attend(q, q) + attend(k, k) + attend(v, v)  # (A_q + A_k + A_v) v, one product per term
     elif attn == "sclip":
-        out = (self_softmax(q) + self_softmax(k)) @ v
+        out = attend(q, q) + attend(k, k)
     elif attn == "clearclip":
-        out = self_softmax(q) @ v
+        out = attend(q, q)
     elif attn == "maskclip":
         out = v  # identity attention: each token attends only to itself
     elif attn == "vanilla":
-        out = torch.softmax(scale * q @ k.transpose(-2, -1), dim=-1) @ v
+        out = attend(q, k)
     else:
         raise ValueError(f"attn must be one of {ATTENTION_VARIANTS}, got {attn!r}")
     out = out.transpose(1, 2).reshape(B, N, C)
@@ -124,12 +124,12 @@ def encode_views(model: nn.Module, images: torch.Tensor, attn: str = "segearth",
         xd = x[dense_rows]
         out = visual.ln_post(surgery_attention(visual.transformer.resblocks[-1], xd, attn))
         tokens = _project(visual, out[:, 1:]).reshape(xd.shape[0], gh, gw, -1)
-        if cls_from == "surgery":
+        if cls_from == "surgery" and cls_rows is not None:
             if cls_rows != dense_rows:
                 raise ValueError("cls_from='surgery' needs cls_rows == dense_rows")
             return tokens, _project(visual, out[:, 0])
     if cls_rows is not None:
-        if cls_from != "ordinary":
+        if cls_from != "ordinary":  # (a surgery CLS was returned above)
             raise ValueError(f"cls_from must be 'ordinary' or 'surgery', got {cls_from!r}")
         pooled, _ = visual._pool(_ordinary_last_block(visual, x[cls_rows]))  # open_clip's pooling: ln_post, CLS
         cls = _project(visual, pooled)
