@@ -97,7 +97,7 @@ def format_stats(st: dict, top: int = 40) -> str:
     ]
     if st["image_sizes"]:
         sizes = list(st["image_sizes"].items())
-        lines.append("image sizes            " + ", ".join(f"{k} ({v})" for k, v in sizes[:5])
+        lines.append("image sizes (by boxes) " + ", ".join(f"{k} ({v})" for k, v in sizes[:5])
                      + (f", ... {len(sizes) - 5} more" if len(sizes) > 5 else ""))
     for k, v in st["caption_words"].items():
         lines.append(f"{k:<22} {v['mean']:.1f} words on average, max {v['max']}")
@@ -149,6 +149,11 @@ def plot_stats(st: dict, png: str | Path, title: str = "", top: int = 30) -> Pat
         edges = [lo * (hi / lo) ** (i / 40) for i in range(41)] if hi > lo else 10
         ax.hist(sides, bins=edges, color="#cc6677")
         ax.set_xscale("log")
+        from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+        ax.set_xticks([t for t in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096) if lo / 2 <= t <= hi * 2])
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.axvline(STAGE2_MIN_SIDE, color="k", ls="--", lw=1, label=f"{STAGE2_MIN_SIDE} px (stage-2 minimum)")
         ax.legend(fontsize=8)
     ax.set_title("box side sqrt(w*h)")

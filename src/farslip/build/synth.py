@@ -515,6 +515,9 @@ def _residential(cv: Canvas) -> None:
             tree = ((xx - p[0]) ** 2 + (yy - p[1]) ** 2 < r * r) & ~road
             cv.lc[tree] = FOREST
     free = cv.lc == BACKGROUND
+    if rng.random() < 0.5:  # courts first: the houses fill the lawns
+        cv.scatter(lambda x, y: tennis_court(x, y, ang, _u(rng, 26, 32) * k), int(rng.integers(1, 3)), free,
+                   tries=20, gap=2 * k)
     hs = _u(rng, 17, 21) * k
     # house lattice aligned with the blocks
     half = 0.75 * S
@@ -530,10 +533,6 @@ def _residential(cv: Canvas) -> None:
             if cv.add(shp, free, gap=1.0) and rng.random() < 0.12:
                 px, py = cv.to_image(a, b + 0.5 * hs, S / 2, S / 2, ang)
                 cv.add(swimming_pool(px, py, ang, 6.5 * k), free, gap=0.5)
-    if rng.random() < 0.35:
-        p = cv.sample_point(free)
-        if p:
-            cv.add(tennis_court(p[0], p[1], ang, 30 * k), free)
     for _ in range(int(rng.integers(2, 9))):
         p = cv.sample_point(road)
         if p:

@@ -123,6 +123,7 @@ def validate_mgrs(path: str | Path, root: str | Path | None = None, check_images
     names_of_id: dict[int, set] = defaultdict(set)
     seen_files: dict[str, int] = {}
     image_jobs: list[tuple[int, str, set]] = []  # record index, path, {(W, H) claimed by its boxes}
+    without_objects: list[int] = []
     for i, rec in enumerate(data):
         where = f"{name}[{i}]"
         if not isinstance(rec, dict):
@@ -143,14 +144,12 @@ def validate_mgrs(path: str | Path, root: str | Path | None = None, check_images
         if not any(isinstance(rec.get(k), str) and rec[k].strip() for k in CAPTION_KEYS):
             add("error", where, f"no caption: needs one of {', '.join(CAPTION_KEYS)}")
         seg = rec.get("segment")
-        if seg is None:
-            add("warning", where, "no 'segment' list (no objects)")
+        if seg is None or seg == []:
+            without_objects.append(i)
             seg = []
         elif not isinstance(seg, list):
             add("error", where + ".segment", f"must be a list, got {type(seg).__name__}")
             seg = []
-        elif not seg:
-            add("warning", where + ".segment", "empty (no objects)")
         sizes = set()
         for j, obj in enumerate(seg):
             w = f"{where}.segment[{j}]"
@@ -203,6 +202,9 @@ def validate_mgrs(path: str | Path, root: str | Path | None = None, check_images
     for cid, cats in sorted(names_of_id.items()):
         if len(cats) > 1:
             add("error", name, f"category_id {cid} is used for several names: {sorted(cats)}")
+    if without_objects:
+        shown = ", ".join(f"[{i}]" for i in without_objects[:5]) + (", ..." if len(without_objects) > 5 else "")
+        add("warning", name, f"{len(without_objects)} records have no objects (empty or missing 'segment'): {shown}")
     if warn_small:
         small = sum(1 for rec in data if isinstance(rec, dict) and isinstance(rec.get("segment"), list)
                     for o in rec["segment"] if isinstance(o, dict) and _small(o))
