@@ -1,8 +1,6 @@
 """Two gloo processes on halves of a batch give the loss and (DDP-averaged) gradients of one process on all of it."""
 from __future__ import annotations
 
-import os
-import socket
 
 import pytest
 import torch
@@ -10,12 +8,6 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from .batches import stage1_batch, stage2_batch
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _losses_and_grads(model, objective, batch):
@@ -40,10 +32,10 @@ def _setup(arch_dir, stage):
     return model, batch, objective
 
 
-def _worker(rank, world, port, arch_dir, stage, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _worker(rank, world, rendezvous, arch_dir, stage, out):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    # A file rendezvous: no TCP port to race for with other processes on the machine.
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
     try:
         model, batch, objective = _setup(arch_dir, stage)
         half = {k: v.chunk(world)[rank] for k, v in batch.items()}
@@ -66,7 +58,7 @@ def test_two_processes_equal_one(tmp_path, tiny_arch, stage):
 
     arch_dir = str(next(p for p in open_clip.factory._MODEL_CONFIG_PATHS if (p / "Test-Tiny-ViT.json").exists()))
     out = tmp_path / "dist.pt"
-    mp.start_processes(_worker, args=(2, _free_port(), arch_dir, stage, str(out)), nprocs=2, join=True,
+    mp.start_processes(_worker, args=(2, str(tmp_path / "rendezvous"), arch_dir, stage, str(out)), nprocs=2, join=True,
                        start_method="spawn")
     got = torch.load(out, weights_only=True)
 

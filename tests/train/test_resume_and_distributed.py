@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,12 +15,6 @@ from farslip.train import load_config, train
 from farslip.train.checkpoint import list_checkpoints
 
 from .helpers import REPO, tiny_overrides
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _losses(run: Path) -> dict[int, dict]:
@@ -94,7 +87,7 @@ def test_two_process_gloo_run_through_torchrun(tmp_path):
     for section, values in over.items():
         for k, v in values.items():
             args += ["--set", f"{section}.{k}={'null' if v is None else v}"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}", "-m", "farslip",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "farslip",
            "train", "--config", str(REPO / "configs" / "stage1_vitb16_rs5m.yaml"), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
