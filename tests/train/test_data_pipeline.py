@@ -164,3 +164,14 @@ def test_loss_falls_on_a_learnable_toy(tmp_path, tiny_arch):
     train(cfg)
     losses = [json.loads(x)["total"] for x in (Path(cfg.run.out) / "log.jsonl").read_text().splitlines()]
     assert np.mean(losses[-5:]) < 0.6 * np.mean(losses[:5])
+
+
+def test_category_ids_missing_or_malformed_are_assigned_stably(tmp_path):
+    Image.new("RGB", (20, 20)).save(tmp_path / "a.png")
+    items = [{"global_filepath": "a.png", "global_caption": "x", "segment": [
+        {"bbox": [0, 0, 10, 10], "category": "ship", "category_id": "4"},
+        {"bbox": [0, 0, 10, 10], "category": "harbor"},
+        {"bbox": [0, 0, 10, 10], "category": "airplane", "category_id": "n/a"}]}]
+    (tmp_path / "t.json").write_text(json.dumps(items))
+    objs = MGRSRecords(tmp_path / "t.json")[0].objects
+    assert [(o.category, o.category_id) for o in objs] == [("ship", 4), ("harbor", 6), ("airplane", 5)]

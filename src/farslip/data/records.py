@@ -108,11 +108,31 @@ class MGRSRecords:
         if not isinstance(items, list):
             raise ValueError(f"{self.json_path}: expected a JSON list of records, found {type(items).__name__}")
         self.items = items
+        self.category_ids = self._category_ids(items)
         self.roots = [Path(image_root)] if image_root else [self.json_path.parent, self.json_path.parent / "global_imgs"]
         self.caption_keys = CAPTION_CHOICES[caption]
 
     def __len__(self) -> int:
         return len(self.items)
+
+    @staticmethod
+    def _category_ids(items: list) -> dict[str, int]:
+        """Category name -> id: the ids the file gives, and fresh ids (sorted by name) for names that have none."""
+        given: dict[str, int] = {}
+        names: set[str] = set()
+        for item in items:
+            for seg in (item.get("segment") or []) if isinstance(item, dict) else []:
+                if isinstance(seg, dict) and seg.get("category"):
+                    name = str(seg["category"])
+                    names.add(name)
+                    try:
+                        given.setdefault(name, int(seg["category_id"]))
+                    except (KeyError, TypeError, ValueError):
+                        pass
+        next_id = max(given.values(), default=-1) + 1
+        for name in sorted(names - set(given)):
+            given[name], next_id = next_id, next_id + 1
+        return given
 
     def _resolve(self, rel: str, where: str) -> str:
         for root in self.roots:
@@ -143,7 +163,7 @@ class MGRSRecords:
                 if not category and not cap:
                     raise BadRecord(owhere, "category", "neither a category nor a caption")
                 if category:  # a category wins over a free-text caption; caption-only objects get label -1
-                    record.objects.append(RegionObject(tuple(box), str(category), int(seg.get("category_id", -1))))
+                    record.objects.append(RegionObject(tuple(box), str(category), self.category_ids[str(category)]))
                 else:
                     record.objects.append(RegionObject(tuple(box), None, -1, cap))
             except BadRecord as exc:
