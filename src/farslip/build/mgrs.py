@@ -33,7 +33,7 @@ import shutil
 import sys
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .captions import MLLMCaptioner, TemplateCaptioner
@@ -75,7 +75,6 @@ class BuildConfig:
     categories: str | None = None
     captioner: str = "template"  # or "mllm"
     limit: int | None = None
-    extra: dict = field(default_factory=dict)
 
     def check(self) -> None:
         if self.format not in FORMATS:
