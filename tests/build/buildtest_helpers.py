@@ -27,3 +27,21 @@ def objects_by_file(records: list[dict]) -> dict[str, list[tuple[str, list]]]:
     for r in records:
         out[r["global_filepath"]] = [(o["category"], list(o["bbox"].values())[:4]) for o in r["segment"]]
     return out
+
+
+def open_like_official(json_path: Path, root_img_dir: Path) -> list[tuple[int, int]]:
+    """Open every record's image exactly as the official FarSLIP ``JsonDataset`` does (``--train-data
+    json_path --root-train-img-dir root_img_dir``): ``Image.open(os.path.join(root_img_dir, global_filepath))``.
+    Returns the image sizes, one per record."""
+    import os
+
+    from PIL import Image
+
+    with open(json_path, "r") as f:
+        data = json.load(f)
+    sizes = []
+    for item in data:
+        with Image.open(os.path.join(str(root_img_dir), item["global_filepath"])) as im:
+            im.load()
+            sizes.append(im.size)
+    return sizes

@@ -1,11 +1,12 @@
 """End to end: `farslip data build --format dota` on the tiny DOTA fixture, checked by hand."""
 import json
+from pathlib import Path
 
 import pytest
-from buildtest_helpers import load_maker, objects_by_file, read_records
+from buildtest_helpers import load_maker, objects_by_file, open_like_official, read_records
 from PIL import Image
 
-from farslip.build import BuildConfig, BuildError, build_mgrs, validate_mgrs
+from farslip.build import BuildConfig, BuildError, build_mgrs, recaption_mgrs, validate_mgrs
 from farslip.cli import main
 
 maker = load_maker("dota")
@@ -31,7 +32,7 @@ def test_build_matches_hand_checked_boxes(dota, tmp_path):
     assert list(r["segment"][0]["bbox"].values())[4:] == [800, 700]
     assert recs[2]["segment"][0]["bbox"]["width"] == 400  # P0004 is smaller than a chip: kept whole
     for rec in recs:
-        with Image.open(out / rec["global_filepath"]) as im:
+        with Image.open(out / "global_imgs" / rec["global_filepath"]) as im:
             assert im.size == tuple(list(rec["segment"][0]["bbox"].values())[4:])
         assert "storage tank" in rec["global_caption"] or "airplane" in rec["global_caption"] \
             or "harbor" in rec["global_caption"]
@@ -48,6 +49,33 @@ def test_build_matches_hand_checked_boxes(dota, tmp_path):
     read = [mg[i] for i in range(len(mg))]
     assert [len(r.objects) for r in read] == [1, 2, 2] and not any(r.notes for r in read)
     assert read[1].objects[0].box == (500, 300, 700, 400) and read[1].caption == recs[1]["global_caption"]
+
+
+def test_records_open_like_the_official_json_dataset(dota, tmp_path):
+    """--train-data OUT/text_info.json --root-train-img-dir OUT/global_imgs/: the official JsonDataset opens
+    os.path.join(root_img_dir, global_filepath), so global_filepath must be relative to global_imgs/."""
+    out = tmp_path / "out"
+    build_mgrs(_cfg(dota, out), progress=False)
+    recs = read_records(out)
+    assert [r["global_filepath"] for r in recs] == ["P0001__0_0.jpg", "P0001__200_0.jpg", "P0004.jpg"]
+    sizes = open_like_official(out / "text_info.json", out / "global_imgs")
+    assert sizes == [tuple(list(r["segment"][0]["bbox"].values())[4:]) for r in recs]
+    rep = validate_mgrs(out)
+    assert rep.ok and rep.images_checked == 3 and not any("JSON's folder" in w.message for w in rep.warnings)
+    assert validate_mgrs(out, root=out / "global_imgs").ok  # --root as the official --root-train-img-dir
+    # `farslip data caption` keys template captions by global_filepath as the build does: the same openings
+    # (only the detailed caption differs: records do not keep the DOTA gsd the build put in it)
+    recaption_mgrs(out, out=tmp_path / "re.json", progress=False)
+    re = json.loads((tmp_path / "re.json").read_text())
+    assert [(r["global_caption"], r["brief_caption"]) for r in re] == [
+        (r["global_caption"], r["brief_caption"]) for r in recs]
+    assert not validate_mgrs(out, root=out).ok  # relative to global_imgs/, not to OUT
+    from farslip.data.records import MGRSRecords
+
+    for root in (None, out / "global_imgs"):  # the project's reader, with and without data.image_root
+        mg = MGRSRecords(out / "text_info.json", root)
+        assert [Path(mg[i].path) for i in range(len(mg))] == [out / "global_imgs" / r["global_filepath"]
+                                                             for r in recs]
 
 
 def test_chip_pixels_come_from_their_window(dota, tmp_path):

@@ -1,7 +1,7 @@
 """End to end builds from DIOR, FAIR1M and COCO fixtures, checked against hand-computed boxes."""
 import json
 
-from buildtest_helpers import load_maker, objects_by_file, read_records
+from buildtest_helpers import load_maker, objects_by_file, open_like_official, read_records
 
 from farslip.build import BuildConfig, build_mgrs, validate_mgrs
 
@@ -23,6 +23,7 @@ def test_dior(tmp_path):
                drop_difficult=True)
     assert s["counts"]["dropped_difficult"] == 1
     assert validate_mgrs(tmp_path / "o").ok
+    assert len(open_like_official(tmp_path / "o" / "text_info.json", tmp_path / "o" / "global_imgs")) == len(m.EXPECTED)
 
 
 def test_fair1m(tmp_path):
@@ -32,6 +33,7 @@ def test_fair1m(tmp_path):
     assert objects_by_file(read_records(tmp_path / "o")) == m.EXPECTED
     assert s["problems"] == {"bad-record": 1}
     assert validate_mgrs(tmp_path / "o").ok
+    assert len(open_like_official(tmp_path / "o" / "text_info.json", tmp_path / "o" / "global_imgs")) == len(m.EXPECTED)
 
 
 def test_coco(tmp_path):
@@ -46,3 +48,4 @@ def test_coco(tmp_path):
     s = _build("coco", root / "images", root / "instances.json", tmp_path / "d", drop_difficult=True)
     assert s["counts"]["dropped_difficult"] == 1  # iscrowd
     assert validate_mgrs(tmp_path / "o").ok
+    assert len(open_like_official(tmp_path / "o" / "text_info.json", tmp_path / "o" / "global_imgs")) == len(m.EXPECTED)

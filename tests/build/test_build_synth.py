@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from buildtest_helpers import open_like_official
 from PIL import Image
 
 from farslip.build import OVSS_CLASSES, SCENES, render_scene, synth_world, validate_mgrs
@@ -54,11 +55,11 @@ def test_mgrs_json(world):
     ids = s["categories"]
     n_obj = 0
     for r in recs:
-        assert r["global_filepath"].startswith("global_imgs/")
+        assert r["global_filepath"] == Path(r["global_filepath"]).name  # relative to global_imgs/ (official)
         for k in ("global_caption", "detailed_caption", "brief_caption"):
             assert isinstance(r[k], str) and r[k]
         assert r["scene"] in r["global_caption"].lower() and r["scene"] in r["brief_caption"].lower()
-        with Image.open(out / "mgrs" / r["global_filepath"]) as im:
+        with Image.open(out / "mgrs" / "global_imgs" / r["global_filepath"]) as im:
             assert im.size == (224, 224) and im.format == "JPEG"
         for o in r["segment"]:
             assert list(o["bbox"]) == ["x1", "y1", "x2", "y2", "width", "height"]
@@ -71,7 +72,10 @@ def test_mgrs_json(world):
             assert c in r["global_caption"], (c, r["global_caption"])
     assert n_obj == s["objects"] > 0
     rep = validate_mgrs(out / "mgrs")
-    assert rep.ok, rep.format()
+    assert rep.ok and rep.images_checked == 40 and not any("JSON's folder" in w.message for w in rep.warnings), \
+        rep.format()
+    # --train-data OUT/mgrs/text_info.json --root-train-img-dir OUT/mgrs/global_imgs/ (official JsonDataset)
+    assert open_like_official(out / "mgrs" / "text_info.json", out / "mgrs" / "global_imgs") == [(224, 224)] * 40
 
 
 def test_rs5m_shards(world):

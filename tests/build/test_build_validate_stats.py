@@ -1,11 +1,12 @@
-"""`farslip data validate` catches bad files; `farslip data stats` prints tables and writes a PNG."""
+"""`farslip data validate` catches bad files; `farslip data stats` prints tables and writes a PNG; validate and
+caption find images whether global_filepath is relative to global_imgs/ (official) or to the JSON's folder."""
 import copy
 import json
 
 import pytest
 from PIL import Image
 
-from farslip.build import mgrs_stats, plot_stats, validate_mgrs, write_mgrs_json
+from farslip.build import BuildError, mgrs_stats, plot_stats, recaption_mgrs, validate_mgrs, write_mgrs_json
 from farslip.build.mgrs import mgrs_record
 from farslip.cli import main
 
@@ -25,7 +26,7 @@ def good(tmp_path):
                 {"category": "airplane", "category_id": 0, "box": [0, 0, 100, 80]},
                 {"category": "ship", "category_id": 1, "box": [50, 10, 70, 40]}][: i + 1]
         caps = {"brief_caption": "b", "global_caption": "g", "detailed_caption": "d d d"}
-        recs.append(mgrs_record(f"global_imgs/{i}.jpg", caps, objs, 100, 80))
+        recs.append(mgrs_record(f"{i}.jpg", caps, objs, 100, 80))  # relative to global_imgs/, as official
     write_mgrs_json(recs, d / "text_info.json")
     return d, recs
 
@@ -57,7 +58,7 @@ def test_good_file_passes(good):
     (lambda r: r[0]["segment"][0].update(category_id="1"), "text_info.json[0].segment[0].category_id: must be an "
                                                             "integer"),
     (lambda r: [r[0].pop(k) for k in ("brief_caption", "global_caption", "detailed_caption")], "no caption"),
-    (lambda r: r[1].update(global_filepath="global_imgs/nope.jpg"), "nope.jpg does not exist"),
+    (lambda r: r[1].update(global_filepath="nope.jpg"), "nope.jpg does not exist"),
     (lambda r: [o["bbox"].update(width=120) for o in r[2]["segment"]], "image is 100x80 but its boxes say 120x80"),
     (lambda r: r[1]["segment"][0]["bbox"].update(width=90), "boxes disagree on the image size"),
 ])
@@ -68,6 +69,69 @@ def test_validate_catches(good, mutate, expect):
     _write(d, recs)
     errs = _errors(d)
     assert any(expect in e for e in errs), errs
+
+
+OLD_STYLE = "relative to the JSON's folder"
+
+
+def test_validate_accepts_both_conventions(good, tmp_path, capsys):
+    d, recs = good
+    rep = validate_mgrs(d)  # official: relative to global_imgs/
+    assert rep.ok and rep.images_checked == 3 and not any(OLD_STYLE in w.message for w in rep.warnings)
+    assert validate_mgrs(d, root=d / "global_imgs").ok  # root = the official --root-train-img-dir
+    old = copy.deepcopy(recs)
+    for r in old:
+        r["global_filepath"] = "global_imgs/" + r["global_filepath"]
+    _write(d, old)  # relative to the JSON's folder (earlier builds, other tools): accepted, with one warning
+    rep = validate_mgrs(d)
+    assert rep.ok and rep.images_checked == 3, rep.format()
+    w = [x.message for x in rep.warnings if OLD_STYLE in x.message]
+    assert len(w) == 1 and w[0].startswith("3 records") and f"--root-train-img-dir {d}" in w[0]
+    rep = validate_mgrs(d, root=d)  # an explicit root is the folder the paths are relative to: no warning
+    assert rep.ok and not any(OLD_STYLE in x.message for x in rep.warnings)
+    assert any("does not exist" in e for e in _errors(d, root=d / "global_imgs"))
+    mixed = copy.deepcopy(recs)
+    mixed[0]["global_filepath"] = "global_imgs/0.jpg"
+    _write(d, mixed)
+    rep = validate_mgrs(d)
+    assert rep.ok and [x.message[:9] for x in rep.warnings if OLD_STYLE in x.message] == ["1 records"]
+    # sub-folders below global_imgs/ stay in the path
+    (d / "global_imgs" / "sub").mkdir()
+    (d / "global_imgs" / "2.jpg").rename(d / "global_imgs" / "sub" / "2.jpg")
+    mixed[2]["global_filepath"] = "sub/2.jpg"
+    _write(d, mixed)
+    assert validate_mgrs(d).ok
+    # a missing image names both folders tried
+    mixed[1]["global_filepath"] = "nope.jpg"
+    _write(d, mixed)
+    errs = _errors(d)
+    assert len(errs) == 1 and f"nope.jpg does not exist in {d / 'global_imgs'} or {d}" in errs[0]
+    # the CLI's --root
+    _write(d, recs[:2])
+    assert main(["data", "validate", str(d), "--root", str(d / "global_imgs"), "--no-progress"]) == 0
+    assert main(["data", "validate", str(d), "--root", str(d), "--no-progress"]) == 1
+    capsys.readouterr()
+
+
+def test_caption_finds_images_both_ways(good, tmp_path):
+    d, recs = good
+    empty = copy.deepcopy(recs)
+    for r in empty:
+        r["segment"] = []  # no boxes: the image size must be read from the image itself
+    _write(d, empty)
+    res = recaption_mgrs(d, out=tmp_path / "a.json", progress=False)
+    assert res["records"] == 3 and res["caption_failed"] == 0
+    a = json.loads((tmp_path / "a.json").read_text())
+    assert [r["global_filepath"] for r in a] == ["0.jpg", "1.jpg", "2.jpg"]
+    recaption_mgrs(d / "text_info.json", out=tmp_path / "b.json", root=d / "global_imgs", progress=False)
+    assert json.loads((tmp_path / "b.json").read_text()) == a
+    for r in empty:
+        r["global_filepath"] = "global_imgs/" + r["global_filepath"]
+    _write(d, empty)
+    assert recaption_mgrs(d, out=tmp_path / "c.json", progress=False)["records"] == 3
+    assert recaption_mgrs(d, out=tmp_path / "e.json", root=d, progress=False)["records"] == 3
+    with pytest.raises(BuildError, match="global_imgs/0.jpg not found in"):
+        recaption_mgrs(d, out=tmp_path / "d.json", root=d / "global_imgs", progress=False)
 
 
 def test_validate_bad_images_and_json(good):

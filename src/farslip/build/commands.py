@@ -47,6 +47,12 @@ examples:
   farslip data validate mgrs_dota                      # folder holding text_info.json
   farslip data validate MGRS/text_info.json --header-only --workers 16
   farslip data validate world/mgrs --no-images --report findings.json
+  farslip data validate other/train.json --root other/images   # global_filepath relative to other/images
+
+Images are looked for as the official loader opens them, os.path.join(root, global_filepath): with --root in
+that folder only; without it in the JSON's global_imgs/ (official layout), then in the JSON's folder (files whose
+paths start with global_imgs/, which draws a warning: the official command then needs --root-train-img-dir set to
+the JSON's folder).
 
 exit status: 0 when there are no errors (warnings allowed), 1 otherwise, 2 when the file cannot be read.
 """
@@ -63,7 +69,8 @@ examples:
   farslip data synth --out tiny --n 16 --n-test 8 --seed 1   # a few seconds
 
 layout written:
-  OUT/mgrs/text_info.json + global_imgs/    MGRS JSON with template captions (training images)
+  OUT/mgrs/text_info.json + global_imgs/    MGRS JSON with template captions (training images);
+                                            global_filepath relative to global_imgs/
   OUT/rs5m/shard-000000.tar                 RS5M-style webdataset: img_content, img_name, caption
   OUT/captions.csv                          filepath,title (training images)
   OUT/cls/test.csv + classnames.txt         scene classification, held-out images (8 scene classes)
@@ -120,7 +127,9 @@ def add_commands(subparsers) -> None:
     b = sub.add_parser("build", help="detection dataset -> MGRS-format data",
                        description="Turn a detection dataset into MGRS-format data: OUT/text_info.json (a JSON list "
                                    "of records with global_filepath, captions and segment objects whose bbox holds "
-                                   "x1, y1, x2, y2, W, H) and OUT/global_imgs/.",
+                                   "x1, y1, x2, y2, W, H) and OUT/global_imgs/. global_filepath is relative to "
+                                   "OUT/global_imgs/, as in the official MGRS-200k release (official training: "
+                                   "--train-data OUT/text_info.json --root-train-img-dir OUT/global_imgs/).",
                        epilog=BUILD_EPILOG, formatter_class=_RAW)
     b.add_argument("--format", required=True, choices=("dota", "dior", "fair1m", "coco"), help="label format")
     b.add_argument("--images", required=True, help="image folder (searched recursively)")
@@ -162,7 +171,8 @@ def add_commands(subparsers) -> None:
                                    "and that every image exists, decodes and has the size its boxes claim.",
                        epilog=VALIDATE_EPILOG, formatter_class=_RAW)
     v.add_argument("path", help="text_info.json, or the folder holding it")
-    v.add_argument("--root", help="folder global_filepath is relative to (default: the JSON's folder)")
+    v.add_argument("--root", help="folder global_filepath is relative to, as the official --root-train-img-dir "
+                   "(default: the JSON's global_imgs/, then the JSON's folder)")
     v.add_argument("--no-images", action="store_true", help="check the JSON only")
     v.add_argument("--header-only", action="store_true", help="read image headers only, do not decode (faster)")
     v.add_argument("--workers", type=int, default=8, help="threads reading images (default %(default)s)")
@@ -205,7 +215,8 @@ def add_commands(subparsers) -> None:
                        epilog=CAPTION_EPILOG, formatter_class=_RAW)
     c.add_argument("path", help="text_info.json, or the folder holding it")
     c.add_argument("--out", help="write here instead of replacing the file")
-    c.add_argument("--root", help="folder global_filepath is relative to (default: the JSON's folder)")
+    c.add_argument("--root", help="folder global_filepath is relative to, as the official --root-train-img-dir "
+                   "(default: the JSON's global_imgs/, then the JSON's folder)")
     c.add_argument("--no-progress", action="store_true")
     _add_mllm_options(c)
     c.set_defaults(func=_cmd_caption)

@@ -9,11 +9,16 @@ Output, the layout of the official MGRS-200k release::
 
 A record::
 
-    {"global_filepath": "global_imgs/P0000__0_600.jpg",          # relative to OUT
+    {"global_filepath": "P0000__0_600.jpg",                      # relative to OUT/global_imgs/
      "global_caption": "...", "detailed_caption": "...", "brief_caption": "...",
      "segment": [{"bbox": {"x1": 12, "y1": 40, "x2": 96, "y2": 130, "width": 800, "height": 800},
                   "category": "storage tank", "category_id": 14}, ...],
      "source": {"image": "P0000.png", "window": [0, 600, 800, 1400]}}
+
+``global_filepath`` is relative to ``global_imgs/``, as in the official release: the official training command
+passes ``--root-train-img-dir OUT/global_imgs/`` and opens ``os.path.join(root_img_dir, global_filepath)``.
+Readers here (validate, caption) also accept files whose paths are relative to the JSON's folder
+(``global_imgs/<name>``, older builds and other tools).
 
 ``bbox`` holds six values in this order: the box in pixels of the written image, then the image's width and
 height (readers take them by order). Category ids are stable: the official vocabulary of the format (or a COCO
@@ -42,9 +47,9 @@ from .chips import (chip_windows, clip_polygon, convex_hull, image_size, load_rg
 from .detection import FORMATS, LabelFileError, SourceImage, read_label_file, scan_dataset
 from .names import CategoryMap, assign_category_ids, load_category_ids
 from .problems import Problem, summarize_problems
+from .validate import IMAGE_DIR, image_roots, resolve_image
 
 JSON_NAME = "text_info.json"
-IMAGE_DIR = "global_imgs"
 STATE_DIR = ".farslip_build"
 BBOX_KEYS = ("x1", "y1", "x2", "y2", "width", "height")
 MAX_REPORTED_PROBLEMS = 2000
@@ -123,6 +128,13 @@ def mgrs_record(filepath: str, captions: dict[str, str], objects: list[dict], wi
            "segment": segment}
     rec.update(extra)
     return rec
+
+
+def image_relpath(file: str) -> str:
+    """A chip file relative to OUT (``global_imgs/<name>``, as the journal keeps it) as a ``global_filepath``:
+    relative to ``global_imgs/``, the official layout (sub-folders below ``global_imgs/`` are kept)."""
+    prefix = IMAGE_DIR + "/"
+    return file[len(prefix):] if file.startswith(prefix) else file
 
 
 def write_mgrs_json(records: list[dict], path: str | Path) -> None:
@@ -228,6 +240,7 @@ def process_source(item: SourceImage, cfg: BuildConfig, cmap: CategoryMap) -> di
         chip = image if win == (0, 0, W, H) else image.crop(win)
         _save_image(chip, out_dir / name, cfg)
         entry["records"].append({
+            # "file" is relative to OUT (old journals resume); global_filepath is image_relpath(file)
             "file": f"{IMAGE_DIR}/{name}", "width": win[2] - win[0], "height": win[3] - win[1],
             "objects": [{"category": o.category, "raw": o.raw_category, "box": list(o.box),
                          "difficult": o.difficult} for o in objs],
@@ -375,19 +388,21 @@ def build_mgrs(cfg: BuildConfig, workers: int = 0, overwrite: bool = False, prog
 
     template = TemplateCaptioner()
     for c in chips:
+        c["global_filepath"] = image_relpath(c["file"])
         for o in c["objects"]:
             o["category_id"] = ids[o["category"]]
+    # captions are keyed by global_filepath, as `farslip data caption` keys them: recaptioning gives the same text
     if mllm is not None:
         jobs = [{"image_path": out / c["file"], "objects": c["objects"], "width": c["width"],
-                 "height": c["height"], "key": c["file"]} for c in chips]
+                 "height": c["height"], "key": c["global_filepath"]} for c in chips]
         caps, failures = mllm.caption_many(jobs, workers=caption_workers, progress=progress, fallback=template)
         for i, msg in failures:
             problems.append(Problem("caption-failed", str(out / chips[i]["file"]), msg + "; template captions used"))
         counts["caption_failed"] += len(failures)
     else:
-        caps = [template(c["objects"], c["width"], c["height"], gsd=c["meta"].get("gsd"), key=c["file"])
+        caps = [template(c["objects"], c["width"], c["height"], gsd=c["meta"].get("gsd"), key=c["global_filepath"])
                 for c in chips]
-    records = [mgrs_record(c["file"], cap, c["objects"], c["width"], c["height"], source=c["source"])
+    records = [mgrs_record(c["global_filepath"], cap, c["objects"], c["width"], c["height"], source=c["source"])
                for c, cap in zip(chips, caps)]
     write_mgrs_json(records, out / JSON_NAME)
     _write_json(out / "categories.json", ids)
@@ -441,16 +456,22 @@ def recaption_mgrs(path: str | Path, out: str | Path | None = None, mllm: MLLMCa
     """Recompute the captions of an existing MGRS JSON (template captions, or ``mllm``'s) from its objects.
 
     Writes ``out`` (default: the file itself, replaced atomically); other fields are kept. A record's
-    ``scene`` field, when present, is given to the captioner. Returns counts and the caption failures."""
+    ``scene`` field, when present, is given to the captioner. ``root`` is the folder ``global_filepath`` is
+    relative to (default: the JSON's ``global_imgs/``, then the JSON's folder). Returns counts and the caption
+    failures."""
     from .validate import bbox_values, load_mgrs, resolve_mgrs_path
 
     src = resolve_mgrs_path(path)
-    root = Path(root) if root else src.parent
+    roots = image_roots(src, root)
     records = load_mgrs(src)
     if not isinstance(records, list):
         raise BuildError(f"{src}: top level is not a list of records")
     jobs = []
     for i, rec in enumerate(records):
+        fp = rec.get("global_filepath") if isinstance(rec, dict) else None
+        if not isinstance(fp, str) or not fp:
+            raise BuildError(f"{src}[{i}]: no global_filepath")
+        image = resolve_image(fp, roots)
         objs, size = [], None
         for o in rec.get("segment") or []:
             v = bbox_values(o.get("bbox"))
@@ -459,12 +480,14 @@ def recaption_mgrs(path: str | Path, out: str | Path | None = None, mllm: MLLMCa
                 size = (int(v[4]), int(v[5]))
         if size is None:
             try:
-                size = image_size(root / rec["global_filepath"])
+                if image is None:
+                    raise FileNotFoundError(f"{fp} not found in {' or '.join(map(str, roots))}")
+                size = image_size(image)
             except Exception as exc:  # noqa: BLE001
                 raise BuildError(f"{src}[{i}]: no boxes to read the image size from, and the image cannot be "
                                  f"read ({exc})") from exc
-        jobs.append({"image_path": root / rec["global_filepath"], "objects": objs, "width": size[0],
-                     "height": size[1], "scene": rec.get("scene"), "key": rec["global_filepath"]})
+        jobs.append({"image_path": image if image is not None else roots[0] / fp, "objects": objs,
+                     "width": size[0], "height": size[1], "scene": rec.get("scene"), "key": fp})
     template = TemplateCaptioner()
     failures: list = []
     if mllm is not None:

@@ -7,7 +7,8 @@ court, building, swimming pool). Everything is vectorised numpy plus PIL polygon
 
 ``synth_world(out, n, seed)`` writes ``n`` training images and ``n_test`` held-out images::
 
-    OUT/mgrs/text_info.json, OUT/mgrs/global_imgs/     MGRS JSON (training images, template captions)
+    OUT/mgrs/text_info.json, OUT/mgrs/global_imgs/     MGRS JSON (training images, template captions);
+                                                       global_filepath is relative to global_imgs/ ("000000.jpg")
     OUT/rs5m/shard-000000.tar                          RS5M-style webdataset (img_content, img_name, caption)
     OUT/captions.csv                                   filepath,title (training images, paths relative to OUT)
     OUT/cls/test.csv, classnames.txt, images/          scene classification (held-out images)
@@ -737,7 +738,7 @@ def synth_world(out: str | Path, n: int = 512, seed: int = 0, size: int = 224, n
             (out / "mgrs/global_imgs" / name).write_bytes(data)
             for o in objs:
                 o["category_id"] = cat_ids[o["category"]]
-            records.append(mgrs_record(f"global_imgs/{name}", caps, objs, size, size, scene=scene))
+            records.append(mgrs_record(name, caps, objs, size, size, scene=scene))  # relative to global_imgs/
             cap_rows.append((f"mgrs/global_imgs/{name}", caps["global_caption"]))
             shards.write(f"{i:06d}", {"img_content": data, "img_name": name.encode(),
                                       "caption": caps["global_caption"].encode("utf-8")})

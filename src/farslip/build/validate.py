@@ -1,12 +1,20 @@
 """Check an MGRS JSON (``text_info.json``) against its images.
 
+Where images are looked for: ``global_filepath`` is relative to ``global_imgs/`` in the official MGRS-200k layout
+(the official training command passes ``--root-train-img-dir .../global_imgs/`` and opens
+``os.path.join(root_img_dir, global_filepath)``). An explicit ``root`` is the folder ``global_filepath`` is
+relative to; without one, ``<json folder>/global_imgs/<global_filepath>`` is tried first, then
+``<json folder>/<global_filepath>`` (older files and other tools' files that write ``global_imgs/<name>``).
+
 Errors (the file would break or mislead a training run):
     not a JSON list; a record without ``global_filepath`` or without any caption; an image that is missing, does
     not decode, or whose size differs from the W, H stored in its boxes; a ``bbox`` without six numbers, with its
     keys out of the x1, y1, x2, y2, W, H order, degenerate (x2 <= x1 or y2 <= y1) or outside the image; a missing
     category name; a ``category_id`` that is not an integer; one name with two ids or one id with two names.
 Warnings:
-    records with no objects; the same image listed twice; boxes too small for stage-2 regions (under 64 x 64 px).
+    records with no objects; the same image listed twice; boxes too small for stage-2 regions (under 64 x 64 px);
+    images found only relative to the JSON's folder, not to ``global_imgs/`` (the official training command then
+    needs ``--root-train-img-dir`` set to the JSON's folder instead).
 """
 from __future__ import annotations
 
@@ -19,6 +27,7 @@ from pathlib import Path
 
 from PIL import Image
 
+IMAGE_DIR = "global_imgs"  # the folder global_filepath is relative to in the official layout
 CAPTION_KEYS = ("global_caption", "detailed_caption", "brief_caption")
 BBOX_ORDER = ("x1", "y1", "x2", "y2", "width", "height")
 STAGE2_MIN_SIDE = 64  # FarSLIP stage 2 skips regions whose area is under 64^2 px
@@ -75,6 +84,26 @@ def resolve_mgrs_path(path: str | Path) -> Path:
     return p
 
 
+def image_roots(json_path: str | Path, root: str | Path | None = None) -> list[Path]:
+    """The folders ``global_filepath`` may be relative to, in the order they are tried.
+
+    ``root`` given: that folder only (as the official ``--root-train-img-dir``). Otherwise
+    ``<json folder>/global_imgs`` (the official layout), then ``<json folder>`` (files whose paths start with
+    ``global_imgs/``)."""
+    if root:
+        return [Path(root)]
+    folder = Path(json_path).parent
+    return [folder / IMAGE_DIR, folder]
+
+
+def resolve_image(fp: str, roots: list[Path]) -> Path | None:
+    """The first ``root / fp`` that is a file, or None."""
+    for r in roots:
+        if (r / fp).is_file():
+            return r / fp
+    return None
+
+
 def load_mgrs(path: str | Path) -> list:
     p = resolve_mgrs_path(path)
     try:
@@ -100,10 +129,11 @@ def bbox_values(bbox) -> list | None:
 def validate_mgrs(path: str | Path, root: str | Path | None = None, check_images: bool = True,
                   decode: bool = True, workers: int = 8, warn_small: bool = True,
                   progress: bool = False) -> ValidationReport:
-    """Validate an MGRS JSON; ``root`` (default: the JSON's folder) is what ``global_filepath`` is relative to.
-    ``decode=False`` reads only image headers (fast); ``check_images=False`` skips the images entirely."""
+    """Validate an MGRS JSON. ``root`` is the folder ``global_filepath`` is relative to (default: the JSON's
+    ``global_imgs/``, then the JSON's folder; see the module doc). ``decode=False`` reads only image headers
+    (fast); ``check_images=False`` skips the images entirely."""
     p = resolve_mgrs_path(path)
-    root = Path(root) if root else p.parent
+    roots = image_roots(p, root)
     rep = ValidationReport(str(p))
     name = p.name
 
@@ -212,7 +242,7 @@ def validate_mgrs(path: str | Path, root: str | Path | None = None, check_images
             add("warning", name, f"{small} of {rep.objects} boxes are under {STAGE2_MIN_SIDE}x{STAGE2_MIN_SIDE} px "
                 "of area; FarSLIP stage 2 skips such regions unless its minimum area is lowered")
     if check_images:
-        _check_images(image_jobs, root, decode, workers, progress, rep, name)
+        _check_images(image_jobs, roots, decode, workers, progress, rep, name)
     return rep
 
 
@@ -223,15 +253,17 @@ def _small(obj: dict) -> bool:
     return (vals[2] - vals[0]) * (vals[3] - vals[1]) < STAGE2_MIN_SIDE ** 2
 
 
-def _check_images(jobs, root: Path, decode: bool, workers: int, progress: bool, rep: ValidationReport,
+def _check_images(jobs, roots: list[Path], decode: bool, workers: int, progress: bool, rep: ValidationReport,
                   name: str) -> None:
     from tqdm.auto import tqdm
 
     def check(job):
         i, fp, sizes = job
-        path = root / fp
-        if not path.is_file():
-            return i, fp, f"image {path} does not exist", None
+        path = resolve_image(fp, roots)
+        if path is None:
+            if len(roots) == 1:
+                return i, fp, f"image {roots[0] / fp} does not exist", None
+            return i, fp, f"image {fp} does not exist in {' or '.join(map(str, roots))}", None
         try:
             with Image.open(path) as im:
                 size = im.size
@@ -239,16 +271,27 @@ def _check_images(jobs, root: Path, decode: bool, workers: int, progress: bool, 
                     im.load()
         except Exception as exc:  # noqa: BLE001 -- any decoder failure
             return i, fp, f"image {path} does not decode: {exc}", None
-        return i, fp, None, size
+        return i, fp, None, (size, path)
 
+    outside: list[int] = []  # records whose image is found only relative to the JSON's folder
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for (i, fp, err, size), (_, _, sizes) in zip(
+        for (i, fp, err, found), (_, _, sizes) in zip(
                 tqdm(pool.map(check, jobs), total=len(jobs), desc="validate images", unit="img",
                      disable=not progress), jobs):
             rep.images_checked += 1
             where = f"{name}[{i}].global_filepath"
             if err:
                 rep.findings.append(Finding("error", where, err))
-            elif sizes and size not in sizes:
+                continue
+            size, path = found
+            if path != roots[0] / fp:
+                outside.append(i)
+            if sizes and size not in sizes:
                 rep.findings.append(Finding("error", where, f"image is {size[0]}x{size[1]} but its boxes say "
                                             f"{' / '.join(f'{w}x{h}' for w, h in sorted(sizes))}"))
+    if outside:
+        shown = ", ".join(f"[{i}]" for i in outside[:5]) + (", ..." if len(outside) > 5 else "")
+        rep.findings.append(Finding(
+            "warning", name, f"{len(outside)} records have a global_filepath relative to the JSON's folder, not to "
+            f"{IMAGE_DIR}/ as in the official layout: {shown}; the official training command then needs "
+            f"--root-train-img-dir {roots[1]} (this project's reader tries both)"))

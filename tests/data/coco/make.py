@@ -76,9 +76,10 @@ def make(root: str | Path) -> Path:
 
 
 EXPECTED = {
-    "global_imgs/a.jpg": [("storage tank", [10, 20, 40, 60]), ("large vehicle", [100, 100, 150, 160]),
-                          ("airplane", [300, 300, 340, 340])],
-    "global_imgs/sub_b.jpg": [("harbor", [5, 10, 25, 20])],
+    # global_filepath (relative to global_imgs/) -> objects (category, box in image pixels)
+    "a.jpg": [("storage tank", [10, 20, 40, 60]), ("large vehicle", [100, 100, 150, 160]),
+              ("airplane", [300, 300, 340, 340])],
+    "sub_b.jpg": [("harbor", [5, 10, 25, 20])],
 }
 
 if __name__ == "__main__":

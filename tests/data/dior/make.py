@@ -52,8 +52,8 @@ VOC_00002 = """<annotation>
 """
 
 EXPECTED = {
-    "global_imgs/00001.jpg": [("storage tank", [10, 20, 110, 220]), ("expressway service area", [300, 300, 500, 450])],
-    "global_imgs/00002.jpg": [("airplane", [350, 350, 450, 450])],
+    "00001.jpg": [("storage tank", [10, 20, 110, 220]), ("expressway service area", [300, 300, 500, 450])],
+    "00002.jpg": [("airplane", [350, 350, 450, 450])],
 }
 
 

@@ -34,10 +34,10 @@ gsd:0.3
 """
 
 EXPECTED = {
-    # chip file -> objects (category, box in chip pixels)
-    "global_imgs/P0001__0_0.jpg": [("storage tank", [100, 100, 200, 150])],
-    "global_imgs/P0001__200_0.jpg": [("airplane", [500, 300, 700, 400]), ("small vehicle", [580, 600, 620, 700])],
-    "global_imgs/P0004.jpg": [("harbor", [10, 10, 60, 60]), ("storage tank", [100, 100, 150, 150])],
+    # global_filepath (chip file, relative to global_imgs/) -> objects (category, box in chip pixels)
+    "P0001__0_0.jpg": [("storage tank", [100, 100, 200, 150])],
+    "P0001__200_0.jpg": [("airplane", [500, 300, 700, 400]), ("small vehicle", [580, 600, 620, 700])],
+    "P0004.jpg": [("harbor", [10, 10, 60, 60]), ("storage tank", [100, 100, 150, 150])],
 }
 
 

@@ -34,8 +34,8 @@ FAIR_0 = f"""<?xml version="1.0" encoding="utf-8"?>
 
 EXPECTED = {
     # Dump Truck lies 10x20 inside the 600x500 image (a quarter of its area): kept, clipped to the image
-    "global_imgs/0.jpg": [("boeing 737", [100, 100, 160, 150]), ("small car", [300, 195, 315, 210]),
-                          ("dump truck", [590, 480, 600, 500])],
+    "0.jpg": [("boeing 737", [100, 100, 160, 150]), ("small car", [300, 195, 315, 210]),
+              ("dump truck", [590, 480, 600, 500])],
 }
 
 
