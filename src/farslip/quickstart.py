@@ -66,7 +66,8 @@ def run_quickstart(out: str | Path = "runs/quickstart", size: str = "full", seed
     torch.manual_seed(seed)
     _say(f"1/6 writing a synthetic world of {spec['n']} training images ({spec['image']} px) to {out / 'world'}")
     world = out / "world"
-    summary = timed("synthetic world", synth_world, world, n=spec["n"], seed=seed, size=spec["image"], overwrite=True)
+    summary = timed("synthetic world", synth_world, world, n=spec["n"], seed=seed, size=spec["image"], overwrite=True,
+                    shard_size=max(1, spec["n"] // 4))  # four even shards: two per loader worker
 
     e_pre, e_s1, e_s2 = spec["epochs"]
     limit = {"max_steps": spec["max_steps"]} if spec["max_steps"] else {}

@@ -112,8 +112,8 @@ class EpochBatchSampler:
 class ShardStream(IterableDataset):
     """Webdataset shards read by (rank, worker) roles; each role produces a fixed quota of batches per epoch.
 
-    Shards are shuffled per epoch and pass and dealt to roles (or, with fewer shards than roles, samples are
-    dealt). A role that runs out of data starts another pass, so every rank takes the same number of steps.
+    Shards are shuffled per epoch and pass and dealt to roles (or, with fewer than two shards per role, samples
+    are dealt). A role that runs out of data starts another pass, so every rank takes the same number of steps.
     """
 
     def __init__(self, shards: list[str], views: ViewMaker, tokenizer, batch_size: int, steps_per_epoch: int,
@@ -133,7 +133,7 @@ class ShardStream(IterableDataset):
             usable = 0
             shards = list(self.shards)
             random.Random(self.seed * 7919 + self.epoch * 104729 + pass_no).shuffle(shards)
-            by_shard = len(shards) >= roles
+            by_shard = len(shards) >= 2 * roles  # with fewer shards, dealing samples keeps the roles even
             mine = shards[role::roles] if by_shard else shards
             k = 0
             for url in mine:
