@@ -209,6 +209,10 @@ public benchmarks.
 
 {table}
 
+With a few minutes of CPU training on synthetic data, differences between these rows are small and partly
+run-to-run noise (longer stage-1 runs on this world lowered the tiny model's OVSS mIoU in our trials); they are
+not evidence for or against the paper's claims.
+
 ZSC: zero-shot scene classification ({len(world_summary.get('scenes', []))} classes, the paper's two templates).
 Retrieval: unique images and captions, hit if a true partner is in the top k. OVSS: SegEarth-OV's protocol
 (80 templates, synonym max, sliding windows, CLS-bias -0.3) scaled to the tiny model: images resized to fit
