@@ -3,8 +3,8 @@
 The gallery and the queries are the UNIQUE images and the UNIQUE caption texts of the table (after the optional
 prefix), each sorted as pandas' ``groupby`` sorts them; a query is a hit at k when any of its true partners is in
 its top k. Scores are ``100 * text @ image`` of L2-normalised embeddings. Ranking is done in blocks with matrix
-operations (:func:`farslip.eval.metrics.best_positive_rank`), with the official script's tie order where ties
-matter.
+operations (:func:`farslip.eval.metrics.best_positive_rank_indexed`), with the official script's tie order where
+ties matter.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from .common import EvalResult, autocast_for, make_loader, model_device, model_dtype, progress, split_bad
 from .io import BadRecord, ErrorPolicy, EvalDataError, open_image, read_csv
-from .metrics import best_positive_rank, recall_from_ranks
+from .metrics import best_positive_rank_indexed, recall_from_ranks
 
 KS = (1, 5, 10, 100)
 #: Prefix FarSLIP adds to RSICD, RSITMD and UCM-captions captions.
@@ -122,14 +122,16 @@ def rank_queries(queries: torch.Tensor, gallery: torch.Tensor, positives: list[l
     def official_row(i: int) -> torch.Tensor:
         return logit_scale * queries[i] @ gallery.t()
 
+    # True partners as a padded index table (-1 = none): gathers instead of a dense mask per block.
+    lists = [sorted(set(int(j) for j in pos)) for pos in positives]
+    width = max((len(x) for x in lists), default=0)
+    table = torch.tensor([x + [-1] * (width - len(x)) for x in lists], dtype=torch.long).reshape(len(lists), width)
     for start in range(0, queries.shape[0], block):
         q = queries[start:start + block].to(device)
         scores = (logit_scale * q) @ g_dev.t()
-        mask = torch.zeros(scores.shape, dtype=torch.bool, device=device)
-        for r, pos in enumerate(positives[start:start + block]):
-            if pos:
-                mask[r, torch.as_tensor(pos, dtype=torch.long, device=device)] = True
-        ranks.append(best_positive_rank(scores, mask, ties, row_fn=official_row, row_offset=start, ks=ks).cpu())
+        idx = table[start:start + block].to(device)
+        ranks.append(best_positive_rank_indexed(scores, idx, ties, row_fn=official_row, row_offset=start,
+                                                ks=ks).cpu())
     return torch.cat(ranks) if ranks else torch.empty(0, dtype=torch.long)
 
 

@@ -1,0 +1,184 @@
+#!/usr/bin/env python
+"""farslip benchmarks: the project's paths against straightforward implementations of the official ones.
+
+    .venv/bin/python benchmarks/run.py                 # everything, CPU defaults (make bench)
+    .venv/bin/python benchmarks/run.py --quick         # smaller sizes, fewer repeats (a smoke run)
+    .venv/bin/python benchmarks/run.py --only train    # one part: train, data, ovss, retrieval, segment
+    .venv/bin/python benchmarks/run.py --device cuda   # GPU: ViT-B-16, batch 40 for the training step
+
+Each part reports medians of several repeats after warm-up and the ratio project / baseline. Results go to
+``benchmarks/results/<device>-<timestamp>.json`` (and ``latest-<device>.json``); a summary is printed.
+See docs/performance.md for what each measurement means and the recorded numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from common import fmt, load_snapshot, machine_info  # noqa: E402
+
+PARTS = ("train", "data", "ovss", "retrieval", "segment")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small sizes and few repeats (smoke run, ~2-3 min on CPU)")
+    p.add_argument("--only", default=None, help=f"comma-separated parts to run: {', '.join(PARTS)}")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    p.add_argument("--out", default=None, help="JSON results file (default: benchmarks/results/...)")
+    g = p.add_argument_group("training step")
+    g.add_argument("--train-arch", default=None, help="default ViT-B-32 on CPU, ViT-B-16 on CUDA")
+    g.add_argument("--train-batch", type=int, default=None, help="samples per step (default 4 on CPU, 40 on CUDA)")
+    g.add_argument("--train-repeats", type=int, default=None)
+    g.add_argument("--precisions", default=None, help="comma list of fp32,bf16 (default both)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the project's TrainStep (option)")
+    g.add_argument("--no-memory", action="store_true", help="skip the per-variant peak-memory children")
+    g = p.add_argument_group("other parts")
+    g.add_argument("--ovss-arch", default="ViT-B-16")
+    g.add_argument("--segment-size", type=int, default=None, help="raster side in pixels (default 8000; 20000 is "
+                                                                  "the issue's memory goal)")
+    g.add_argument("--segment-arch", default="FarSLIP-Tiny")
+    return p
+
+
+def config(args) -> dict:
+    cuda = args.device == "cuda"
+    q = args.quick
+    cfg = {
+        "device": args.device, "threads": args.threads, "quick": q, "compile": args.compile,
+        # training step
+        "arch": args.train_arch or ("ViT-B-16" if cuda else "ViT-B-32"),
+        "batch": args.train_batch or (40 if cuda else (2 if q else 4)),
+        "views": 4, "size": None,  # None: the model's input size (224 for ViT-B)
+        "warmup": 1, "repeats": args.train_repeats or (2 if q else 3),
+        "precisions": (args.precisions or "fp32,bf16").split(","),
+        "memory": not args.no_memory, "flops": True,
+        # data loading
+        "data_sizes": [512] if q else [512, 1024], "data_images": 16 if q else 32, "data_repeats": 3 if q else 5,
+        # OVSS
+        "ovss_arch": args.ovss_arch, "ovss_images": 2 if q else 4, "ovss_repeats": 2 if q else 3,
+        # retrieval
+        "ret_texts": 30000, "ret_images": 10000, "ret_repeats": 2 if q else 3,
+        "ret_loop_sample": 300 if q else 1000,
+        # segment
+        "segment_arch": args.segment_arch,
+        "segment_sizes": [args.segment_size or (2048 if q else 8000)],
+    }
+    if cuda:
+        cfg["precisions"] = (args.precisions or "fp32,bf16").split(",")
+        cfg["ovss_images"] = 16 if not q else 4
+        cfg["data_images"] = 64 if not q else 16
+    return cfg
+
+
+def summary(res: dict) -> str:
+    lines = []
+    m = res["machine"]
+    lines.append(f"machine: {m.get('Model name', '?')}, {m['cpu_count']} CPUs, torch {m['torch']}, open_clip "
+                 f"{m['open_clip']}, threads {m['threads']}; load before {res['load_before']}")
+    t = res.get("train")
+    if t:
+        c = t["config"]
+        lines.append(f"training step: {c['arch']} {c['size']} px, batch {c['batch']}, {c['views']} crops/regions")
+        for key, e in t.items():
+            if not key.startswith("stage"):
+                continue
+            sps = ", ".join(f"{v} {fmt(x)}" for v, x in e["samples_per_s"].items())
+            sp = ", ".join(f"vs {v} {fmt(x)}x" for v, x in e["speedup_vs"].items())
+            mem = ""
+            if "memory_growth_mib" in e:
+                mem = "; peak growth MiB " + ", ".join(f"{v} {fmt(x)}" for v, x in e["memory_growth_mib"].items())
+            lines.append(f"  {key}: samples/s {sps}; project {sp}{mem}; losses agree: "
+                         f"{e['numerics']['within_tolerance']}")
+        for stage, f in t["fastest_mode"].items():
+            lines.append(f"  {stage} fastest modes: " + ", ".join(
+                f"{v} {fmt(x['samples_per_s'])} ({x['precision']})" for v, x in f.items() if v != "speedup_vs")
+                + "; project " + ", ".join(f"vs {v} {fmt(x)}x" for v, x in f["speedup_vs"].items()))
+    d = res.get("data")
+    if d:
+        for size, r in d.items():
+            lines.append(f"data {size}px: samples/s " + ", ".join(f"{k} {fmt(v)}" for k, v in r["samples_per_s"].items())
+                         + "; speedup " + ", ".join(f"{k} {fmt(v)}x" for k, v in r["speedup"].items()))
+    o = res.get("ovss")
+    if o:
+        lines.append(f"ovss: images/s batched {fmt(o['images_per_s']['batched'], 3)}, one window "
+                     f"{fmt(o['images_per_s']['one_window'], 3)}: {fmt(o['speedup'])}x; masks identical "
+                     f"{o['masks_identical']}")
+    r = res.get("retrieval")
+    if r:
+        lines.append(f"retrieval: vectorised {fmt(r['vectorised_s'])} s, loop {fmt(r['loop_extrapolated_s'])} s "
+                     f"(extrapolated): {fmt(r['speedup'], 1)}x")
+    s = res.get("segment")
+    if s:
+        for size, x in s["runs"].items():
+            lines.append(f"segment {size}x{size} ({s['arch']}): {fmt(x['mpx_per_s'])} Mpx/s, peak RSS "
+                         f"{fmt(x['peak_rss_mib'])} MiB")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = build_parser()
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--params", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        import bench_data
+        import bench_ovss
+        import bench_retrieval
+        import bench_segment
+        import bench_train
+
+        children = {**bench_train.CHILDREN, **bench_data.CHILDREN, **bench_ovss.CHILDREN,
+                    **bench_retrieval.CHILDREN, **bench_segment.CHILDREN}
+        children[args.child](json.loads(args.params))
+        return 0
+
+    from common import set_threads
+
+    set_threads(args.threads)
+    parts = PARTS if not args.only else tuple(x.strip() for x in args.only.split(","))
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        p.error(f"unknown part(s) {sorted(unknown)}; choose from {PARTS}")
+    cfg = config(args)
+    t0 = time.time()
+
+    def log(msg):
+        print(f"[{time.time() - t0:6.0f}s] {msg}", flush=True)
+
+    res = {"machine": machine_info(args.device), "config": cfg, "load_before": load_snapshot(),
+           "command": " ".join([Path(sys.executable).name, "benchmarks/run.py"] + (argv or sys.argv[1:])),
+           "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    import bench_data
+    import bench_ovss
+    import bench_retrieval
+    import bench_segment
+    import bench_train
+
+    runners = {"train": bench_train.run, "data": bench_data.run, "ovss": bench_ovss.run,
+               "retrieval": bench_retrieval.run, "segment": bench_segment.run}
+    for part in parts:
+        t = time.time()
+        res[part] = runners[part](cfg, log)
+        res.setdefault("seconds", {})[part] = round(time.time() - t, 1)
+        res.setdefault("load_after", {})[part] = load_snapshot()
+    res["total_seconds"] = round(time.time() - t0, 1)
+    out = Path(args.out) if args.out else HERE / "results" / f"{args.device}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1))
+    if not args.out:
+        (out.parent / f"latest-{args.device}{'-quick' if args.quick else ''}.json").write_text(json.dumps(res, indent=1))
+    print("\n" + summary(res))
+    print(f"\n{res['total_seconds']:.0f} s; results in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
