@@ -95,3 +95,21 @@ def test_two_process_gloo_run_through_torchrun(tmp_path):
     log = _losses(Path(over["run"]["out"]))
     assert sorted(log) == [1, 2]
     assert log[1]["samples_per_s"] > 0
+
+
+def test_resume_keeps_the_checkpoints_frozen_text_rows(tmp_path, tiny_arch):
+    """Rows 0..19 of a long-text model stay what the checkpoint holds, not what a fresh model would hold."""
+    start, *_ = farslip.load_model(tiny_arch)
+    farslip.extend_text_context(start, 248)
+    with torch.no_grad():
+        start.positional_embedding[:20] += 1.0  # pretrained rows unlike any random initialisation
+    pretrained = farslip.save_model(start, tmp_path / "pretrained.pt")
+    over = tiny_overrides(tmp_path, 2, steps=2)
+    over["model"]["pretrained"] = str(pretrained)
+    over["optim"]["lr"] = 1e-2
+    cfg = load_config(REPO / "configs" / "stage2_vitb16_mgrs.yaml", over)
+    train(cfg)
+    cfg.optim.max_steps = 4
+    train(cfg, resume="auto")
+    end, *_ = farslip.load_model(checkpoint=Path(cfg.run.out) / "final.pt")
+    assert torch.equal(end.positional_embedding[:20], start.positional_embedding[:20])

@@ -75,9 +75,16 @@ def extend_text_context(model: nn.Module, context_length: int = LONG_CONTEXT, ke
 
 
 def freeze_leading_text_rows(model: nn.Module, keep: int = KEEP_ROWS) -> None:
-    """Mask the gradient of positional rows ``0..keep-1`` and remember their values for restore_frozen_rows."""
+    """Mask the gradient of positional rows ``0..keep-1`` and remember their current values.
+
+    Call it again after loading other weights into the model (a resume does): it then only re-reads the values
+    that restore_frozen_rows puts back, without stacking another gradient hook.
+    """
     param = model.positional_embedding
+    already = getattr(model, FROZEN_ATTR, None) is not None and getattr(param, "_farslip_masked", False)
     setattr(model, FROZEN_ATTR, (keep, param.detach()[:keep].clone()))
+    if already:
+        return
 
     def _mask(grad: torch.Tensor) -> torch.Tensor:
         grad = grad.clone()
@@ -85,6 +92,7 @@ def freeze_leading_text_rows(model: nn.Module, keep: int = KEEP_ROWS) -> None:
         return grad
 
     param.register_hook(_mask)
+    param._farslip_masked = True
 
 
 def restore_frozen_rows(model: nn.Module) -> None:

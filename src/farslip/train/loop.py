@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from ..data.loader import LoaderConfig, TrainLoader
 from ..data.views import ViewConfig
 from ..models.loading import load_model
-from ..models.long_text import LONG_CONTEXT, extend_text_context, restore_frozen_rows
+from ..models.long_text import LONG_CONTEXT, extend_text_context, freeze_leading_text_rows, restore_frozen_rows
 from ..objectives import FarSLIPObjective, make_teacher, update_ema
 from . import distributed
 from .checkpoint import (load_training_checkpoint, newest_intact, save_training_checkpoint, set_rng_state)
@@ -146,6 +146,8 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
     model, preprocess_eval, tokenizer = build_model(cfg, resuming=state is not None)
     if state is not None:
         model.load_state_dict(state["state_dict"])
+        if model.context_length == LONG_CONTEXT:
+            freeze_leading_text_rows(model)  # the frozen rows are the checkpoint's, not the fresh model's
     model.to(ctx.device).train()
     objective = build_objective(cfg.objective)
     teacher = make_teacher(model) if objective.needs_teacher else None
