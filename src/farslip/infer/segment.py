@@ -41,6 +41,7 @@ class SegmentOptions:
     percentiles: tuple[float, float] = (2.0, 98.0)
     preview_size: int = 1024
     progress: bool = True
+    gdal_cache_mb: int = 256            # GDAL block cache; its default (5% of RAM) is what grows on huge rasters
 
 
 @dataclass
@@ -76,9 +77,24 @@ def segment(images: Sequence[str | Path] | str | Path, classes: Sequence[str] | 
     with torch.no_grad():
         text = name_embeddings(model, tokenizer, queries, OVSS_TEMPLATES)
     results = []
-    for image in images:
-        results.append(_segment_one(Path(image), model, text, query_to_class, names, Path(out), opts))
+    with _bounded_gdal_cache(opts.gdal_cache_mb):
+        for image in images:
+            results.append(_segment_one(Path(image), model, text, query_to_class, names, Path(out), opts))
     return results
+
+
+def _bounded_gdal_cache(megabytes: int):
+    """GDAL's block cache capped at ``megabytes`` while we read and write (unless GDAL_CACHEMAX is set by the
+    user). By default GDAL may cache up to 5% of the machine's RAM of raster blocks, which on a 20,000 x 20,000
+    scene is most of the process's peak memory; the blockwise loop reads and writes each block once, so a small
+    cache costs nothing."""
+    import os
+
+    import rasterio
+
+    if "GDAL_CACHEMAX" in os.environ or not megabytes:
+        return rasterio.Env()
+    return rasterio.Env(GDAL_CACHEMAX=int(megabytes))
 
 
 def _segment_one(path: Path, model, text, query_to_class, names, out: Path, opts: SegmentOptions) -> SegmentResult:
