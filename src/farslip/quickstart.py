@@ -137,8 +137,14 @@ def loss_curves(out: Path, png: Path) -> Path:
     for ax, name, keys in zip(axes, ("pretrain", "stage1", "stage2"),
                               (("global_itc",), ("global_itc", "distill"), ("global_itc", "region_itc"))):
         log = [json.loads(x) for x in (out / "runs" / name / "log.jsonl").read_text().splitlines()]
-        for k in keys:
-            ax.plot([e["step"] for e in log], [e[k] for e in log], label=k)
+        log = [e for e in log if keys[0] in e]
+        steps = [e["step"] for e in log]
+        ax.plot(steps, [e[keys[0]] for e in log], label=keys[0], color="C0")
+        if len(keys) > 1:  # the second term on its own axis: its scale can be far smaller
+            twin = ax.twinx()
+            twin.plot(steps, [e[keys[1]] for e in log], label=keys[1], color="C1")
+            twin.set_ylabel(keys[1], color="C1")
+            ax.plot([], [], color="C1", label=keys[1] + " (right axis)")
         ax.set_title({"pretrain": "pretraining (stand-in CLIP)", "stage1": "FarSLIP stage 1",
                       "stage2": "FarSLIP stage 2"}[name])
         ax.set_xlabel("step")
