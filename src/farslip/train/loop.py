@@ -126,6 +126,46 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: batch[k].to(device, non_blocking=True) for k in TENSOR_KEYS if k in batch}
 
 
+def build_loader(cfg: TrainConfig, model: nn.Module, tokenizer, ctx) -> TrainLoader:
+    """The recipe's data section, with the model's input size and normalisation."""
+    d, visual = cfg.data, model.visual
+    size = visual.image_size[0] if isinstance(visual.image_size, (tuple, list)) else visual.image_size
+    views = ViewConfig(size=size, views=d.views, num_crops=d.num_crops, crop_scale=tuple(d.crop_scale),
+                       crop_ratio=tuple(d.crop_ratio), min_region_size=d.min_region_size,
+                       max_region_size=d.max_region_size,
+                       mean=tuple(getattr(visual, "image_mean", None) or ViewConfig.mean),
+                       std=tuple(getattr(visual, "image_std", None) or ViewConfig.std))
+    return TrainLoader(LoaderConfig(d.kind, d.train, d.image_root, d.caption, d.image_key, d.caption_key,
+                                    d.csv_sep, d.num_samples, d.workers),
+                       views, tokenizer, cfg.optim.batch_size, ctx.rank, ctx.world, cfg.run.seed)
+
+
+def optimisation_step(step_module, model, objective, teacher, optimizer, scaler, autocast, batch, lr, grad_clip):
+    """Forward, backward, (EMA), clip, step; then the invariants: frozen text rows, logit-scale clamp."""
+    set_lr(optimizer, lr)
+    with autocast():
+        losses = step_module(batch, teacher)
+    (scaler.scale(losses["total"]) if scaler else losses["total"]).backward()
+    if teacher is not None and objective.target == "ema":
+        update_ema(teacher, model, objective.ema_momentum)  # official order: before the optimiser step
+    if scaler:
+        scaler.unscale_(optimizer)
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if scaler:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    restore_frozen_rows(model)
+    with torch.no_grad():
+        model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        if teacher is not None and objective.target == "ema":
+            teacher.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+    return losses
+
+
 def train(cfg: TrainConfig, resume: str | None = None) -> dict:
     """Run a training job described by ``cfg``; ``resume`` is None, ``"auto"`` or a checkpoint path."""
     ctx = distributed.setup(cfg.run.device)
@@ -154,16 +194,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
     if teacher is not None and state is not None and state.get("teacher"):
         teacher.load_state_dict(state["teacher"])
 
-    d = cfg.data
-    mean = tuple(getattr(model.visual, "image_mean", None) or (0.48145466, 0.4578275, 0.40821073))
-    std = tuple(getattr(model.visual, "image_std", None) or (0.26862954, 0.26130258, 0.27577711))
-    views = ViewConfig(size=model.visual.image_size[0] if isinstance(model.visual.image_size, tuple)
-                       else model.visual.image_size, views=d.views, num_crops=d.num_crops,
-                       crop_scale=tuple(d.crop_scale), crop_ratio=tuple(d.crop_ratio),
-                       min_region_size=d.min_region_size, max_region_size=d.max_region_size, mean=mean, std=std)
-    loader = TrainLoader(LoaderConfig(d.kind, d.train, d.image_root, d.caption, d.image_key, d.caption_key,
-                                      d.csv_sep, d.num_samples, d.workers),
-                         views, tokenizer, cfg.optim.batch_size, ctx.rank, ctx.world, cfg.run.seed)
+    loader = build_loader(cfg, model, tokenizer, ctx)
     o = cfg.optim
     optimizer = build_optimizer(model, o.lr, o.weight_decay, (o.beta1, o.beta2), o.eps)
     scaler = torch.amp.GradScaler(ctx.device.type) if o.precision in ("amp", "amp_fp16", "fp16") else None
@@ -204,23 +235,8 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
             for batch in loader.epoch(epoch, progress["batch_in_epoch"], progress["cursors"]):
                 # ---- one optimisation step -----------------------------------------------------------------
                 lr = cosine_lr(progress["step"], o.lr, o.warmup, total_steps)
-                set_lr(optimizer, lr)
-                with autocast():
-                    losses = step_module(_to_device(batch, ctx.device), teacher)
-                (scaler.scale(losses["total"]) if scaler else losses["total"]).backward()
-                if teacher is not None and objective.target == "ema":
-                    update_ema(teacher, model, objective.ema_momentum)  # official order: before the step
-                if scaler:
-                    scaler.unscale_(optimizer)
-                if o.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
-                (scaler.step(optimizer), scaler.update()) if scaler else optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                restore_frozen_rows(model)
-                with torch.no_grad():
-                    model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
-                    if teacher is not None and objective.target == "ema":
-                        teacher.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+                losses = optimisation_step(step_module, model, objective, teacher, optimizer, scaler, autocast,
+                                           _to_device(batch, ctx.device), lr, o.grad_clip)
 
                 # ---- bookkeeping -----------------------------------------------------------------------------
                 progress["step"] += 1
