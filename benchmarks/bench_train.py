@@ -1,15 +1,20 @@
 """Training step, stage 1 and stage 2: farslip's trainer path against the official step's data flow.
 
 Variants (each one full optimisation step: forward under the precision's autocast, backward, AdamW step,
-zero_grad, logit-scale clamp -- what farslip.train.loop does per step):
+zero_grad, logit-scale clamp -- what farslip.train.loop does per step; forward+backward and the optimizer step are
+also timed apart):
 
-* ``project``   -- ``TrainStep(model, FarSLIPObjective.stageN())`` as the trainer runs it: all views of the step
-  in one encoder call, trunk shared, ordinary last block only on the rows that need it.
+* ``project``   -- ``TrainStep(model, FarSLIPObjective.stageN())`` with ``farslip.train.optim.build_optimizer``
+  as the trainer runs them: all views of the step in one encoder call, trunk shared, ordinary last block only on
+  the rows that need it; fused AdamW where torch has the kernel (CPU and CUDA).
 * ``reference`` -- baseline (a), ``reference_step.py`` as written: separate encoder calls per view set and per
   output (ordinary and dense each a full pass), per-sample box lists, padded region features.
 * ``ref_shared`` -- baseline (b), ``reference_shared.py``: the same data flow with one trunk pass per view set
   giving both outputs (one reading of the unavailable official ``forward_v2``). In stage 2 (``cls`` regions) it
   is identical to (a) and is not measured twice.
+
+The baselines step with the same AdamW parameter groups in torch's default implementation (what open_clip_train's
+``optim.AdamW(...)`` gives: a per-tensor loop on CPU, foreach on CUDA).
 
 Timing: one child process per (stage, precision) runs the variants round-robin (warm-up, then repeats
 interleaved, so a change of machine load hits all variants alike); medians. Peak memory: one child per
@@ -84,6 +89,7 @@ def make_setup(p: dict):
     import farslip
     from farslip.objectives import FarSLIPObjective
     from farslip.train.loop import MAX_LOGIT_SCALE, TrainStep, autocast_for
+    from farslip.train.optim import build_optimizer
     from reference_shared import reference_stage1_shared, reference_stage2_shared
     from reference_step import reference_stage1, reference_stage2
 
@@ -103,24 +109,37 @@ def make_setup(p: dict):
     shared = reference_stage1_shared if stage == 1 else reference_stage2_shared
     forwards = {"project": lambda: step_module(batch), "reference": lambda: ref(model, batch),
                 "ref_shared": lambda: shared(model, batch)}
-    optimizer = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-6, weight_decay=1.0)
+    # The trainer's optimizer (farslip.train.optim: fused AdamW where torch has the kernel) for the project; the
+    # same AdamW groups with torch's default per-tensor implementation, as open_clip_train builds it, for the
+    # baselines. Official recipe: lr 1e-6, weight decay 1.0.
+    optimizers = {"project": build_optimizer(model, 1e-6, 1.0)}
+    if p.get("variants", [p.get("variant")]) != ["project"]:
+        plain = build_optimizer(model, 1e-6, 1.0, fused=False)
+        optimizers.update(reference=plain, ref_shared=plain)
     autocast = autocast_for("amp_bf16" if p["precision"] == "bf16" else "fp32", device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    split = {}  # variant -> [(forward+backward s, optimizer s)] of the last steps
 
     def forward(variant):
         with autocast():
             return forwards[variant]()
 
     def step(variant):
+        t0 = time.perf_counter()
         losses = forward(variant)
         losses["total"].backward()
+        sync()
+        t1 = time.perf_counter()
+        optimizer = optimizers[variant]
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
             model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        sync()
+        split.setdefault(variant, []).append((t1 - t0, time.perf_counter() - t1))
         return losses
 
-    sync = torch.cuda.synchronize if device.type == "cuda" else None
-    return model, batch, forward, step, sync
+    return model, batch, forward, step, sync, split
 
 
 def child_time(p: dict) -> None:
@@ -128,7 +147,7 @@ def child_time(p: dict) -> None:
     import torch
 
     set_threads(p["threads"])
-    model, batch, forward, step, sync = make_setup(p)
+    model, batch, forward, step, sync, split = make_setup(p)
     variants = p["variants"]
     # Numerics first, on the same initial weights: every variant's losses (forward only).
     losses = {}
@@ -148,18 +167,17 @@ def child_time(p: dict) -> None:
     for _ in range(p["warmup"]):
         for v in variants:
             step(v)
-            if sync:
-                sync()
+    split.clear()
     times = {v: [] for v in variants}
     for r in range(p["repeats"]):
         order = variants if r % 2 == 0 else variants[::-1]
         for v in order:
             t = time.perf_counter()
             step(v)
-            if sync:
-                sync()
             times[v].append(time.perf_counter() - t)
-    emit({"times": times, "median_s": {v: median(t) for v, t in times.items()}, "losses": losses, "flops": flops})
+    emit({"times": times, "median_s": {v: median(t) for v, t in times.items()}, "losses": losses, "flops": flops,
+          "fwd_bwd_median_s": {v: median([a for a, _ in x]) for v, x in split.items()},
+          "optimizer_median_s": {v: median([b for _, b in x]) for v, x in split.items()}})
 
 
 def child_memory(p: dict) -> None:
@@ -167,7 +185,7 @@ def child_memory(p: dict) -> None:
     import torch
 
     set_threads(p["threads"])
-    model, batch, forward, step, sync = make_setup(p)
+    model, batch, forward, step, sync, _ = make_setup(p)
     v = p["variant"]
     cuda = p["device"] == "cuda"
     if cuda:
@@ -179,8 +197,6 @@ def child_memory(p: dict) -> None:
     for _ in range(2):
         t0 = time.perf_counter()
         step(v)
-        if sync:
-            sync()
         t.append(time.perf_counter() - t0)
     out = {"rss_before_mib": base_rss, "peak_rss_before_mib": peak_before, "peak_rss_mib": peak_rss_mib(),
            "step_s": t}
@@ -224,9 +240,12 @@ def run(cfg: dict, log) -> dict:
                                          "repeats": cfg["repeats"], "count_flops": stage == 1 and cfg["flops"]},
                           cfg["threads"])
             entry = {"median_s": t["median_s"], "times": t["times"], "flops": t.get("flops"),
+                     "fwd_bwd_median_s": t["fwd_bwd_median_s"], "optimizer_median_s": t["optimizer_median_s"],
                      "numerics": loss_agreement(t["losses"], prec), "losses": t["losses"]}
             entry["samples_per_s"] = {v: cfg["batch"] / s for v, s in t["median_s"].items()}
             entry["speedup_vs"] = {v: t["median_s"][v] / t["median_s"]["project"] for v in variants if v != "project"}
+            fb = t["fwd_bwd_median_s"]
+            entry["fwd_bwd_speedup_vs"] = {v: fb[v] / fb["project"] for v in variants if v != "project"}
             if cfg["memory"]:
                 mem = {}
                 for v in variants:

@@ -95,8 +95,9 @@ def summary(res: dict) -> str:
             mem = ""
             if "memory_growth_mib" in e:
                 mem = "; peak growth MiB " + ", ".join(f"{v} {fmt(x)}" for v, x in e["memory_growth_mib"].items())
-            lines.append(f"  {key}: samples/s {sps}; project {sp}{mem}; losses agree: "
-                         f"{e['numerics']['within_tolerance']}")
+            fb = ", ".join(f"vs {v} {fmt(x)}x" for v, x in e["fwd_bwd_speedup_vs"].items())
+            lines.append(f"  {key}: samples/s {sps}; project {sp} (forward+backward alone {fb}){mem}; losses "
+                         f"agree: {e['numerics']['within_tolerance']}")
         for stage, f in t["fastest_mode"].items():
             lines.append(f"  {stage} fastest modes: " + ", ".join(
                 f"{v} {fmt(x['samples_per_s'])} ({x['precision']})" for v, x in f.items() if v != "speedup_vs")
@@ -108,13 +109,13 @@ def summary(res: dict) -> str:
                          + "; speedup " + ", ".join(f"{k} {fmt(v)}x" for k, v in r["speedup"].items()))
     o = res.get("ovss")
     if o:
-        lines.append(f"ovss: images/s batched {fmt(o['images_per_s']['batched'], 3)}, one window "
-                     f"{fmt(o['images_per_s']['one_window'], 3)}: {fmt(o['speedup'])}x; masks identical "
-                     f"{o['masks_identical']}")
+        lines.append(f"ovss: images/s " + ", ".join(f"{k} {fmt(v, 3)}" for k, v in o["images_per_s"].items())
+                     + f"; batched vs one window {fmt(o['speedup'])}x; masks identical {o['masks_identical']}")
     r = res.get("retrieval")
     if r:
-        lines.append(f"retrieval: vectorised {fmt(r['vectorised_s'])} s, loop {fmt(r['loop_extrapolated_s'])} s "
-                     f"(extrapolated): {fmt(r['speedup'], 1)}x")
+        lines.append(f"retrieval: vectorised {fmt(r['vectorised_s'])} s (one product for both directions; two: "
+                     f"{fmt(r['per_direction_s'])} s), loop {fmt(r['loop_extrapolated_s'])} s (extrapolated): "
+                     f"{fmt(r['speedup'], 1)}x ({fmt(r['speedup_per_direction'], 1)}x with two products)")
     s = res.get("segment")
     if s:
         for size, x in s["runs"].items():

@@ -5,8 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from farslip.eval.metrics import _official_row_rank, best_positive_rank, best_positive_rank_indexed, count_true
-from farslip.eval.retrieval import rank_queries
+from farslip.eval.metrics import (_official_row_rank, best_positive_rank, best_positive_rank_indexed, count_true,
+                                  count_true_columns)
+from farslip.eval.retrieval import rank_both_ways, rank_queries
 
 
 @pytest.mark.parametrize("shape", [(3, 1024), (5, 8000), (7, 10000), (2, 1016 * 3), (4, 30000), (3, 1023),
@@ -18,6 +19,10 @@ def test_count_true_equals_sum(shape, p):
     assert torch.equal(count_true(m), m.sum(dim=1))
     assert torch.equal(count_true(m[:, 1:]), m[:, 1:].sum(dim=1))       # not contiguous: plain sum
     assert torch.equal(count_true(m.t().contiguous().t()), m.sum(dim=1))
+    mt = m.t().contiguous()                                             # the column twin
+    assert torch.equal(count_true_columns(mt), mt.sum(dim=0))
+    assert torch.equal(count_true_columns(mt[:, :8]), mt[:, :8].sum(dim=0))
+    assert torch.equal(count_true_columns(m), m.sum(dim=0))
 
 
 def _tied_scores(Q, N, seed, dtype=torch.float32):
@@ -49,6 +54,12 @@ def test_indexed_rank_equals_dense_mask_rank(ties, ks, N, dtype):
     want = best_positive_rank(scores, mask, ties, ks=ks)
     got = best_positive_rank_indexed(scores, _table(positives), ties, ks=ks)
     assert torch.equal(got, want)
+    # the same matrix read by columns, in place (a transposed copy and a non-contiguous view), scratch reused
+    ws = {}
+    for _ in range(2):
+        for st in (scores.t().contiguous(), scores.t().contiguous()[:, :]):
+            assert torch.equal(best_positive_rank_indexed(st, _table(positives), ties, ks=ks, by_column=True,
+                                                          workspace=ws), want)
 
 
 def _rank_queries_dense(queries, gallery, positives, logit_scale=100.0, block=1024, ks=None):
@@ -83,3 +94,34 @@ def test_rank_queries_equals_dense_version_and_the_official_loop(ks):
     else:
         for k in ks:
             assert torch.equal(got < k, official < k)
+
+
+@pytest.mark.parametrize("ks", [None, (1, 5, 10, 100)])
+@pytest.mark.parametrize("subset", [False, True])
+@pytest.mark.parametrize("budget", [2 ** 31, 0])
+def test_rank_both_ways_equals_two_rank_queries_and_the_official_loop(ks, subset, budget):
+    g = torch.Generator().manual_seed(5)
+    base = F.normalize(torch.randn(200, 32, generator=g), dim=-1)
+    images = base[torch.randint(0, 200, (530,), generator=g)]                # duplicate images: exact ties
+    owner = torch.randint(0, 530, (1300,), generator=g)
+    texts = F.normalize(images[owner] + 0.6 * torch.randn(1300, 32, generator=g), dim=-1)
+    texts[7] = texts[3]                                                     # duplicate texts too
+    t2i = [[int(owner[t])] for t in range(1300)]
+    i2t = [[] for _ in range(530)]
+    for t, i in enumerate(owner.tolist()):
+        i2t[i].append(t)
+    rows = [t for t in range(1300) if t % 5] if subset else None
+    t2i_q = [t2i[t] for t in rows] if subset else t2i
+    got_t, got_i = rank_both_ways(texts, images, t2i_q, i2t, text_queries=rows, ks=ks, block=256,
+                                  max_matrix_bytes=budget)
+    tq = texts[rows] if subset else texts
+    want_t = rank_queries(tq, images, t2i_q, ks=ks, block=256)
+    want_i = rank_queries(images, texts, i2t, ks=ks, block=256)
+    off_t = torch.tensor([_official_row_rank(100.0 * q @ images.t(), torch.tensor(p)) for q, p in zip(tq, t2i_q)])
+    off_i = torch.tensor([_official_row_rank(100.0 * im @ texts.t(), torch.tensor(p)) if p else 1300
+                          for im, p in zip(images, i2t)])
+    for got, want, off in ((got_t, want_t, off_t), (got_i, want_i, off_i)):
+        for k in (1, 5, 10, 100):
+            assert torch.equal(got < k, want < k) and torch.equal(got < k, off < k)
+        if ks is None:
+            assert torch.equal(got, off)

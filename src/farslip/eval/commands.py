@@ -122,7 +122,8 @@ def _add_ovss_args(p: argparse.ArgumentParser, own: bool = True) -> None:
     g.add_argument("--cls-lambda", type=float, default=-0.3, help="CLS-token bias weight (0: off)")
     g.add_argument("--cls-from", default="surgery", choices=["surgery", "ordinary"],
                    help="CLS embedding for the bias: the modified block's CLS row (SegEarth-OV) or the usual one")
-    g.add_argument("--window-batch-size", type=int, default=64, help="windows per encoder call")
+    g.add_argument("--window-batch-size", type=int, default=None,
+                   help="windows per encoder call (default: 64 on a GPU, about 1024 token rows on the CPU)")
     g.add_argument("--overlays", type=int, default=3, help="image|prediction|truth PNGs per dataset (0: none)")
     if own:
         o = p.add_argument_group("own data (instead of --data-root)")

@@ -118,35 +118,83 @@ def count_true(mask: torch.Tensor) -> torch.Tensor:
     return total
 
 
+def count_true_columns(mask: torch.Tensor) -> torch.Tensor:
+    """Number of True values in each column of a 2-D bool tensor (int64); the same as ``mask.sum(dim=0)``.
+
+    The column twin of :func:`count_true`: 127 rows at a time are added as int64 words, each byte lane holding one
+    column's count, then the lanes are read back as bytes (the lanes are the bytes' own memory positions, so this
+    does not depend on byte order).
+    """
+    if mask.dim() != 2 or mask.dtype != torch.bool:
+        raise ValueError("count_true_columns needs a 2-D bool tensor")
+    R, C = mask.shape
+    if mask.device.type != "cpu" or R < 127 or C % 8 or not mask.is_contiguous():
+        return mask.sum(dim=0)
+    words = mask.view(torch.uint8).view(torch.int64)  # [R, C/8]
+    full = R // 127 * 127
+    partial = words[:full].view(-1, 127, C // 8).sum(dim=1)  # [R/127, C/8], byte lanes <= 127
+    total = partial.view(torch.uint8).view(-1, C).sum(dim=0, dtype=torch.int64)
+    return total + mask[full:].sum(dim=0)
+
+
+def _buffer(workspace: dict | None, key, shape, dtype, device, zero: bool = False) -> torch.Tensor:
+    """A reusable scratch tensor (kept in ``workspace`` across calls of the same shape: no fresh pages per block)."""
+    t = workspace.get(key) if workspace is not None else None
+    if t is None or tuple(t.shape) != tuple(shape) or t.dtype != dtype or t.device != device:
+        t = (torch.zeros if zero else torch.empty)(shape, dtype=dtype, device=device)
+        if workspace is not None:
+            workspace[key] = t
+    return t
+
+
 def best_positive_rank_indexed(scores: torch.Tensor, positive_idx: torch.Tensor, ties: str = "official",
                                row_fn: Callable[[int], torch.Tensor] | None = None, row_offset: int = 0,
-                               ks: Sequence[int] | None = None) -> torch.Tensor:
+                               ks: Sequence[int] | None = None, *, by_column: bool = False,
+                               workspace: dict | None = None) -> torch.Tensor:
     """:func:`best_positive_rank` with each query's true partners given as gallery indices, ``[Q, P]`` long,
     ``-1`` padding (no index twice in a row). Same results; for ``ties="official"`` it works with gathers and
-    counts instead of full-matrix masks (retrieval over tens of thousands of items)."""
+    counts instead of full-matrix masks (retrieval over tens of thousands of items).
+
+    ``by_column=True``: ``scores`` is ``[N, Q]``, one column per query (the transposed matrix, not copied).
+    ``workspace``: a dict the function keeps its scratch tensors in, to reuse them over a series of blocks.
+    """
     if ties not in TIE_RULES:
         raise ValueError(f"ties must be one of {TIE_RULES}, got {ties!r}")
-    Q, N = scores.shape
+    rows_view = scores.t() if by_column else scores  # [Q, N] whatever the layout
+    Q, N = rows_view.shape
     valid = positive_idx >= 0
     if ties != "official" or N == 0 or positive_idx.shape[1] == 0:
         mask = torch.zeros(Q, N, dtype=torch.bool, device=scores.device)
         if N and positive_idx.shape[1]:
             rows = torch.arange(Q, device=scores.device)[:, None].expand_as(positive_idx)
             mask[rows[valid], positive_idx[valid]] = True
-        return best_positive_rank(scores, mask, ties, row_fn=row_fn, row_offset=row_offset, ks=ks)
+        return best_positive_rank(rows_view, mask, ties, row_fn=row_fn, row_offset=row_offset, ks=ks)
     s = scores.float() if scores.dtype in (torch.float16, torch.bfloat16) else scores
     has = valid.any(dim=1)
-    vals = s.gather(1, positive_idx.clamp(min=0)).masked_fill(~valid, -math.inf)  # the partners' own scores
-    best_col = vals.max(dim=1, keepdim=True).values
+    if by_column:
+        vals = s.gather(0, positive_idx.clamp(min=0).t()).t()
+    else:
+        vals = s.gather(1, positive_idx.clamp(min=0))
+    vals = vals.masked_fill(~valid, -math.inf)  # [Q, P] the partners' own scores
+    best = vals.max(dim=1).values
     eps = torch.finfo(scores.dtype).eps if scores.dtype.is_floating_point else 0.0
-    tol = 4 * eps * best_col.abs().clamp_min(1.0)
-    # Comparisons written into rows padded to a multiple of 8 (padding stays False) for count_true's fast path.
-    buf = torch.zeros(Q, N + (-N) % 8, dtype=torch.bool, device=s.device)
-    torch.gt(s, best_col + tol, out=buf[:, :N])
-    lo = count_true(buf)
-    torch.le((s - best_col).abs_(), tol, out=buf[:, :N])
-    in_band = count_true(buf)
-    partners_in_band = (((vals - best_col).abs() <= tol) & valid).sum(dim=1)
+    tol = 4 * eps * best.abs().clamp_min(1.0)
+    # Per-query thresholds broadcast along the query's row (or column).
+    b, t = (best[None, :], tol[None, :]) if by_column else (best[:, None], tol[:, None])
+    # Comparisons go into a bool buffer whose rows are padded to a multiple of 8 (the padding stays False) for the
+    # byte-counting fast paths.
+    if by_column:
+        buf = _buffer(workspace, "mask", (N, Q + (-Q) % 8), torch.bool, s.device, zero=True)
+        view, count = buf[:, :Q], (lambda m: count_true_columns(m)[:Q])
+    else:
+        buf = _buffer(workspace, "mask", (Q, N + (-N) % 8), torch.bool, s.device, zero=True)
+        view, count = buf[:, :N], count_true
+    torch.gt(s, b + t, out=view)
+    lo = count(buf)
+    diff = _buffer(workspace, "diff", tuple(s.shape), s.dtype, s.device)
+    torch.le(torch.sub(s, b, out=diff).abs_(), t, out=view)
+    in_band = count(buf)
+    partners_in_band = (((vals - best[:, None]).abs() <= tol[:, None]) & valid).sum(dim=1)
     hi = lo + in_band - partners_in_band
     if ks is None:
         ambiguous = hi > lo
@@ -156,7 +204,7 @@ def best_positive_rank_indexed(scores: torch.Tensor, positive_idx: torch.Tensor,
             ambiguous |= (lo < k) & (hi >= k)
     rank = lo.clone()
     for i in (ambiguous & has).nonzero().flatten().tolist():
-        row = row_fn(row_offset + i) if row_fn is not None else scores[i]
+        row = row_fn(row_offset + i) if row_fn is not None else rows_view[i]
         rank[i] = _official_row_rank(row.cpu(), positive_idx[i][valid[i]].cpu())
     return torch.where(has, rank, torch.full_like(rank, N))
 

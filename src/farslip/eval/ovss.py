@@ -236,17 +236,34 @@ def window_logits(model: nn.Module, windows: torch.Tensor, query_features: torch
     return F.interpolate(logits, size=windows.shape[-2:], mode="bilinear", align_corners=False)
 
 
+#: Encoder rows (windows x tokens) per call that CPU kernels handle best: a ViT-B/16 window is 197 rows, so about
+#: five windows a call; bigger batches spill the caches (measured in benchmarks/, docs/performance.md).
+CPU_ROWS_PER_CALL = 1024
+#: Windows per encoder call on accelerators (where batching is what fills the device).
+DEVICE_WINDOW_BATCH = 64
+
+
+def default_window_batch(model: nn.Module, crop: int = 224) -> int:
+    """Windows per encoder call: 64 on an accelerator; on the CPU about ``CPU_ROWS_PER_CALL`` token rows."""
+    if model_device(model).type != "cpu":
+        return DEVICE_WINDOW_BATCH
+    tokens = (crop // _patch_size(model)) ** 2 + 1
+    return max(1, CPU_ROWS_PER_CALL // tokens)
+
+
 @torch.no_grad()
 def sliding_window_logits(model: nn.Module, images: Sequence[torch.Tensor], query_features: torch.Tensor, *,
                           crop: int = 224, stride: int = 112, attn: str = "segearth", cls_lambda: float = -0.3,
-                          cls_from: str = "surgery", window_batch_size: int = 64,
+                          cls_from: str = "surgery", window_batch_size: int | None = None,
                           amp: bool | None = None) -> list[torch.Tensor]:
     """Window-averaged cosine logits ``[Q, H, W]`` for each image ``[3, H, W]`` (already resized/normalised).
 
     All windows of all ``images`` are grouped by shape and pushed through the encoder ``window_batch_size`` at a
-    time; results equal running SegEarth-OV's window loop one window at a time.
+    time (default :func:`default_window_batch`); results equal running SegEarth-OV's window loop one window at a
+    time.
     """
     device = model_device(model)
+    window_batch_size = window_batch_size or default_window_batch(model, crop)
     patch = _patch_size(model)
     Q = query_features.shape[0]
     jobs: dict[tuple[int, int], list] = {}
@@ -310,7 +327,7 @@ def query_table(classes: list[list[str]]) -> tuple[list[str], torch.Tensor]:
 def ovss(model: nn.Module, tokenizer, dataset: OVSSDataset, *, attn: str = "segearth", scale: int | None = 448,
          crop: int = 224, stride: int = 112, logit_scale: float = 50.0, cls_lambda: float = -0.3,
          cls_from: str = "surgery", templates: Sequence[Template] | None = None, batch_size: int = 4,
-         window_batch_size: int = 64, num_workers: int | None = None, amp: bool | None = None,
+         window_batch_size: int | None = None, num_workers: int | None = None, amp: bool | None = None,
          on_error: str = "raise", limit: int | None = None, overlays: int = 0, overlay_dir=None,
          text_cache: TextEmbeddingCache | None = None, show_progress: bool = True,
          desc: str | None = None,
@@ -325,7 +342,8 @@ def ovss(model: nn.Module, tokenizer, dataset: OVSSDataset, *, attn: str = "sege
         cls_lambda: weight of the CLS-token logits added to every patch (-0.3); 0 turns it off.
         cls_from: ``"surgery"`` (SegEarth-OV: the CLS row of the modified last block) or ``"ordinary"``.
         templates: prompt templates; default OpenAI's 80 ImageNet templates.
-        batch_size: images loaded per step; their windows share encoder batches of ``window_batch_size``.
+        batch_size: images loaded per step; their windows share encoder batches of ``window_batch_size``
+            (default: 64 on an accelerator, about 1024 token rows -- 5 ViT-B/16 windows -- on the CPU).
         overlays, overlay_dir: write ``image | prediction | ground truth`` PNGs of the first ``overlays`` images.
         device: move the model there first (default: use it where it is).
         on_error: ``"raise"`` at the first unreadable image or label map, or ``"skip"`` and count it.

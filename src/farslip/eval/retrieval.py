@@ -122,17 +122,74 @@ def rank_queries(queries: torch.Tensor, gallery: torch.Tensor, positives: list[l
     def official_row(i: int) -> torch.Tensor:
         return logit_scale * queries[i] @ gallery.t()
 
-    # True partners as a padded index table (-1 = none): gathers instead of a dense mask per block.
-    lists = [sorted(set(int(j) for j in pos)) for pos in positives]
-    width = max((len(x) for x in lists), default=0)
-    table = torch.tensor([x + [-1] * (width - len(x)) for x in lists], dtype=torch.long).reshape(len(lists), width)
+    table, ws = _partner_table(positives), {}
     for start in range(0, queries.shape[0], block):
         q = queries[start:start + block].to(device)
         scores = (logit_scale * q) @ g_dev.t()
         idx = table[start:start + block].to(device)
         ranks.append(best_positive_rank_indexed(scores, idx, ties, row_fn=official_row, row_offset=start,
-                                                ks=ks).cpu())
+                                                ks=ks, workspace=ws).cpu())
     return torch.cat(ranks) if ranks else torch.empty(0, dtype=torch.long)
+
+
+def _partner_table(positives: list[list[int]]) -> torch.Tensor:
+    """True partners as a padded index table ``[Q, P]`` (-1 = none): gathers instead of a dense mask."""
+    lists = [sorted(set(int(j) for j in pos)) for pos in positives]
+    width = max((len(x) for x in lists), default=0)
+    return torch.tensor([x + [-1] * (width - len(x)) for x in lists], dtype=torch.long).reshape(len(lists), width)
+
+
+#: Largest text x image score matrix (bytes) that rank_both_ways keeps whole to serve both directions.
+MAX_SCORE_MATRIX_BYTES = 2 ** 31
+
+
+def rank_both_ways(texts: torch.Tensor, images: torch.Tensor, text_to_images: list[list[int]],
+                   image_to_texts: list[list[int]], *, text_queries: Sequence[int] | None = None,
+                   logit_scale: float = 100.0, ties: str = "official", block: int = 1024,
+                   device: torch.device | str | None = None, ks: Sequence[int] | None = None,
+                   max_matrix_bytes: int = MAX_SCORE_MATRIX_BYTES) -> tuple[torch.Tensor, torch.Tensor]:
+    """Text-to-image and image-to-text ranks from ONE score matrix ``(scale * texts) @ images.T``.
+
+    The same results as ``rank_queries(texts[text_queries], images, text_to_images)`` and
+    ``rank_queries(images, texts, image_to_texts)``, for half the matrix products: the image-to-text scores are the
+    transposed text-to-image ones (a different rounding of the same products; rows whose answer depends on it are
+    ranked by the official row computation in both). ``text_to_images`` has one entry per text query. When the
+    matrix would exceed ``max_matrix_bytes``, or for tie rules other than ``official``, the two directions are
+    ranked separately with :func:`rank_queries`.
+    """
+    T, I = texts.shape[0], images.shape[0]
+    rows = list(range(T)) if text_queries is None else list(text_queries)
+    if len(rows) != len(text_to_images) or len(image_to_texts) != I:
+        raise ValueError("one list of partners per text query and per image is needed")
+    device = torch.device(device) if device is not None else texts.device
+    if ties != "official" or T * I * 4 > max_matrix_bytes:
+        tq = texts[rows] if len(rows) < T else texts
+        return (rank_queries(tq, images, text_to_images, logit_scale=logit_scale, ties=ties, block=block,
+                             device=device, ks=ks),
+                rank_queries(images, texts, image_to_texts, logit_scale=logit_scale, ties=ties, block=block,
+                             device=device, ks=ks))
+    g_dev = images.to(device)
+    scores = torch.empty(T, I, device=device)
+    for start in range(0, T, block):
+        torch.mm(logit_scale * texts[start:start + block].to(device), g_dev.t(), out=scores[start:start + block])
+
+    t_table, t_ranks, ws = _partner_table(text_to_images), [], {}
+    rows_t = torch.tensor(rows, dtype=torch.long)
+    for start in range(0, len(rows), block):
+        sel = rows_t[start:start + block]
+        blk = scores[start:start + block] if len(rows) == T else scores.index_select(0, sel.to(device))
+        t_ranks.append(best_positive_rank_indexed(
+            blk, t_table[start:start + block].to(device), ties, ks=ks, row_offset=start, workspace=ws,
+            row_fn=lambda i: logit_scale * texts[rows[i]] @ images.t()).cpu())
+    # image -> text: column blocks of the same matrix, read in place (each image is a column)
+    i_table, i_ranks, ws = _partner_table(image_to_texts), [], {}
+    for start in range(0, I, block):
+        i_ranks.append(best_positive_rank_indexed(
+            scores[:, start:start + block], i_table[start:start + block].to(device), ties, ks=ks,
+            row_offset=start, by_column=True, workspace=ws,
+            row_fn=lambda i: logit_scale * images[i] @ texts.t()).cpu())
+    empty = torch.empty(0, dtype=torch.long)
+    return (torch.cat(t_ranks) if t_ranks else empty), (torch.cat(i_ranks) if i_ranks else empty)
 
 
 @torch.no_grad()
@@ -191,9 +248,9 @@ def retrieval(model: nn.Module, tokenizer, preprocess, csv_path, image_root=None
         txt2img[txt_index[text]].add(j)
     text_queries = [i for i, s in enumerate(txt2img) if s]  # texts whose images were all unreadable drop out
     dev = rank_device or model_device(model)
-    tq = txt_feats[text_queries] if len(text_queries) < len(texts) else txt_feats
-    t_ranks = rank_queries(tq, img_feats, [sorted(txt2img[i]) for i in text_queries], ties=ties, device=dev, ks=ks)
-    i_ranks = rank_queries(img_feats, txt_feats, [sorted(s) for s in img2txt], ties=ties, device=dev, ks=ks)
+    t_ranks, i_ranks = rank_both_ways(txt_feats, img_feats, [sorted(txt2img[i]) for i in text_queries],
+                                      [sorted(s) for s in img2txt], text_queries=text_queries, ties=ties,
+                                      device=dev, ks=ks)
     res = EvalResult()
     for name, ranks in (("text2img", t_ranks), ("img2text", i_ranks)):
         rec = recall_from_ranks(ranks, ks)

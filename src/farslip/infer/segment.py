@@ -36,7 +36,7 @@ class SegmentOptions:
     window: int | None = None           # default: the model's input size
     stride: int | None = None           # default: half the window
     block: int = 1024                   # output pixels per block side
-    window_batch_size: int = 32
+    window_batch_size: int | None = None  # default: 64 on a GPU, about 1024 token rows on the CPU
     bands: Sequence[int] | None = None
     percentiles: tuple[float, float] = (2.0, 98.0)
     preview_size: int = 1024
