@@ -48,12 +48,14 @@ def child(p: dict) -> None:
     t2i = [[t // per] for t in range(T)]
     i2t = [list(range(i * per, (i + 1) * per)) for i in range(I)]
 
+    dev = p.get("device", "cpu")  # where the score blocks are computed (the features stay on the CPU)
+
     def vectorised():
-        return rank_both_ways(txt, img, t2i, i2t, ties="official", ks=KS)
+        return rank_both_ways(txt, img, t2i, i2t, ties="official", ks=KS, device=dev)
 
     def per_direction():
-        return (rank_queries(txt, img, t2i, ties="official", ks=KS),
-                rank_queries(img, txt, i2t, ties="official", ks=KS))
+        return (rank_queries(txt, img, t2i, ties="official", ks=KS, device=dev),
+                rank_queries(img, txt, i2t, ties="official", ks=KS, device=dev))
 
     ranks = vectorised()  # warm-up
     ranks2 = per_direction()
@@ -93,7 +95,8 @@ def run(cfg: dict, log) -> dict:
     log(f"[retrieval] {cfg['ret_texts']} texts x {cfg['ret_images']} images; loop sampled on "
         f"{cfg['ret_loop_sample']} queries per direction")
     r = run_child("retrieval", {"texts": cfg["ret_texts"], "images": cfg["ret_images"], "repeats": cfg["ret_repeats"],
-                                "loop_sample": cfg["ret_loop_sample"], "threads": cfg["threads"]}, cfg["threads"])
+                                "loop_sample": cfg["ret_loop_sample"], "threads": cfg["threads"],
+                                "device": cfg["device"]}, cfg["threads"])
     log(f"[retrieval] vectorised {r['vectorised_s']:.2f} s (two products: {r['per_direction_s']:.2f} s), "
         f"per-query loop {r['loop_extrapolated_s']:.1f} s (extrapolated): {r['speedup']:.1f}x; hits at every "
         f"cutoff equal on the sample: {all(s['hits_equal_at_cutoffs'] for s in r['loop'].values())}")

@@ -117,6 +117,7 @@ def make_setup(p: dict):
         plain = build_optimizer(model, 1e-6, 1.0, fused=False)
         optimizers.update(reference=plain, ref_shared=plain)
     autocast = autocast_for("amp_bf16" if p["precision"] == "bf16" else "fp32", device)
+    p["resolved"] = {"size": S, "params_m": sum(q.numel() for q in model.parameters()) / 1e6}
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     split = {}  # variant -> [(forward+backward s, optimizer s)] of the last steps
 
@@ -176,6 +177,7 @@ def child_time(p: dict) -> None:
             step(v)
             times[v].append(time.perf_counter() - t)
     emit({"times": times, "median_s": {v: median(t) for v, t in times.items()}, "losses": losses, "flops": flops,
+          "resolved": p["resolved"],
           "fwd_bwd_median_s": {v: median([a for a, _ in x]) for v, x in split.items()},
           "optimizer_median_s": {v: median([b for _, b in x]) for v, x in split.items()}})
 
@@ -243,6 +245,9 @@ def run(cfg: dict, log) -> dict:
                      "fwd_bwd_median_s": t["fwd_bwd_median_s"], "optimizer_median_s": t["optimizer_median_s"],
                      "numerics": loss_agreement(t["losses"], prec), "losses": t["losses"]}
             entry["samples_per_s"] = {v: cfg["batch"] / s for v, s in t["median_s"].items()}
+            results["config"].update(t["resolved"])
+            if t.get("flops"):  # model FLOPs of one step (forward + backward) / median step time
+                entry["achieved_tflops"] = {v: f / t["median_s"][v] / 1e12 for v, f in t["flops"].items()}
             entry["speedup_vs"] = {v: t["median_s"][v] / t["median_s"]["project"] for v in variants if v != "project"}
             fb = t["fwd_bwd_median_s"]
             entry["fwd_bwd_speedup_vs"] = {v: fb[v] / fb["project"] for v in variants if v != "project"}

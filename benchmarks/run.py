@@ -86,7 +86,8 @@ def summary(res: dict) -> str:
     t = res.get("train")
     if t:
         c = t["config"]
-        lines.append(f"training step: {c['arch']} {c['size']} px, batch {c['batch']}, {c['views']} crops/regions")
+        lines.append(f"training step: {c['arch']} ({c.get('params_m', 0):.0f} M parameters) at {c['size']} px, "
+                     f"batch {c['batch']}, {c['views']} crops/regions per image")
         for key, e in t.items():
             if not key.startswith("stage"):
                 continue
@@ -98,6 +99,13 @@ def summary(res: dict) -> str:
             fb = ", ".join(f"vs {v} {fmt(x)}x" for v, x in e["fwd_bwd_speedup_vs"].items())
             lines.append(f"  {key}: samples/s {sps}; project {sp} (forward+backward alone {fb}){mem}; losses "
                          f"agree: {e['numerics']['within_tolerance']}")
+            if e.get("achieved_tflops"):
+                tf = e["achieved_tflops"]["project"]
+                gpu = res["machine"].get("gpu", "")
+                mfu = f", MFU {100 * tf / 989:.1f}% of 989 TFLOP/s (H100/H200 dense bf16)" if (
+                    "bf16" in key and ("H100" in gpu or "H200" in gpu)) else ""
+                lines.append(f"    model FLOPs of the project's step: {fmt(e['flops']['project'] / 1e9)} GFLOP; "
+                             f"achieved {fmt(1000 * tf)} GFLOP/s{mfu}")
         for stage, f in t["fastest_mode"].items():
             lines.append(f"  {stage} fastest modes: " + ", ".join(
                 f"{v} {fmt(x['samples_per_s'])} ({x['precision']})" for v, x in f.items() if v != "speedup_vs")
