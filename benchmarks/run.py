@@ -58,6 +58,7 @@ def config(args) -> dict:
         "batch": args.train_batch or (40 if cuda else (2 if q else 4)),
         "views": 4, "size": None,  # None: the model's input size (224 for ViT-B)
         "warmup": 1, "repeats": args.train_repeats or (2 if q else 3),
+        "repeats_stage2": args.train_repeats or (2 if q else 5),  # stage 2 steps vary more from step to step
         "precisions": (args.precisions or "fp32,bf16").split(","),
         "memory": not args.no_memory, "flops": True,
         # data loading
