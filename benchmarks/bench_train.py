@@ -231,9 +231,9 @@ def loss_agreement(losses: dict, precision: str) -> dict:
 
 def run(cfg: dict, log) -> dict:
     """All training measurements; returns a nested dict of results and ratios."""
-    results = {"config": {k: cfg.get(k) for k in ("arch", "batch", "views", "size", "device", "warmup", "repeats",
-                                                  "repeats_stage2",
-                                              "precisions", "threads", "compile")}}
+    keys = ("arch", "batch", "views", "size", "device", "warmup", "repeats", "repeats_stage2", "precisions",
+            "threads", "compile")
+    results = {"config": {k: cfg.get(k) for k in keys}}
     for stage in (1, 2):
         for prec in cfg["precisions"]:
             variants = list(VARIANTS[stage])
