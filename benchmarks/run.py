@@ -28,7 +28,8 @@ PARTS = ("train", "data", "ovss", "retrieval", "segment")
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="small sizes and few repeats (smoke run, ~2-3 min on CPU)")
+    p.add_argument("--quick", action="store_true",
+                   help="small sizes and few repeats (smoke run, ~5 min on a 2-core CPU)")
     p.add_argument("--only", default=None, help=f"comma-separated parts to run: {', '.join(PARTS)}")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
