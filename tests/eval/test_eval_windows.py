@@ -2,12 +2,18 @@
 SegEarth-OV's loop run one window at a time."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import farslip
 from farslip.eval.ovss import pad_to_patch, prepare_image, rescaled_size, sliding_window_logits, window_boxes
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+from reference_ovss import segearth_slide  # noqa: E402  (SegEarth-OV's one-window loop, shared with make bench)
 
 
 def test_window_boxes_by_hand():
@@ -38,53 +44,6 @@ def test_prepare_image_normalises_on_the_255_scale():
     assert torch.allclose(x[0], torch.full((20, 40), (128 - 122.771) / 68.501))
 
 
-def _segearth_slide(model, img, query, crop, stride, cls_lambda, attn):
-    """SegEarth-OV's forward_slide + forward_feature, one window at a time (batch of one image)."""
-    img = img[None]
-    patch = model.visual.conv1.kernel_size[0]
-    h_stride = w_stride = stride
-    h_crop = w_crop = crop
-    _, _, h_img, w_img = img.shape
-    h_grids = max(h_img - h_crop + h_stride - 1, 0) // h_stride + 1
-    w_grids = max(w_img - w_crop + w_stride - 1, 0) // w_stride + 1
-    preds = img.new_zeros((1, query.shape[0], h_img, w_img))
-    count_mat = img.new_zeros((1, 1, h_img, w_img))
-    for h_idx in range(h_grids):
-        for w_idx in range(w_grids):
-            y1 = h_idx * h_stride
-            x1 = w_idx * w_stride
-            y2 = min(y1 + h_crop, h_img)
-            x2 = min(x1 + w_crop, w_img)
-            y1 = max(y2 - h_crop, 0)
-            x1 = max(x2 - w_crop, 0)
-            crop_img = img[:, :, y1:y2, x1:x2]
-            H, W = crop_img.shape[2:]
-            l = r = t = b = 0
-            if W % patch:
-                lr = patch - W % patch
-                l, r = lr // 2, lr - lr // 2
-            if H % patch:
-                tb = patch - H % patch
-                t, b = tb // 2, tb - tb // 2
-            pad = (l, r, t, b)
-            if any(pad):
-                crop_img = F.pad(crop_img, pad)
-            tokens, cls = farslip.dense_features(model, crop_img, attn, cls_from="surgery")
-            feats = tokens.reshape(1, -1, tokens.shape[-1])
-            feats = feats / feats.norm(dim=-1, keepdim=True)
-            cls = cls / cls.norm(dim=-1, keepdim=True)
-            logits = feats @ query.T + (cls @ query.T)[:, None, :] * cls_lambda
-            gh, gw = crop_img.shape[-2] // patch, crop_img.shape[-1] // patch
-            logits = logits.permute(0, 2, 1).reshape(-1, query.shape[0], gh, gw)
-            seg = F.interpolate(logits, size=crop_img.shape[-2:], mode="bilinear")
-            if any(pad):
-                seg = seg[:, :, t:t + H, l:l + W]
-            preds += F.pad(seg, (int(x1), int(preds.shape[3] - x2), int(y1), int(preds.shape[2] - y2)))
-            count_mat[:, :, y1:y2, x1:x2] += 1
-    assert (count_mat == 0).sum() == 0
-    return (preds / count_mat)[0]
-
-
 @pytest.mark.parametrize("attn, cls_lambda", [("segearth", -0.3), ("maskclip", -0.3), ("sclip", 0.0)])
 def test_batched_windows_of_several_images_equal_one_at_a_time(tiny_model, attn, cls_lambda):
     model, _, _ = tiny_model
@@ -98,6 +57,6 @@ def test_batched_windows_of_several_images_equal_one_at_a_time(tiny_model, attn,
         batched = sliding_window_logits(model, images, query, crop=32, stride=16, attn=attn,
                                         cls_lambda=cls_lambda, window_batch_size=4)
         for img, got in zip(images, batched):
-            ref = _segearth_slide(model, img, query, 32, 16, cls_lambda, attn)
+            ref = segearth_slide(model, img, query, crop=32, stride=16, cls_lambda=cls_lambda, attn=attn)
             assert got.shape == ref.shape
             torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
