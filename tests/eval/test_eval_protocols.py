@@ -173,7 +173,7 @@ def test_retrieval_skips_unreadable_images(bench_root, model_parts, tmp_path):
 
 def _reference_ovss(model, tokenizer, ds, scale, crop, stride):
     """SegEarth-OV's pipeline on one dataset: text queries, slide, postprocess, mmseg IoU (histc)."""
-    from test_eval_windows import _segearth_slide
+    from test_eval_windows import segearth_slide  # the shared SegEarth-OV loop (benchmarks/reference_ovss.py)
 
     from farslip.eval.ovss import prepare_image
 
@@ -205,7 +205,7 @@ def _reference_ovss(model, tokenizer, ds, scale, crop, stride):
             gt[gt == 254] = 255
         x = prepare_image(torch.from_numpy(rgb), scale)
         with torch.no_grad():
-            logits = _segearth_slide(model, x, qf, crop, stride, -0.3, "segearth")[None]
+            logits = segearth_slide(model, x, qf, crop=crop, stride=stride, cls_lambda=-0.3, attn="segearth")[None]
         logits = F.interpolate(logits, size=rgb.shape[:2], mode="bilinear")[0]
         seg = (logits * 50).softmax(0)
         if n_cls != len(names):
