@@ -121,6 +121,13 @@ def summary(res: dict) -> str:
     if o:
         lines.append(f"ovss: images/s " + ", ".join(f"{k} {fmt(v, 3)}" for k, v in o["images_per_s"].items())
                      + f"; batched vs one window {fmt(o['speedup'])}x; masks identical {o['masks_identical']}")
+        if "batched_bf16" in o["images_per_s"]:
+            lines.append(f"ovss bf16 (opt-in): batched {fmt(o['speedup_all']['batched_bf16'])}x the fp32 loop, "
+                         f"{fmt(100 * o['agreement_with_one_window']['batched_bf16'])}% pixels agree; "
+                         f"bf16 loop {fmt(o['speedup_all']['one_window_bf16'])}x")
+        lines.append("ovss encoder: " + f"{fmt(o['encoder_gflop_per_image'], 0)} GFLOP/image, achieved GFLOP/s "
+                     + ", ".join(f"{k} {fmt(v, 0)}" for k, v in o["achieved_gflop_per_s"].items())
+                     + "; GEMM ceiling " + ", ".join(f"{k} {fmt(v, 0)}" for k, v in o["gemm_ceiling_gflop_per_s"].items()))
     r = res.get("retrieval")
     if r:
         lines.append(f"retrieval: vectorised {fmt(r['vectorised_s'])} s (one product for both directions; two: "

@@ -252,7 +252,7 @@ Query: *"{caption}"* -- the true image is `{Path(truth).name}`; top {len(top)}: 
 ```bash
 farslip segment scene.tif --checkpoint {final} --classes "water,river" "forest,tree" "building,roof" road
 farslip classify tiles/*.png --checkpoint {final} --classes airport harbor farmland forest
-farslip eval ovss --checkpoint {final} --img-dir {out / 'world/ovss/img_dir/val'} --ann-dir {out / 'world/ovss/ann_dir/val'} --classes-file {out / 'world/ovss/classes.txt'}
+farslip eval ovss --checkpoint {final} --img-dir {out / 'world/ovss/img_dir/val'} --ann-dir {out / 'world/ovss/ann_dir/val'} --classes-file {out / 'world/ovss/classes.txt'} --scale {proto['fit']} --crop {proto['window']} --stride {proto['stride']}
 ```
 
 ## The real recipes

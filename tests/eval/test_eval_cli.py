@@ -94,6 +94,13 @@ def test_own_data_each_protocol(bench_root, tmp_path):
     assert rep["sections"]["ovss"]["results"]["loveda-own"]["mIoU"] is not None
     assert rep["meta"]["ovss"]["attn"] == "sclip"
     assert len(list((tmp_path / "o" / "overlays" / "loveda-own").glob("*.png"))) == 1
+    # no --name: named after the dataset folder, not the split; bf16 autocast (opt-in fast mode) is recorded
+    rc = main(["eval", "ovss", *COMMON, "--img-dir", str(ov / "img_dir" / "val"), "--ann-dir",
+               str(ov / "ann_dir" / "val"), "--classes-file", str(classes), "--reduce-zero-label", "--amp", "bf16",
+               "--overlays", "0", "--output", str(tmp_path / "o2"), *FAST_OVSS])
+    rep = _report(tmp_path / "o2")
+    assert rc == 0 and rep["meta"]["amp"] == "bf16"
+    assert rep["sections"]["ovss"]["results"]["LoveDA"]["mIoU"] is not None
 
 
 @pytest.mark.parametrize("sub", ["classification", "retrieval", "ovss", "all"])

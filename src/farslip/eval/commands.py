@@ -59,10 +59,23 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
                    help="model weights' precision (default fp32; with --amp auto the encoders still run in fp16 "
                         "autocast on CUDA, as the official scripts' precision=amp)")
-    g.add_argument("--amp", default="auto", choices=["auto", "on", "off"],
-                   help="float16 autocast on CUDA: auto = on for an fp32 model on CUDA (official behaviour)")
+    g.add_argument("--amp", default="auto", choices=["auto", "on", "off", "bf16"],
+                   help="autocast of the encoders. auto (default, the official protocol): float16 on CUDA for an "
+                        "fp32 model, none on CPU; on: float16 on CUDA; off: none; bf16: bfloat16 on any device -- "
+                        "about 3x faster OVSS on a CPU with avx512_bf16/AMX, not the paper's protocol (a few pixels "
+                        "in a thousand change class; see docs/performance.md)")
     g.add_argument("--no-quick-gelu", action="store_true", help="GELU instead of QuickGELU (non-OpenAI lineages)")
     g.add_argument("--context-length", type=int, default=None, help="text positions (default: read off the weights)")
+
+
+def _dataset_name(csv: str | None, img_dir: str | None) -> str:
+    """A custom dataset's name in the tables: the CSV's stem, or the image folder's name skipping layout folders
+    (``LoveDA/img_dir/val`` -> ``LoveDA``)."""
+    if csv:
+        return Path(csv).stem
+    path = Path(img_dir).resolve()
+    layout = {"val", "valid", "validation", "test", "train", "img_dir", "images", "imgs", "image"}
+    return next((p.name for p in (path, *path.parents) if p.name and p.name.lower() not in layout), path.name)
 
 
 def _add_run_args(p: argparse.ArgumentParser, kind: str) -> None:
@@ -208,7 +221,7 @@ def _custom_mode(args) -> bool:
 
 def _options(args, kind: str) -> dict:
     opts = {"num_workers": args.workers, "limit": args.limit, "show_progress": not args.no_progress,
-            "amp": {"auto": None, "on": True, "off": False}[args.amp]}
+            "amp": {"auto": None, "on": True, "off": False, "bf16": "bf16"}[args.amp]}
     if kind == "ovss":
         opts.update(attn=args.attn, scale=args.scale or None, crop=args.crop, stride=args.stride,
                     logit_scale=args.logit_scale, cls_lambda=args.cls_lambda, cls_from=args.cls_from,
@@ -257,7 +270,7 @@ def run_command(args) -> int:
     model, preprocess, tokenizer, device = _load(args)
     sections = {}
     if custom:
-        name = args.name or Path(args.csv or args.img_dir).stem
+        name = args.name or _dataset_name(getattr(args, "csv", None), getattr(args, "img_dir", None))
         opts = _options(args, kind)
         if kind == "classification":
             kw = dict(csv_path=args.csv, classnames_path=args.classnames, image_root=args.images,

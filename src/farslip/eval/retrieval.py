@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .common import EvalResult, autocast_for, make_loader, model_device, model_dtype, progress, split_bad
+from .common import Amp, EvalResult, autocast_for, make_loader, model_device, model_dtype, progress, split_bad
 from .io import BadRecord, ErrorPolicy, EvalDataError, open_image, read_csv
 from .metrics import best_positive_rank_indexed, recall_from_ranks
 
@@ -194,7 +194,7 @@ def rank_both_ways(texts: torch.Tensor, images: torch.Tensor, text_to_images: li
 
 @torch.no_grad()
 def retrieval(model: nn.Module, tokenizer, preprocess, csv_path, image_root=None, caption_key: str = "title",
-              prefix: str = "", *, batch_size: int = 128, num_workers: int | None = None, amp: bool | None = None,
+              prefix: str = "", *, batch_size: int = 128, num_workers: int | None = None, amp: Amp = None,
               csv_img_key: str = "filepath", csv_separator: str = ",", on_error: str = "raise",
               limit: int | None = None, ties: str = "official", rank_device: str | None = None,
               ks: Sequence[int] = KS, show_progress: bool = True, desc: str | None = None,
@@ -207,7 +207,8 @@ def retrieval(model: nn.Module, tokenizer, preprocess, csv_path, image_root=None
         image_root: folder the paths are relative to (default: the CSV's folder).
         caption_key: caption column (``title``; SkyScript's test set uses ``title_multi_objects``).
         prefix: prepended to every caption (``"a satellite image. "`` for RSICD, RSITMD, UCM-captions).
-        amp: float16 autocast on CUDA (default: on for an fp32 model on CUDA, as the official script).
+        amp: float16 autocast on CUDA (default: on for an fp32 model on CUDA, as the official script);
+            "bf16" for bfloat16 autocast on any device (see ``autocast_for``).
         ties: tie rule (see :mod:`farslip.eval.metrics`); default the official script's order.
         rank_device: where the score blocks are computed (default: the model's device).
         device: move the model there first (default: use it where it is).

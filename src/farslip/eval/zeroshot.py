@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from .common import (SCENE_TEMPLATES, EvalResult, Template, TextEmbeddingCache, autocast_for, make_loader,
+from .common import (SCENE_TEMPLATES, Amp, EvalResult, Template, TextEmbeddingCache, autocast_for, make_loader,
                      model_device, model_dtype, name_embeddings, progress, split_bad)
 from .io import BadRecord, ErrorPolicy, EvalDataError, open_image, read_csv, read_name_lines
 from .metrics import percent, topk_correct
@@ -98,7 +98,7 @@ def read_classification_csv(csv_path, classnames: Sequence[str], image_root, *, 
 @torch.no_grad()
 def zero_shot_classification(model: nn.Module, tokenizer, preprocess, csv_path, classnames_path, image_root=None,
                              templates: Sequence[Template] | None = None, batch_size: int = 128, *,
-                             num_workers: int | None = None, amp: bool | None = None,
+                             num_workers: int | None = None, amp: Amp = None,
                              csv_img_key: str = "filepath", csv_class_key: str = "label",
                              csv_separator: str = ",", on_error: str = "raise", limit: int | None = None,
                              ties: str = "official", text_cache: TextEmbeddingCache | None = None,
@@ -113,7 +113,8 @@ def zero_shot_classification(model: nn.Module, tokenizer, preprocess, csv_path, 
         classnames_path: one class name a line, in label order (or a list of names).
         image_root: folder the CSV's paths are relative to (default: the CSV's folder).
         templates: prompt templates (``"... {c} ..."`` strings or callables); default the two scene prompts.
-        amp: float16 autocast on CUDA (default: on for an fp32 model on CUDA, as the official ``precision=amp``).
+        amp: float16 autocast on CUDA (default: on for an fp32 model on CUDA, as the official ``precision=amp``);
+            "bf16" for bfloat16 autocast on any device (see ``autocast_for``).
         device: move the model there first (default: use it where it is).
         on_error: ``"raise"`` at the first unreadable image or bad row, or ``"skip"`` and count it.
         limit: evaluate only the first ``limit`` rows (smoke tests).

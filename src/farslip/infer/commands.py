@@ -50,6 +50,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--window", type=int, default=None, help="sliding-window size (default: the model's input size)")
     p.add_argument("--stride", type=int, default=None, help="window stride (default: half the window)")
     p.add_argument("--block", type=int, default=1024, help="pixels per processing block side (bounds memory)")
+    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"],
+                   help="autocast of the encoder. auto: float16 on CUDA, fp32 on CPU; bf16: bfloat16 on any device "
+                        "-- about 3x faster on a CPU with avx512_bf16/AMX, a few pixels in a thousand change class")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_segment)
 
@@ -94,6 +97,7 @@ def run_segment(args) -> int:
     opts = SegmentOptions(attn=args.attn, cls_lambda=args.cls_lambda, threshold=args.threshold,
                           background_index=args.background_index, scale=args.scale, window=args.window,
                           stride=args.stride, block=args.block, progress=not args.no_progress,
+                          amp=None if args.amp == "auto" else args.amp,
                           bands=[int(b) for b in args.bands.split(",")] if args.bands else None)
     results = segment(args.images, args.classes, checkpoint=args.checkpoint, classes_file=args.classes_file,
                       out=args.out, arch=args.arch, device=args.device, options=opts)

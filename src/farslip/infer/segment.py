@@ -42,6 +42,7 @@ class SegmentOptions:
     preview_size: int = 1024
     progress: bool = True
     gdal_cache_mb: int = 256            # GDAL block cache; its default (5% of RAM) is what grows on huge rasters
+    amp: str | None = None              # None: fp16 autocast on CUDA, fp32 on CPU; "bf16": ~3x on bf16 CPUs; "off"
 
 
 @dataclass
@@ -75,7 +76,7 @@ def segment(images: Sequence[str | Path] | str | Path, classes: Sequence[str] | 
         model, _, tokenizer = load_for_inference(checkpoint, arch, device)
     queries, query_to_class = query_table(class_syn)
     with torch.no_grad():
-        text = name_embeddings(model, tokenizer, queries, OVSS_TEMPLATES)
+        text = name_embeddings(model, tokenizer, queries, OVSS_TEMPLATES)  # once per run: fp32 whatever amp
     results = []
     with _bounded_gdal_cache(opts.gdal_cache_mb):
         for image in images:
@@ -118,7 +119,7 @@ def _segment_one(path: Path, model, text, query_to_class, names, out: Path, opts
                 x = norm(torch.from_numpy(rgb)).to(next(model.parameters()).device)
                 logits = sliding_window_logits(model, [x], text, crop=window,
                                                stride=stride, attn=opts.attn, cls_lambda=opts.cls_lambda,
-                                               window_batch_size=opts.window_batch_size)[0]
+                                               window_batch_size=opts.window_batch_size, amp=opts.amp)[0]
                 scores = class_scores(logits, query_to_class, len(names), out_size=(h, w),
                                       logit_scale=opts.logit_scale)
                 pred = predict_classes(scores, opts.threshold, opts.background_index).cpu().numpy().astype(np.uint8)

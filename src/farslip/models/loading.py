@@ -6,7 +6,9 @@ checkpoints load with no name at all (they carry their model config).
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import os
 import re
@@ -141,10 +143,11 @@ def load_model(arch: str | None = None, checkpoint: str | os.PathLike | None = N
     if image_size == cfg["vision_cfg"].get("image_size"):
         image_size = None
 
-    model, preprocess_train, preprocess_eval = open_clip.create_model_and_transforms(
-        arch, pretrained=pretrained_tag, precision="fp32", device="cpu", force_image_size=image_size,
-        force_context_length=ctx, quick_gelu=quick_gelu,
-    )
+    with _quiet_random_init_warning(state is not None):
+        model, preprocess_train, preprocess_eval = open_clip.create_model_and_transforms(
+            arch, pretrained=pretrained_tag, precision="fp32", device="cpu", force_image_size=image_size,
+            force_context_length=ctx, quick_gelu=quick_gelu,
+        )
     if state is not None:
         load_state_strict(model, state, arch, source=str(checkpoint))
     if model.positional_embedding.shape[0] == LONG_CONTEXT:
@@ -154,6 +157,21 @@ def load_model(arch: str | None = None, checkpoint: str | os.PathLike | None = N
     model = _set_precision(model.to(device), precision)
     tokenizer = open_clip.get_tokenizer(arch, context_length=model.context_length)
     return model, preprocess_train, preprocess_eval, tokenizer
+
+
+@contextlib.contextmanager
+def _quiet_random_init_warning(active: bool):
+    """open_clip warns "initialized randomly" when it builds a model without a pretrained tag; when the weights come
+    from a checkpoint right after, that warning is false and alarms users, so it is dropped (only then)."""
+    def drop(record: logging.LogRecord) -> bool:
+        return not (active and "Model initialized randomly" in record.getMessage())
+
+    root = logging.getLogger()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
 
 
 def _set_precision(model: nn.Module, precision: str) -> nn.Module:
