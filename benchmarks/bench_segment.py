@@ -53,6 +53,28 @@ def child_checkpoint(p: dict) -> None:
     emit({"path": p["path"]})
 
 
+def native_bf16() -> bool:
+    from farslip.eval.common import cpu_has_native_bf16
+
+    return bool(cpu_has_native_bf16())
+
+
+def bf16_run(cmd: list[str], tif: Path, work: Path, fp32: dict, threads: int) -> dict:
+    """The same command with the opt-in ``--amp bf16``: speed and how many pixels keep their fp32 class."""
+    import numpy as np
+    import rasterio
+
+    out_dir = work / "out_bf16"
+    r = run_measured(cmd[:cmd.index("--out") + 1] + [str(out_dir)] + cmd[cmd.index("--out") + 2:]
+                     + ["--amp", "bf16"], threads)
+    summary = json.loads((out_dir / f"{tif.stem}.json").read_text())
+    with rasterio.open(work / "out" / f"{tif.stem}.tif") as a, rasterio.open(out_dir / f"{tif.stem}.tif") as b:
+        same = sum(int(np.sum(a.read(1, window=w) == b.read(1, window=w))) for _, w in a.block_windows(1))
+    return {"segment_s": summary["seconds"], "mpx_per_s": fp32["pixels"] / summary["seconds"] / 1e6,
+            "speedup": fp32["segment_s"] / summary["seconds"], "peak_rss_mib": r["child_peak_rss_mib"],
+            "agreement": same / fp32["pixels"]}
+
+
 def run(cfg: dict, log) -> dict:
     work = Path(tempfile.mkdtemp(prefix="farslip-bench-segment-"))
     out = {"arch": cfg["segment_arch"], "runs": {}}
@@ -76,6 +98,10 @@ def run(cfg: dict, log) -> dict:
             out["runs"][str(size)] = res
             log(f"[segment] {size}: {res['mpx_per_s']:.2f} Mpx/s ({res['segment_s']:.1f} s), peak RSS "
                 f"{res['peak_rss_mib']:.0f} MiB")
+            if size == cfg["segment_sizes"][0] and cfg["device"] == "cpu" and native_bf16():
+                out["bf16"] = bf16_run(cmd, tif, work, res, cfg["threads"])
+                log(f"[segment] {size} with --amp bf16: {out['bf16']['mpx_per_s']:.2f} Mpx/s "
+                    f"({out['bf16']['speedup']:.2f}x), {100 * out['bf16']['agreement']:.2f}% of pixels as fp32")
             tif.unlink()
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -138,6 +138,10 @@ def summary(res: dict) -> str:
         for size, x in s["runs"].items():
             lines.append(f"segment {size}x{size} ({s['arch']}): {fmt(x['mpx_per_s'])} Mpx/s, peak RSS "
                          f"{fmt(x['peak_rss_mib'])} MiB")
+        if "bf16" in s:
+            b = s["bf16"]
+            lines.append(f"segment --amp bf16: {fmt(b['mpx_per_s'])} Mpx/s ({fmt(b['speedup'])}x), "
+                         f"{fmt(100 * b['agreement'])}% of pixels as fp32, peak RSS {fmt(b['peak_rss_mib'])} MiB")
     return "\n".join(lines)
 
 

@@ -173,23 +173,25 @@ def _collate(batch):
 
 def window_boxes(h: int, w: int, crop: int | tuple[int, int] = 224,
                  stride: int | tuple[int, int] = 112) -> list[tuple[int, int, int, int]]:
-    """SegEarth-OV's (mmseg's) sliding windows ``(y1, y2, x1, x2)`` over an ``h x w`` image.
+    """SegEarth-OV's (mmseg's) sliding windows ``(y1, y2, x1, x2)`` over an ``h x w`` image, row by row.
 
     ``max(h - crop + stride - 1, 0) // stride + 1`` rows of windows (same for columns); the last one is shifted
-    back to end at the border; an image smaller than a window gives one window of the image's size.
+    back to end at the border; an image smaller than a window gives one window of the image's size. The grid is
+    the product of one span list per axis (:func:`window_spans`).
     """
     h_crop, w_crop = (crop, crop) if isinstance(crop, int) else crop
     h_stride, w_stride = (stride, stride) if isinstance(stride, int) else stride
-    h_grids = max(h - h_crop + h_stride - 1, 0) // h_stride + 1
-    w_grids = max(w - w_crop + w_stride - 1, 0) // w_stride + 1
-    boxes = []
-    for hi in range(h_grids):
-        for wi in range(w_grids):
-            y1, x1 = hi * h_stride, wi * w_stride
-            y2, x2 = min(y1 + h_crop, h), min(x1 + w_crop, w)
-            y1, x1 = max(y2 - h_crop, 0), max(x2 - w_crop, 0)
-            boxes.append((y1, y2, x1, x2))
-    return boxes
+    return [(y1, y2, x1, x2) for y1, y2 in window_spans(h, h_crop, h_stride)
+            for x1, x2 in window_spans(w, w_crop, w_stride)]
+
+
+def window_spans(n: int, crop: int, stride: int) -> list[tuple[int, int]]:
+    """The ``(start, end)`` of each sliding window along one axis of length ``n`` (see :func:`window_boxes`)."""
+    spans = []
+    for i in range(max(n - crop + stride - 1, 0) // stride + 1):
+        end = min(i * stride + crop, n)
+        spans.append((max(end - crop, 0), end))
+    return spans
 
 
 def pad_to_patch(h: int, w: int, patch: int) -> tuple[int, int, int, int]:
@@ -255,12 +257,14 @@ def default_window_batch(model: nn.Module, crop: int = 224) -> int:
 def sliding_window_logits(model: nn.Module, images: Sequence[torch.Tensor], query_features: torch.Tensor, *,
                           crop: int = 224, stride: int = 112, attn: str = "segearth", cls_lambda: float = -0.3,
                           cls_from: str = "surgery", window_batch_size: int | None = None,
-                          amp: Amp = None) -> list[torch.Tensor]:
+                          amp: Amp = None, boxes: Sequence[Sequence[tuple[int, int, int, int]]] | None = None
+                          ) -> list[torch.Tensor]:
     """Window-averaged cosine logits ``[Q, H, W]`` for each image ``[3, H, W]`` (already resized/normalised).
 
     All windows of all ``images`` are grouped by shape and pushed through the encoder ``window_batch_size`` at a
     time (default :func:`default_window_batch`); results equal running SegEarth-OV's window loop one window at a
-    time.
+    time. ``boxes`` (one list per image) replaces the default grid ``window_boxes(H, W, crop, stride)``: tiled
+    inference passes the windows of the whole raster that fall in a tile; every pixel must be covered.
     """
     device = model_device(model)
     window_batch_size = window_batch_size or default_window_batch(model, crop)
@@ -273,7 +277,7 @@ def sliding_window_logits(model: nn.Module, images: Sequence[torch.Tensor], quer
         H, W = img.shape[-2:]
         sums.append(torch.zeros(Q, H, W, device=device))
         counts.append(torch.zeros(1, H, W, device=device))
-        for (y1, y2, x1, x2) in window_boxes(H, W, crop, stride):
+        for (y1, y2, x1, x2) in (boxes[n] if boxes is not None else window_boxes(H, W, crop, stride)):
             pad = pad_to_patch(y2 - y1, x2 - x1, patch)
             shape = (y2 - y1 + pad[2] + pad[3], x2 - x1 + pad[0] + pad[1])
             jobs.setdefault(shape, []).append((n, img, (y1, y2, x1, x2), pad))

@@ -9,7 +9,7 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -104,21 +104,16 @@ def read_rgb(r: RasterInput, window: Window, out_shape: tuple[int, int] | None =
     return rgb, valid
 
 
+def read_valid(r: RasterInput, window: Window) -> np.ndarray:
+    """``[h, w]`` True where every chosen band has data, at the raster's own resolution."""
+    return (r.src.read_masks(r.bands, window=window) > 0).all(axis=0)
+
+
 def read_thumbnail(r: RasterInput, max_side: int) -> np.ndarray:
     """The whole raster as 8-bit RGB ``[3, h, w]`` with its longer side at most ``max_side`` (decimated read)."""
     f = max(r.height, r.width) / max_side
     shape = (max(1, round(r.height / f)), max(1, round(r.width / f))) if f > 1 else (r.height, r.width)
     return read_rgb(r, Window(0, 0, r.width, r.height), shape)[0]
-
-
-def blocks(height: int, width: int, block: int, margin: int) -> Iterator[tuple[Window, Window]]:
-    """``(read_window, write_window)`` pairs: each block read with a margin of context, written without it."""
-    for y in range(0, height, block):
-        for x in range(0, width, block):
-            h, w = min(block, height - y), min(block, width - x)
-            y0, x0 = max(0, y - margin), max(0, x - margin)
-            y1, x1 = min(height, y + h + margin), min(width, x + w + margin)
-            yield Window(x0, y0, x1 - x0, y1 - y0), Window(x, y, w, h)
 
 
 def class_map_writer(path: Path, like: RasterInput, class_names: Sequence[str], palette: np.ndarray,

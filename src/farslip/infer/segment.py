@@ -1,8 +1,9 @@
 """``farslip segment``: open-vocabulary land-cover maps of rasters of any size, GeoTIFF in, GeoTIFF out.
 
-The raster is processed in blocks with a margin of context; inside a block the OVSS protocol of the evaluation
+The raster is processed tile by tile (``tiling.py``: each tile encodes the windows of the whole raster's grid that
+touch it, so the map equals one pass over the whole raster); inside a tile the OVSS protocol of the evaluation
 (dense features in sliding windows, 80-template text embeddings, synonym max, CLS-bias, threshold -> background)
-runs at the model's own window size. Memory is bounded by the block size, not the raster size.
+runs at the model's own window size. Memory is bounded by the tile size, not the raster size.
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from ..eval.common import name_embeddings
 from ..eval.overlays import palette as make_palette
 from ..eval.ovss import OVSS_TEMPLATES, class_scores, predict_classes, query_table, sliding_window_logits
 from .common import load_for_inference, model_input_size, normaliser, parse_classes
-from .raster import blocks, class_map_writer, open_raster, read_rgb, read_thumbnail
+from .raster import Window, class_map_writer, open_raster, read_rgb, read_thumbnail, read_valid
+from .tiling import axis_tiles, tile_boxes, tile_step
 
 NODATA = 255
 
@@ -35,7 +37,7 @@ class SegmentOptions:
     scale: float = 1.0                  # resample the raster by this factor before the windows (e.g. to match GSD)
     window: int | None = None           # default: the model's input size
     stride: int | None = None           # default: half the window
-    block: int = 1024                   # output pixels per block side
+    block: int = 1024                   # output pixels per tile side (rounded to whole window strides)
     window_batch_size: int | None = None  # default: 64 on a GPU, about 1024 token rows on the CPU
     bands: Sequence[int] | None = None
     percentiles: tuple[float, float] = (2.0, 98.0)
@@ -103,35 +105,41 @@ def _segment_one(path: Path, model, text, query_to_class, names, out: Path, opts
     r = open_raster(path, opts.bands, opts.percentiles)
     window = opts.window or model_input_size(model)
     stride = opts.stride or window // 2
-    margin = int(np.ceil(window / opts.scale))  # one window of context around each block, in input pixels
+    H, W = r.height, r.width
+    Hs, Ws = max(1, round(H * opts.scale)), max(1, round(W * opts.scale))  # the grid the windows slide on
+    step = tile_step(opts.block, stride, opts.scale)
+    row_tiles = axis_tiles(H, Hs, window, stride, step)
+    col_tiles = axis_tiles(W, Ws, window, stride, step)
     norm = normaliser(model)
+    device = next(model.parameters()).device
     colours = _class_colours(names)
     tif = out / f"{path.stem}.tif"
     counts = np.zeros(len(names), np.int64)
-    n_blocks = sum(1 for _ in blocks(r.height, r.width, opts.block, margin))
     try:
         dst = class_map_writer(tif, r, names, colours, NODATA)
-        with dst, tqdm(total=n_blocks, desc=f"segment {path.name}", unit="block", disable=not opts.progress) as bar:
-            for read_win, write_win in blocks(r.height, r.width, opts.block, margin):
-                h, w = int(read_win.height), int(read_win.width)
-                scaled = (max(1, round(h * opts.scale)), max(1, round(w * opts.scale)))
-                rgb, valid = read_rgb(r, read_win, scaled)
-                x = norm(torch.from_numpy(rgb)).to(next(model.parameters()).device)
-                logits = sliding_window_logits(model, [x], text, crop=window,
-                                               stride=stride, attn=opts.attn, cls_lambda=opts.cls_lambda,
-                                               window_batch_size=opts.window_batch_size, amp=opts.amp)[0]
-                scores = class_scores(logits, query_to_class, len(names), out_size=(h, w),
-                                      logit_scale=opts.logit_scale)
-                pred = predict_classes(scores, opts.threshold, opts.background_index).cpu().numpy().astype(np.uint8)
-                if scaled != (h, w):
-                    valid = np.asarray(torch.nn.functional.interpolate(
-                        torch.from_numpy(valid)[None, None].float(), size=(h, w), mode="nearest")[0, 0] > 0.5)
-                pred[~valid] = NODATA
-                top, left = int(write_win.row_off - read_win.row_off), int(write_win.col_off - read_win.col_off)
-                tile = pred[top:top + int(write_win.height), left:left + int(write_win.width)]
-                dst.write(tile[None], window=write_win)
-                counts += np.bincount(tile[tile != NODATA].ravel(), minlength=len(names))[:len(names)]
-                bar.update(1)
+        with dst, tqdm(total=len(row_tiles) * len(col_tiles), desc=f"segment {path.name}", unit="tile",
+                       disable=not opts.progress) as bar:
+            for rows in row_tiles:
+                for cols in col_tiles:
+                    (ry0, ry1), (rx0, rx1) = rows.region, cols.region
+                    # the region in input pixels; fractional when rescaled (GDAL honours it exactly)
+                    region = Window(rx0 * W / Ws, ry0 * H / Hs, (rx1 - rx0) * W / Ws, (ry1 - ry0) * H / Hs)
+                    rgb, _ = read_rgb(r, region, (ry1 - ry0, rx1 - rx0))
+                    x = norm(torch.from_numpy(rgb)).to(device)
+                    logits = sliding_window_logits(model, [x], text, crop=window, stride=stride, attn=opts.attn,
+                                                   cls_lambda=opts.cls_lambda, amp=opts.amp,
+                                                   window_batch_size=opts.window_batch_size,
+                                                   boxes=[tile_boxes(rows, cols)])[0]
+                    logits = cols.take(rows.take(logits, 1), 2)
+                    scores = class_scores(logits, query_to_class, len(names), logit_scale=opts.logit_scale)
+                    pred = predict_classes(scores, opts.threshold, opts.background_index).cpu().numpy()
+                    pred = pred.astype(np.uint8)
+                    (y0, y1), (x0, x1) = rows.out, cols.out
+                    write_win = Window(x0, y0, x1 - x0, y1 - y0)
+                    pred[~read_valid(r, write_win)] = NODATA
+                    dst.write(pred[None], window=write_win)
+                    counts += np.bincount(pred[pred != NODATA].ravel(), minlength=len(names))[:len(names)]
+                    bar.update(1)
         preview = write_preview(tif, r, names, colours, out / f"{path.stem}.png", opts.preview_size)
     finally:
         r.close()
