@@ -143,13 +143,22 @@ def load_model(arch: str | None = None, checkpoint: str | os.PathLike | None = N
     if image_size == cfg["vision_cfg"].get("image_size"):
         image_size = None
 
-    with _quiet_random_init_warning(state is not None):
-        model, preprocess_train, preprocess_eval = open_clip.create_model_and_transforms(
-            arch, pretrained=pretrained_tag, precision="fp32", device="cpu", force_image_size=image_size,
-            force_context_length=ctx, quick_gelu=quick_gelu,
-        )
-    if state is not None:
-        load_state_strict(model, state, arch, source=str(checkpoint))
+    def create(device: str):
+        with _quiet_random_init_warning(state is not None), torch.device(device):
+            return open_clip.create_model_and_transforms(
+                arch, pretrained=pretrained_tag, precision="fp32", device=device, force_image_size=image_size,
+                force_context_length=ctx, quick_gelu=quick_gelu)
+
+    if state is None:
+        model, preprocess_train, preprocess_eval = create("cpu")
+    else:
+        # Built on the meta device and given the checkpoint's tensors (assign): the weights exist once, not twice
+        # (a random initialisation plus the checkpoint), which halves the loading peak of memory.
+        model, preprocess_train, preprocess_eval = create("meta")
+        load_state_strict(model, state, arch, source=str(checkpoint), assign=True)
+        if not _materialize_masks(model):  # an architecture with other non-persistent state: build it for real
+            model, preprocess_train, preprocess_eval = create("cpu")
+            load_state_strict(model, state, arch, source=str(checkpoint))
     if model.positional_embedding.shape[0] == LONG_CONTEXT:
         freeze_leading_text_rows(model, KEEP_ROWS)
     model.farslip_arch = arch
@@ -183,8 +192,12 @@ def _set_precision(model: nn.Module, precision: str) -> nn.Module:
     return model.to(dtypes[precision])
 
 
-def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], arch: str, source: str) -> None:
-    """Load weights, or fail naming the missing, unexpected and mis-shaped keys and the architectures that fit."""
+def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], arch: str, source: str,
+                      assign: bool = False) -> None:
+    """Load weights, or fail naming the missing, unexpected and mis-shaped keys and the architectures that fit.
+
+    ``assign``: the model's tensors become the checkpoint's (cast to the model's dtypes) instead of copies --
+    for a model built on the meta device."""
     own = model.state_dict()
     if "logit_scale" in state and state["logit_scale"].ndim != own["logit_scale"].ndim:
         state = {**state, "logit_scale": state["logit_scale"].reshape(own["logit_scale"].shape)}
@@ -202,7 +215,17 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], arch: st
         fits = architectures_fitting(state)
         lines.append(f"  architectures whose shapes fit: {', '.join(fits[:12]) if fits else 'none registered'}")
         raise CheckpointError("\n".join(lines))
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True)
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True, assign=assign)
+
+
+def _materialize_masks(model: nn.Module) -> bool:
+    """Give a meta-built model the only state a checkpoint does not hold in open_clip's ViT CLIPs: the text
+    tower's causal ``attn_mask`` (a non-persistent buffer). False if anything else is still on the meta device."""
+    for module in model.modules():
+        for name, buf in module._buffers.items():
+            if buf is not None and buf.is_meta and name == "attn_mask" and buf.dim() == 2:
+                module._buffers[name] = torch.full(tuple(buf.shape), float("-inf")).triu_(1)
+    return not any(t.is_meta for t in (*model.parameters(), *model.buffers()))
 
 
 def _abbrev(keys: list[str], n: int = 8) -> str:
