@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..eval.common import SCENE_TEMPLATES, name_embeddings
+from ..eval.common import SCENE_TEMPLATES, Amp, autocast_for, name_embeddings
 from .common import load_for_inference, model_input_size, parse_classes
 from .raster import open_raster, read_thumbnail
 
@@ -35,9 +35,10 @@ def classify(images: Sequence[str | Path] | str | Path, classes: Sequence[str] |
              checkpoint: str | Path | None = None, model=None, preprocess=None, tokenizer=None,
              classes_file: str | Path | None = None, templates: Sequence[str] = SCENE_TEMPLATES, top_k: int = 5,
              arch: str | None = None, device: str = "auto", batch_size: int = 32,
-             progress: bool = True) -> list[Prediction]:
+             progress: bool = True, amp: Amp = None) -> list[Prediction]:
     """Top-k classes of each image, with the classification protocol of the evaluation (prompt-ensembled class
-    embeddings, 100 x cosine, softmax). A class with synonyms scores by its best synonym."""
+    embeddings, 100 x cosine, softmax). A class with synonyms scores by its best synonym. ``amp``: as in the
+    evaluation (None: float16 autocast on CUDA, fp32 on CPU; ``"bf16"``: bfloat16 on any device)."""
     images = [images] if isinstance(images, (str, Path)) else list(images)
     if not images:
         raise ValueError("no images given")
@@ -56,7 +57,7 @@ def classify(images: Sequence[str | Path] | str | Path, classes: Sequence[str] |
     for start in tqdm(range(0, len(images), batch_size), desc="classify", unit="batch", disable=not progress):
         chunk = [Path(p) for p in images[start:start + batch_size]]
         x = torch.stack([preprocess(load_image(p, side)) for p in chunk]).to(device_)
-        with torch.no_grad():
+        with torch.no_grad(), autocast_for(model, amp):
             feats = model.encode_image(x)
             feats = feats / feats.norm(dim=-1, keepdim=True)
             probs = (100.0 * feats.float() @ text.float().t()).softmax(dim=-1)

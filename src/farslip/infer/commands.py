@@ -25,6 +25,10 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", dest="arch", default=None,
                    help="open_clip architecture (not needed for farslip checkpoints or when the shapes tell)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1")
+    g.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"],
+                   help="autocast of the encoders. auto: float16 on CUDA (as the evaluation), fp32 on CPU; bf16: "
+                        "bfloat16 on any device -- about 3x faster on a CPU with avx512_bf16/AMX, slightly "
+                        "different numbers (a few pixels in a thousand change class in segment)")
 
 
 def _class_args(p: argparse.ArgumentParser) -> None:
@@ -50,9 +54,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--window", type=int, default=None, help="sliding-window size (default: the model's input size)")
     p.add_argument("--stride", type=int, default=None, help="window stride (default: half the window)")
     p.add_argument("--block", type=int, default=1024, help="pixels per processing block side (bounds memory)")
-    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "off"],
-                   help="autocast of the encoder. auto: float16 on CUDA, fp32 on CPU; bf16: bfloat16 on any device "
-                        "-- about 3x faster on a CPU with avx512_bf16/AMX, a few pixels in a thousand change class")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_segment)
 
@@ -91,13 +92,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     pq.set_defaults(func=run_query)
 
 
+def _amp(args) -> str | None:
+    return None if args.amp == "auto" else args.amp
+
+
 def run_segment(args) -> int:
     from .segment import SegmentOptions, segment
 
     opts = SegmentOptions(attn=args.attn, cls_lambda=args.cls_lambda, threshold=args.threshold,
                           background_index=args.background_index, scale=args.scale, window=args.window,
                           stride=args.stride, block=args.block, progress=not args.no_progress,
-                          amp=None if args.amp == "auto" else args.amp,
+                          amp=_amp(args),
                           bands=[int(b) for b in args.bands.split(",")] if args.bands else None)
     results = segment(args.images, args.classes, checkpoint=args.checkpoint, classes_file=args.classes_file,
                       out=args.out, arch=args.arch, device=args.device, options=opts)
@@ -113,7 +118,8 @@ def run_classify(args) -> int:
     from .classify import classify, table, write_predictions
 
     preds = classify(args.images, args.classes, checkpoint=args.checkpoint, classes_file=args.classes_file,
-                     top_k=args.top_k, arch=args.arch, device=args.device, progress=not args.no_progress)
+                     top_k=args.top_k, arch=args.arch, device=args.device, progress=not args.no_progress,
+                     amp=_amp(args))
     print(table(preds))
     if args.out:
         print(f"wrote {write_predictions(preds, Path(args.out))}")
@@ -124,7 +130,7 @@ def run_index(args) -> int:
     from .search import index
 
     summary = index(args.folder, checkpoint=args.checkpoint, arch=args.arch, device=args.device,
-                    progress=not args.no_progress)
+                    progress=not args.no_progress, amp=_amp(args))
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -133,7 +139,7 @@ def run_query(args) -> int:
     from .search import contact_sheet, query
 
     hits = query(args.query, index=args.index, checkpoint=args.checkpoint, arch=args.arch, device=args.device,
-                 top=args.top)
+                 top=args.top, amp=_amp(args))
     width = max((len(h.path) for h in hits), default=4)
     print(f"{'rank':>4}  {'score':>6}  path")
     for i, h in enumerate(hits, 1):

@@ -15,7 +15,7 @@ import numpy as np
 
 try:  # rasterio is a hard dependency; import lazily-friendly for clear errors
     import rasterio
-    from rasterio.enums import Resampling
+    from rasterio.enums import MaskFlags, Resampling
     from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
     from rasterio.windows import Window
 except ImportError as exc:  # pragma: no cover
@@ -88,24 +88,24 @@ def _percentile_stretch(src, bands, percentiles, max_side: int = 1024):
     return out
 
 
-def read_rgb(r: RasterInput, window: Window, out_shape: tuple[int, int] | None = None):
-    """8-bit RGB ``[3, h, w]`` and a validity mask ``[h, w]`` (False where the input is nodata) for a window."""
+def read_rgb(r: RasterInput, window: Window, out_shape: tuple[int, int] | None = None) -> np.ndarray:
+    """8-bit RGB ``[3, h, w]`` for a window (fractional windows and resampling to ``out_shape`` allowed)."""
     shape = out_shape or (int(window.height), int(window.width))
     data = r.src.read(r.bands, window=window, out_shape=(3,) + tuple(shape), resampling=Resampling.bilinear)
-    masks = r.src.read_masks(r.bands, window=window, out_shape=(3,) + tuple(shape), resampling=Resampling.nearest)
-    valid = (masks > 0).all(axis=0)
     if r.stretch is None:
-        rgb = data.astype(np.uint8)
-    else:
-        rgb = np.empty(data.shape, np.uint8)
-        for i, (lo, hi) in enumerate(r.stretch):
-            band = np.nan_to_num(data[i].astype(np.float32), nan=lo)
-            rgb[i] = np.clip((band - lo) * (255.0 / (hi - lo)), 0, 255).round().astype(np.uint8)
-    return rgb, valid
+        return data.astype(np.uint8)
+    rgb = np.empty(data.shape, np.uint8)
+    for i, (lo, hi) in enumerate(r.stretch):
+        band = np.nan_to_num(data[i].astype(np.float32), nan=lo)
+        rgb[i] = np.clip((band - lo) * (255.0 / (hi - lo)), 0, 255).round().astype(np.uint8)
+    return rgb
 
 
-def read_valid(r: RasterInput, window: Window) -> np.ndarray:
-    """``[h, w]`` True where every chosen band has data, at the raster's own resolution."""
+def read_valid(r: RasterInput, window: Window) -> np.ndarray | None:
+    """``[h, w]`` True where every chosen band has data, at the raster's own resolution; None when the raster
+    declares no nodata, mask or alpha (all valid: nothing to read)."""
+    if all(r.src.mask_flag_enums[b - 1] == [MaskFlags.all_valid] for b in r.bands):
+        return None
     return (r.src.read_masks(r.bands, window=window) > 0).all(axis=0)
 
 
@@ -113,7 +113,7 @@ def read_thumbnail(r: RasterInput, max_side: int) -> np.ndarray:
     """The whole raster as 8-bit RGB ``[3, h, w]`` with its longer side at most ``max_side`` (decimated read)."""
     f = max(r.height, r.width) / max_side
     shape = (max(1, round(r.height / f)), max(1, round(r.width / f))) if f > 1 else (r.height, r.width)
-    return read_rgb(r, Window(0, 0, r.width, r.height), shape)[0]
+    return read_rgb(r, Window(0, 0, r.width, r.height), shape)
 
 
 def class_map_writer(path: Path, like: RasterInput, class_names: Sequence[str], palette: np.ndarray,

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from ..eval.common import Amp, autocast_for
 from .classify import load_image
 from .common import load_for_inference, model_input_size
 
@@ -40,9 +41,10 @@ def _model_id(checkpoint) -> str:
 
 def index(folder: str | Path, *, checkpoint: str | Path | None = None, model=None, preprocess=None,
           arch: str | None = None, device: str = "auto", index_dir: str | Path | None = None,
-          batch_size: int = 32, progress: bool = True) -> dict:
+          batch_size: int = 32, progress: bool = True, amp: Amp = None) -> dict:
     """Embed every image under ``folder`` (recursively). Files already embedded with the same model and unchanged
-    (size, mtime) are reused; removed files are dropped. Returns counts."""
+    (size, mtime) are reused; removed files are dropped. Returns counts. ``amp`` as in the evaluation (None: float16
+    autocast on CUDA, fp32 on CPU; ``"bf16"``: bfloat16 on any device)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
@@ -79,7 +81,7 @@ def index(folder: str | Path, *, checkpoint: str | Path | None = None, model=Non
                 failed.append({"path": rel, "error": str(exc)})
         if not ims:
             continue
-        with torch.no_grad():
+        with torch.no_grad(), autocast_for(model, amp):
             f = model.encode_image(torch.stack(ims).to(device_)).float()
         f = (f / f.norm(dim=-1, keepdim=True)).cpu()
         for (rel, st), v in zip(chunk, f):
@@ -96,7 +98,7 @@ def index(folder: str | Path, *, checkpoint: str | Path | None = None, model=Non
 
 def query(q: str | Path, *, index: str | Path, checkpoint: str | Path | None = None, model=None, preprocess=None,
           tokenizer=None, arch: str | None = None, device: str = "auto", top: int = 20,
-          index_dir: str | Path | None = None) -> list[Hit]:
+          index_dir: str | Path | None = None, amp: Amp = None) -> list[Hit]:
     """Rank the indexed images by cosine similarity to a text, or to an image when ``q`` is an image file."""
     folder = Path(index)
     emb_path, meta_path = _index_paths(folder, Path(index_dir) if index_dir else None)
@@ -106,7 +108,7 @@ def query(q: str | Path, *, index: str | Path, checkpoint: str | Path | None = N
     if model is None:
         model, preprocess, tokenizer = load_for_inference(checkpoint, arch, device)
     device_ = next(model.parameters()).device
-    with torch.no_grad():
+    with torch.no_grad(), autocast_for(model, amp):
         if os.path.isfile(str(q)) and Path(q).suffix.lower() in IMAGE_SUFFIXES:
             v = model.encode_image(preprocess(load_image(Path(q), 2 * model_input_size(model)))[None].to(device_))
         else:
