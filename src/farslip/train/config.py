@@ -69,6 +69,7 @@ class OptimSection:
     batch_size: int = 40                   # per process
     grad_clip: float | None = None
     precision: str = "amp_bf16"            # fp32 | amp (fp16 + grad scaler) | amp_bf16
+    compile: bool = False                  # torch.compile the step (measured: no gain in stage 1 on CPU, docs/)
     max_steps: int | None = None           # stop early (tests, smoke runs); the schedule still spans the epochs
 
 

@@ -215,6 +215,8 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
     if ctx.world > 1:
         step_module = nn.parallel.DistributedDataParallel(
             step_module, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+    if cfg.optim.compile:  # compiles the forward (model + objective); checkpoints still hold the plain model
+        step_module = torch.compile(step_module)
     log = RunLog(run_dir, cfg, ctx.is_main, progress["step"] if state is not None else None)
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
