@@ -151,3 +151,22 @@ def test_synonyms_take_the_max_and_threshold_goes_to_background():
     assert torch.allclose(scores[:, 0, 1], torch.tensor([0.7311, 0.2689, 0.0]), atol=1e-4)
     assert predict_classes(scores, prob_threshold=0.8, background_index=2).tolist() == [[0, 2]]
     assert math.isclose(float(scores[:, 0, 0].max()), float(p[0, 0, 0]), rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("indexed", [False, True])
+def test_official_ties_follow_the_official_row_across_summation_order(indexed):
+    """The matrix product can put a non-partner ~20 ulps above the partner where the official one-query product
+    puts it below: the row is inside the tie band, so it is ranked from the official row."""
+    from farslip.eval.metrics import TIE_BAND_ULPS, best_positive_rank, best_positive_rank_indexed
+
+    ulp = torch.finfo(torch.float32).eps * 4  # one ulp at 5.0
+    matrix = torch.tensor([[5.0, 5.0 + 20 * ulp, 1.0], [1.0, 2.0, 3.0]])
+    official = {0: torch.tensor([5.0, 5.0 - ulp, 1.0]), 1: matrix[1]}
+    assert 20 < TIE_BAND_ULPS
+    if indexed:
+        ranks = best_positive_rank_indexed(matrix, torch.tensor([[0], [2]]), "official", row_fn=official.__getitem__,
+                                           ks=(1, 5))
+    else:
+        positives = torch.tensor([[True, False, False], [False, False, True]])
+        ranks = best_positive_rank(matrix, positives, "official", row_fn=official.__getitem__, ks=(1, 5))
+    assert ranks.tolist() == [0, 0]  # the matrix alone would say [1, 0]: a miss at R@1
