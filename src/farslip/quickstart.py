@@ -273,6 +273,6 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/quickstart", help="output folder (default: runs/quickstart)")
     p.add_argument("--size", choices=sorted(SIZES), default="full",
-                   help="full (about 5 minutes on 2 CPU cores) or tiny (a smoke test)")
+                   help="full (1.5-7 minutes on 2 CPU cores, depending on load) or tiny (a smoke test)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=lambda args: run_quickstart(args.out, args.size, args.seed) and 0)
