@@ -53,7 +53,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scale", type=float, default=1.0, help="resample the image by this factor before inference")
     p.add_argument("--window", type=int, default=None, help="sliding-window size (default: the model's input size)")
     p.add_argument("--stride", type=int, default=None, help="window stride (default: half the window)")
-    p.add_argument("--block", type=int, default=1024, help="pixels per processing block side (bounds memory)")
+    p.add_argument("--block", type=int, default=1024,
+                   help="output pixels per tile side, rounded to whole window strides (bounds memory; the map does "
+                        "not depend on it)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_segment)
 
