@@ -22,7 +22,7 @@ from ..eval.overlays import palette as make_palette
 from ..eval.ovss import OVSS_TEMPLATES, class_scores, predict_classes, query_table, sliding_window_logits
 from .common import load_for_inference, model_input_size, normaliser, parse_classes
 from .raster import Window, class_map_writer, open_raster, read_rgb, read_thumbnail, read_valid
-from .tiling import axis_tiles, tile_boxes, tile_step
+from .tiling import AxisTile, axis_tiles, tile_boxes, tile_step
 
 NODATA = 255
 
@@ -112,8 +112,6 @@ def _segment_one(path: Path, model, text, query_to_class, names, out: Path, opts
     step = tile_step(opts.block, stride, opts.scale)
     row_tiles = axis_tiles(H, Hs, window, stride, step)
     col_tiles = axis_tiles(W, Ws, window, stride, step)
-    norm = normaliser(model)
-    device = next(model.parameters()).device
     colours = _class_colours(names)
     tif = out / f"{path.stem}.tif"
     counts = np.zeros(len(names), np.int64)
@@ -123,21 +121,10 @@ def _segment_one(path: Path, model, text, query_to_class, names, out: Path, opts
                        disable=not opts.progress) as bar:
             for rows in row_tiles:
                 for cols in col_tiles:
-                    (ry0, ry1), (rx0, rx1) = rows.region, cols.region
-                    # the region in input pixels; fractional when rescaled (GDAL honours it exactly)
-                    region = Window(rx0 * W / Ws, ry0 * H / Hs, (rx1 - rx0) * W / Ws, (ry1 - ry0) * H / Hs)
-                    rgb = read_rgb(r, region, (ry1 - ry0, rx1 - rx0))
-                    x = norm(torch.from_numpy(rgb)).to(device)
-                    logits = sliding_window_logits(model, [x], text, crop=window, stride=stride, attn=opts.attn,
-                                                   cls_lambda=opts.cls_lambda, amp=opts.amp,
-                                                   window_batch_size=opts.window_batch_size,
-                                                   boxes=[tile_boxes(rows, cols)])[0]
-                    logits = cols.take(rows.take(logits, 1), 2)
-                    scores = class_scores(logits, query_to_class, len(names), logit_scale=opts.logit_scale)
-                    pred = predict_classes(scores, opts.threshold, opts.background_index).cpu().numpy()
-                    pred = pred.astype(np.uint8)
                     (y0, y1), (x0, x1) = rows.out, cols.out
                     write_win = Window(x0, y0, x1 - x0, y1 - y0)
+                    pred = _tile_classes(r, (Hs, Ws), rows, cols, model, text, query_to_class, len(names), window,
+                                         stride, opts)
                     valid = read_valid(r, write_win)
                     if valid is not None:
                         pred[~valid] = NODATA
@@ -153,6 +140,23 @@ def _segment_one(path: Path, model, text, query_to_class, names, out: Path, opts
                            time.perf_counter() - t0, fractions)
     (out / f"{path.stem}.json").write_text(json.dumps(result.__dict__, indent=2))
     return result
+
+
+def _tile_classes(r, scaled: tuple[int, int], rows: AxisTile, cols: AxisTile, model, text, query_to_class,
+                  n_classes: int, window: int, stride: int, opts: SegmentOptions) -> np.ndarray:
+    """uint8 class indexes of one tile's output pixels: read its region, encode the whole raster's windows that
+    fall in it, average them, resample to the output grid, score the classes."""
+    (Hs, Ws), (H, W) = scaled, (r.height, r.width)
+    (ry0, ry1), (rx0, rx1) = rows.region, cols.region
+    # the region in input pixels; fractional when rescaled (GDAL honours it exactly)
+    region = Window(rx0 * W / Ws, ry0 * H / Hs, (rx1 - rx0) * W / Ws, (ry1 - ry0) * H / Hs)
+    x = normaliser(model)(torch.from_numpy(read_rgb(r, region, (ry1 - ry0, rx1 - rx0))))
+    logits = sliding_window_logits(model, [x.to(next(model.parameters()).device)], text, crop=window, stride=stride,
+                                   attn=opts.attn, cls_lambda=opts.cls_lambda, amp=opts.amp,
+                                   window_batch_size=opts.window_batch_size, boxes=[tile_boxes(rows, cols)])[0]
+    logits = cols.take(rows.take(logits, 1), 2)
+    scores = class_scores(logits, query_to_class, n_classes, logit_scale=opts.logit_scale)
+    return predict_classes(scores, opts.threshold, opts.background_index).cpu().numpy().astype(np.uint8)
 
 
 def _class_colours(names: list[str]) -> np.ndarray:
