@@ -22,16 +22,24 @@ def build_parser() -> argparse.ArgumentParser:
         prog="farslip",
         description="FarSLIP: fine-grained CLIP for remote-sensing imagery -- data, training, evaluation and "
                     "inference on stock open_clip.")
+    parser.add_argument("--version", action="version", version=_versions(),
+                        help="farslip's version and those of the libraries it runs on (for bug reports)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # that room has no commands yet
-                continue
-            raise
-        module.add_commands(sub)
+        importlib.import_module(name).add_commands(sub)
     return parser
+
+
+def _versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    parts = []
+    for dist in ("farslip", "torch", "open_clip_torch", "torchvision", "rasterio"):
+        try:
+            parts.append(f"{dist} {version(dist)}")
+        except PackageNotFoundError:
+            parts.append(f"{dist} (not installed)")
+    return ", ".join(parts) + f"; Python {sys.version.split()[0]}"
 
 
 def main(argv: list[str] | None = None) -> int:
