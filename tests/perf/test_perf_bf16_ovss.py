@@ -67,3 +67,13 @@ def test_segment_bf16_option(tmp_path, tiny_model):
             maps[amp] = src.read(1)
     assert np.mean(maps["auto"] == maps["bf16"]) > 0.9
 
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns(tiny_model, monkeypatch):
+    from farslip.eval import common
+
+    model, _, _ = tiny_model
+    monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: False)
+    with pytest.warns(RuntimeWarning, match="emulated"):
+        with common.autocast_for(model, "bf16"):
+            pass

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
+import warnings
 from typing import Callable, Iterable, Sequence
 
 import torch
@@ -53,8 +55,9 @@ def autocast_for(model: nn.Module, amp: Amp) -> contextlib.AbstractContextManage
         raise ValueError(f"amp must be auto, fp16, bf16 or off (or None/True/False), not {amp!r}")
     device = model_device(model)
     if amp == "bf16":
-        if device.type == "cpu":
-            _warn_if_bf16_emulated()
+        if device.type == "cpu" and cpu_has_native_bf16() is False:
+            warnings.warn("amp='bf16' on a CPU without avx512_bf16/AMX: bf16 is emulated there and usually slower "
+                          "than fp32", RuntimeWarning, stacklevel=2)
         return torch.autocast(device.type, dtype=torch.bfloat16)
     if amp in (False, "off") or device.type != "cuda":
         return contextlib.nullcontext()
@@ -63,6 +66,7 @@ def autocast_for(model: nn.Module, amp: Amp) -> contextlib.AbstractContextManage
     return torch.autocast("cuda", dtype=torch.float16) if amp else contextlib.nullcontext()
 
 
+@functools.lru_cache(maxsize=None)
 def cpu_has_native_bf16() -> bool | None:
     """True when the CPU flags list bf16 arithmetic (avx512_bf16 or AMX); None where that cannot be read."""
     try:
@@ -71,18 +75,6 @@ def cpu_has_native_bf16() -> bool | None:
     except OSError:
         return None
     return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
-
-
-_BF16_WARNED = False
-
-
-def _warn_if_bf16_emulated() -> None:
-    global _BF16_WARNED
-    if not _BF16_WARNED and cpu_has_native_bf16() is False:
-        import warnings
-        warnings.warn("amp='bf16' on a CPU without avx512_bf16/AMX: bf16 is emulated there and usually slower "
-                      "than fp32", RuntimeWarning, stacklevel=3)
-        _BF16_WARNED = True
 
 
 def default_workers() -> int:
