@@ -311,8 +311,7 @@ def class_scores(logits: torch.Tensor, query_to_class: torch.Tensor, num_classes
 
 def predict_classes(scores: torch.Tensor, prob_threshold: float = 0.0, background_index: int = 0) -> torch.Tensor:
     """argmax over classes; pixels whose best score is under the threshold become the background class."""
-    best = scores.max(dim=0).values
-    pred = scores.argmax(dim=0)  # the first maximal index
+    best, pred = scores.max(dim=0)  # one pass; the index is the first maximal one, as argmax's
     pred[best < prob_threshold] = background_index
     return pred
 
