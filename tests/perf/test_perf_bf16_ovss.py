@@ -77,3 +77,19 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(tiny_model, monkeypatch):
     with pytest.warns(RuntimeWarning, match="emulated"):
         with common.autocast_for(model, "bf16"):
             pass
+
+
+def test_cli_points_to_bf16_on_a_bf16_cpu(tmp_path, tiny_model, monkeypatch, capsys):
+    from farslip.cli import main
+    from farslip.eval import common
+
+    model, _, _ = tiny_model
+    ckpt = farslip.save_model(model, tmp_path / "tiny.pt")
+    from PIL import Image
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "a.png")
+    args = ["segment", str(tmp_path / "a.png"), "--checkpoint", str(ckpt), "--classes", "a", "b", "--device", "cpu",
+            "--no-progress"]
+    for native, amp, expected in ((True, "auto", True), (False, "auto", False), (True, "off", False)):
+        monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: native)
+        assert main(args + ["--out", str(tmp_path / f"o{native}{amp}"), "--amp", amp]) == 0
+        assert ("--amp bf16" in capsys.readouterr().err) == expected

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 SEGMENT_EPILOG = """\
@@ -94,13 +95,24 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     pq.set_defaults(func=run_query)
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _amp(args) -> str | None:
     return None if args.amp == "auto" else args.amp
 
 
 def run_segment(args) -> int:
+    from ..eval.common import cpu_has_native_bf16
     from .segment import SegmentOptions, segment
 
+    on_cpu = args.device == "cpu" or (args.device == "auto" and not _cuda())
+    if on_cpu and args.amp == "auto" and cpu_has_native_bf16():
+        print("note: this CPU computes bf16 natively; --amp bf16 segments about 3x faster with a ViT-B "
+              "(a few pixels in a thousand change class)", file=sys.stderr)
     opts = SegmentOptions(attn=args.attn, cls_lambda=args.cls_lambda, threshold=args.threshold,
                           background_index=args.background_index, scale=args.scale, window=args.window,
                           stride=args.stride, block=args.block, progress=not args.no_progress,
