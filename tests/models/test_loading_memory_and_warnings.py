@@ -38,3 +38,23 @@ def test_meta_built_model_equals_a_copied_one(tiny_model, tmp_path, monkeypatch)
     with torch.no_grad():
         assert torch.equal(fast.encode_text(tokens), slow.encode_text(tokens))
         assert torch.equal(fast.encode_image(images), slow.encode_image(images))
+
+
+def test_parameters_from_views_of_one_buffer_stay_independent(tiny_model, tmp_path):
+    """A checkpoint whose tensors are views of one flat buffer (as some trainers save them) must not give
+    parameters that write into each other."""
+    import torch
+
+    model, _, _ = tiny_model
+    sd = model.state_dict()
+    flat = torch.cat([v.reshape(-1) for v in sd.values()])
+    views, at = {}, 0
+    for k, v in sd.items():
+        views[k] = flat[at:at + v.numel()].view(v.shape)
+        at += v.numel()
+    torch.save(views, tmp_path / "flat.pt")
+    loaded, *_ = farslip.load_model("Test-Tiny-ViT", tmp_path / "flat.pt")
+    ptrs = [p.untyped_storage().data_ptr() for p in loaded.parameters()]
+    assert len(set(ptrs)) == len(ptrs)
+    for (k, a), b in zip(loaded.state_dict().items(), views.values()):
+        assert torch.equal(a, b), k

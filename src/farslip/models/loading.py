@@ -215,7 +215,21 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], arch: st
         fits = architectures_fitting(state)
         lines.append(f"  architectures whose shapes fit: {', '.join(fits[:12]) if fits else 'none registered'}")
         raise CheckpointError("\n".join(lines))
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=True, assign=assign)
+    state = {k: v.to(own[k].dtype) for k, v in state.items()}
+    if assign:
+        state = _independent(state)
+    model.load_state_dict(state, strict=True, assign=assign)
+
+
+def _independent(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Tensors that can become parameters as they are: a tensor sharing its storage with another entry (views of
+    one buffer in some checkpoints) or not contiguous is copied, so that updating one parameter never writes into
+    another. Ordinary checkpoints (torch.save, safetensors) have one storage per tensor and are not copied."""
+    users: dict[int, int] = {}
+    for v in state.values():
+        users[v.untyped_storage().data_ptr()] = users.get(v.untyped_storage().data_ptr(), 0) + 1
+    return {k: v if v.is_contiguous() and users[v.untyped_storage().data_ptr()] == 1
+            else v.clone(memory_format=torch.contiguous_format) for k, v in state.items()}
 
 
 def _materialize_masks(model: nn.Module) -> bool:
