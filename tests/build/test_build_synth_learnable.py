@@ -1,5 +1,5 @@
 """Learnability of the synthetic world: a tiny CLIP trained from scratch on CPU for a couple of minutes reaches
-zero-shot scene accuracy far above chance. Slow (about 3 minutes on 2 cores): ``make test-slow``."""
+zero-shot scene accuracy far above chance. Slow (40 s to 3 minutes on 2 cores, with load): ``make test-slow``."""
 import csv
 import json
 
