@@ -58,3 +58,30 @@ def test_parameters_from_views_of_one_buffer_stay_independent(tiny_model, tmp_pa
     assert len(set(ptrs)) == len(ptrs)
     for (k, a), b in zip(loaded.state_dict().items(), views.values()):
         assert torch.equal(a, b), k
+
+
+def test_checkpoint_config_wins_over_a_changed_registration(tiny_model, tmp_path):
+    """A farslip checkpoint carries its architecture's config: if the name now means another config (a later
+    version changed it, or a user registered their own), the checkpoint still loads, as it was saved."""
+    import copy
+
+    import open_clip
+    import torch
+
+    from farslip.models.loading import register_model_config
+
+    model, _, _ = tiny_model
+    cfg = open_clip.get_model_config("Test-Tiny-ViT")
+    register_model_config("Test-Renamed-ViT", cfg)
+    original, *_ = farslip.load_model("Test-Renamed-ViT")
+    ckpt = farslip.save_model(original, tmp_path / "m.pt")
+    changed = copy.deepcopy(cfg)
+    changed["vision_cfg"]["layers"] += 1
+    register_model_config("Test-Renamed-ViT", changed)
+    loaded, *_ = farslip.load_model(None, ckpt)
+    assert loaded.farslip_arch.startswith("Test-Renamed-ViT-ckpt-")
+    images = torch.randn(2, 3, *loaded.visual.image_size)
+    with torch.no_grad():
+        assert torch.equal(loaded.encode_image(images), original.encode_image(images))
+    again, *_ = farslip.load_model(None, farslip.save_model(loaded, tmp_path / "m2.pt"))  # and re-saves cleanly
+    assert again.farslip_arch == loaded.farslip_arch

@@ -42,6 +42,26 @@ def register_model_config(name: str, cfg: dict[str, Any]) -> None:
     open_clip.add_model_config(_registered_dir)
 
 
+def _arch_for_embedded_config(arch: str, cfg: dict[str, Any] | None) -> str:
+    """The name to build a farslip checkpoint under: ``arch`` when it is unknown (registered from the checkpoint) or
+    registered with the same config; otherwise -- the name now means another config, e.g. after an upgrade changed
+    it -- the checkpoint's own config under a derived name, so self-describing checkpoints keep loading."""
+    if not cfg:
+        return arch
+    known = open_clip.get_model_config(arch)
+    if known is None:
+        register_model_config(arch, cfg)
+        return arch
+    if json.dumps(known, sort_keys=True) == json.dumps(cfg, sort_keys=True):
+        return arch
+    import hashlib
+
+    derived = f"{arch}-ckpt-{hashlib.sha1(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:8]}"
+    if open_clip.get_model_config(derived) is None:
+        register_model_config(derived, cfg)
+    return derived
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Reading the architecture off the weights
 
@@ -122,8 +142,7 @@ def load_model(arch: str | None = None, checkpoint: str | os.PathLike | None = N
 
     if meta:
         arch = arch or meta["arch"]
-        if meta.get("model_cfg") and open_clip.get_model_config(arch) is None:
-            register_model_config(arch, meta["model_cfg"])
+        arch = _arch_for_embedded_config(arch, meta.get("model_cfg"))
         quick_gelu = meta.get("quick_gelu", quick_gelu)
     if arch is None:
         if state is None:
