@@ -41,6 +41,29 @@ def _official_row_rank(row: torch.Tensor, positive_idx: torch.Tensor) -> int:
     return int(found[0, 0]) if len(found) else row.numel()
 
 
+def _tie_band(best: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Half-width of the possibly-tied band around each best partner's score (``TIE_BAND_ULPS`` ulps)."""
+    eps = torch.finfo(dtype).eps if dtype.is_floating_point else 0.0
+    return TIE_BAND_ULPS * eps * best.abs().clamp_min(1.0)
+
+
+def _official_ranks(lo: torch.Tensor, hi: torch.Tensor, has: torch.Tensor, N: int, ks: Sequence[int] | None,
+                    official_rank: Callable[[int], int]) -> torch.Tensor:
+    """Ranks from the band bounds: ``lo`` items are surely ahead of the best partner, at most ``hi``. Rows where
+    tie order could change an answer (any difference; or, with ``ks``, a hit/miss at a cutoff) are ranked by
+    ``official_rank(i)``; a query without partners gets ``N``."""
+    if ks is None:
+        ambiguous = hi > lo
+    else:
+        ambiguous = torch.zeros_like(has)
+        for k in ks:
+            ambiguous |= (lo < k) & (hi >= k)
+    rank = lo.clone()
+    for i in (ambiguous & has).nonzero().flatten().tolist():
+        rank[i] = official_rank(i)
+    return torch.where(has, rank, torch.full_like(rank, N))
+
+
 def best_positive_rank(scores: torch.Tensor, positives: torch.Tensor, ties: str = "official",
                        row_fn: Callable[[int], torch.Tensor] | None = None, row_offset: int = 0,
                        ks: Sequence[int] | None = None) -> torch.Tensor:
@@ -73,21 +96,15 @@ def best_positive_rank(scores: torch.Tensor, positives: torch.Tensor, ties: str 
         # Scores equal to the best partner's -- or a few ulps from it, which another summation order could make
         # equal -- make the official answer depend on argsort's order: such rows are ranked its way. Items above
         # that band are ahead of every partner (lo); at worst every non-partner in the band is too (hi).
-        eps = torch.finfo(scores.dtype).eps if scores.dtype.is_floating_point else 0.0
-        tol = TIE_BAND_ULPS * eps * best_col.abs().clamp_min(1.0)
+        tol = _tie_band(best_col, scores.dtype)
         lo = (s > best_col + tol).sum(dim=1)
         hi = lo + (((s - best_col).abs() <= tol) & ~positives).sum(dim=1)
-        if ks is None:
-            ambiguous = hi > lo
-        else:
-            ambiguous = torch.zeros_like(has)
-            for k in ks:
-                ambiguous |= (lo < k) & (hi >= k)
-        rank = lo.clone()
-        for i in (ambiguous & has).nonzero().flatten().tolist():
+
+        def official_rank(i: int) -> int:
             row = row_fn(row_offset + i) if row_fn is not None else scores[i]
-            rank[i] = _official_row_rank(row.cpu(), positives[i].nonzero().flatten().cpu())
-        return torch.where(has, rank, torch.full_like(rank, N))
+            return _official_row_rank(row.cpu(), positives[i].nonzero().flatten().cpu())
+
+        return _official_ranks(lo, hi, has, N, ks, official_rank)
     greater = (s > best_col).sum(dim=1)
     equal = s == best_col
     if ties == "optimistic":
@@ -184,8 +201,7 @@ def best_positive_rank_indexed(scores: torch.Tensor, positive_idx: torch.Tensor,
         vals = s.gather(1, positive_idx.clamp(min=0))
     vals = vals.masked_fill(~valid, -math.inf)  # [Q, P] the partners' own scores
     best = vals.max(dim=1).values
-    eps = torch.finfo(scores.dtype).eps if scores.dtype.is_floating_point else 0.0
-    tol = TIE_BAND_ULPS * eps * best.abs().clamp_min(1.0)
+    tol = _tie_band(best, scores.dtype)
     # Per-query thresholds broadcast along the query's row (or column).
     b, t = (best[None, :], tol[None, :]) if by_column else (best[:, None], tol[:, None])
     # Comparisons go into a bool buffer whose rows are padded to a multiple of 8 (the padding stays False) for the
@@ -203,17 +219,12 @@ def best_positive_rank_indexed(scores: torch.Tensor, positive_idx: torch.Tensor,
     in_band = count(buf)
     partners_in_band = (((vals - best[:, None]).abs() <= tol[:, None]) & valid).sum(dim=1)
     hi = lo + in_band - partners_in_band
-    if ks is None:
-        ambiguous = hi > lo
-    else:
-        ambiguous = torch.zeros_like(has)
-        for k in ks:
-            ambiguous |= (lo < k) & (hi >= k)
-    rank = lo.clone()
-    for i in (ambiguous & has).nonzero().flatten().tolist():
+
+    def official_rank(i: int) -> int:
         row = row_fn(row_offset + i) if row_fn is not None else rows_view[i]
-        rank[i] = _official_row_rank(row.cpu(), positive_idx[i][valid[i]].cpu())
-    return torch.where(has, rank, torch.full_like(rank, N))
+        return _official_row_rank(row.cpu(), positive_idx[i][valid[i]].cpu())
+
+    return _official_ranks(lo, hi, has, N, ks, official_rank)
 
 
 def recall_from_ranks(ranks: torch.Tensor, ks: Iterable[int] = (1, 5, 10, 100)) -> dict[int, float]:
