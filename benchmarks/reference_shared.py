@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from farslip.models.dense import encode_views
-from reference_step import _clip_loss, _mpcl, _normed_roi_features
+from reference_step import _clip_loss, _normed_roi_features, _padded_region_itc
 
 
 def _both(model, images, attn):
@@ -73,14 +73,6 @@ def reference_stage2_shared(model, batch, region_align="cls", attn="segearth", m
     g = int(round(patches.shape[1] ** 0.5))
     local = _normed_roi_features(patches, boxes_list, (g, g))
     local_text = F.normalize(model.encode_text(local_texts), dim=-1)
-    pad = B * R - local.shape[0]
-    img = torch.cat([local, local.new_zeros(pad, local.shape[1])])
-    txt = torch.cat([local_text, local_text.new_zeros(pad, local_text.shape[1])])
-    labels = torch.cat([local_labels, local_labels.new_full((pad,), -1)])
-    if multi_positive:
-        losses["region_itc"] = _mpcl(img, txt, scale, labels)
-    else:
-        keep = labels != -1
-        losses["region_itc"] = _clip_loss(img[keep], txt[keep], scale)
+    losses["region_itc"] = _padded_region_itc(local, local_text, local_labels, B * R, scale, multi_positive)
     losses["total"] = w_g * losses["global_itc"] + w_l * losses["region_itc"]
     return losses

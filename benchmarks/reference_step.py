@@ -107,15 +107,19 @@ def reference_stage2(model, batch, region_align="cls", attn="segearth", multi_po
         g = int(round(patches.shape[1] ** 0.5))
         local = _normed_roi_features(patches, boxes_list, (g, g))
     local_text = F.normalize(model.encode_text(local_texts), dim=-1)
-    total_len = B * R
+    losses["region_itc"] = _padded_region_itc(local, local_text, local_labels, B * R, scale, multi_positive)
+    losses["total"] = w_g * losses["global_itc"] + w_l * losses["region_itc"]
+    return losses
+
+
+def _padded_region_itc(local, local_text, local_labels, total_len, scale, multi_positive):
+    """Region contrast as the official code feeds it: region features padded with zeros to ``B * max_boxes``
+    rows, label -1 on the padding."""
     pad = total_len - local.shape[0]
     img = torch.cat([local, local.new_zeros(pad, local.shape[1])])
     txt = torch.cat([local_text, local_text.new_zeros(pad, local_text.shape[1])])
     labels = torch.cat([local_labels, local_labels.new_full((pad,), -1)])
     if multi_positive:
-        losses["region_itc"] = _mpcl(img, txt, scale, labels)
-    else:
-        keep = labels != -1
-        losses["region_itc"] = _clip_loss(img[keep], txt[keep], scale)
-    losses["total"] = w_g * losses["global_itc"] + w_l * losses["region_itc"]
-    return losses
+        return _mpcl(img, txt, scale, labels)
+    keep = labels != -1
+    return _clip_loss(img[keep], txt[keep], scale)
