@@ -34,6 +34,7 @@ class RasterInput:
     src: "rasterio.DatasetReader"
     bands: list[int]                         # 1-based band indexes giving R, G, B
     stretch: list[tuple[float, float]] | None  # per output band (low, high) -> 0..255; None for 8-bit input
+    all_valid: bool = False                  # no nodata, mask or alpha declared on the chosen bands
 
     @property
     def height(self) -> int:
@@ -68,7 +69,8 @@ def open_raster(path: str | Path, bands: Sequence[int] | None = None,
     else:
         chosen = [1, 2, 3] if src.count >= 3 else [1, 1, 1]
     stretch = None if src.dtypes[0] == "uint8" else _percentile_stretch(src, chosen, percentiles)
-    return RasterInput(path, src, chosen, stretch)
+    all_valid = all(src.mask_flag_enums[b - 1] == [MaskFlags.all_valid] for b in chosen)
+    return RasterInput(path, src, chosen, stretch, all_valid)
 
 
 def _percentile_stretch(src, bands, percentiles, max_side: int = 1024):
@@ -104,7 +106,7 @@ def read_rgb(r: RasterInput, window: Window, out_shape: tuple[int, int] | None =
 def read_valid(r: RasterInput, window: Window) -> np.ndarray | None:
     """``[h, w]`` True where every chosen band has data, at the raster's own resolution; None when the raster
     declares no nodata, mask or alpha (all valid: nothing to read)."""
-    if all(r.src.mask_flag_enums[b - 1] == [MaskFlags.all_valid] for b in r.bands):
+    if r.all_valid:
         return None
     return (r.src.read_masks(r.bands, window=window) > 0).all(axis=0)
 
