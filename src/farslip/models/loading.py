@@ -7,6 +7,7 @@ checkpoints load with no name at all (they carry their model config).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -54,8 +55,6 @@ def _arch_for_embedded_config(arch: str, cfg: dict[str, Any] | None) -> str:
         return arch
     if json.dumps(known, sort_keys=True) == json.dumps(cfg, sort_keys=True):
         return arch
-    import hashlib
-
     derived = f"{arch}-ckpt-{hashlib.sha1(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:8]}"
     if open_clip.get_model_config(derived) is None:
         register_model_config(derived, cfg)
