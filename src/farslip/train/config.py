@@ -5,6 +5,8 @@ A config has five sections; every field has a default so a recipe states only wh
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,31 +104,113 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def _build(cls, values: dict, where: str):
+def _build(cls, values: dict, source, section: str = ""):
+    """``cls`` from ``values``; ``source(key)`` (the recipe or ``--set``) and ``section`` name a bad field in errors."""
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(values) - set(known)
     if unknown:
+        where = source(section + sorted(unknown)[0])
         raise KeyError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
     kwargs = {}
     for name, value in values.items():
         sub = known[name].default_factory if known[name].default_factory is not dataclasses.MISSING else None
-        if sub is not None and dataclasses.is_dataclass(sub) and isinstance(value, dict):
-            kwargs[name] = _build(sub, value, f"{where}.{name}")
+        if sub is not None and dataclasses.is_dataclass(sub):
+            if not isinstance(value, dict):
+                raise ValueError(f"{source(section + name)}: expected a mapping of {name} fields, got {_shown(value)}")
+            kwargs[name] = _build(sub, value, source, f"{section}{name}.")
         else:
-            kwargs[name] = _coerce(value, str(known[name].type), f"{where}.{name}")
+            kwargs[name] = _coerce(value, str(known[name].type), f"{section}{name}", source)
     return cls(**kwargs)
 
 
-def _coerce(value, annotation: str, where: str):
-    """YAML reads ``5e-6`` as a string; numbers are converted by the field's declared type."""
-    if not isinstance(value, str) or "str" in annotation:
+# Smallest sensible value of numeric fields ("section.field"); anything else is a typo that would train nonsense.
+MINIMUM = {
+    "data.num_samples": 1, "data.num_crops": 1, "data.workers": 0, "data.min_region_size": 0,
+    "data.max_region_size": 1, "data.max_bad_samples": 0, "data.max_bad_fraction": 0,
+    "objective.global_weight": 0, "objective.distill_weight": 0, "objective.region_weight": 0,
+    "objective.ema_momentum": 0,
+    "optim.lr": 0, "optim.weight_decay": 0, "optim.beta1": 0, "optim.beta2": 0, "optim.eps": 0, "optim.warmup": 0,
+    "optim.epochs": 1, "optim.batch_size": 1, "optim.grad_clip": 0, "optim.max_steps": 1,
+    "run.save_every": 1, "run.keep_last": 0, "run.log_every": 1, "run.val_every": 0,
+}
+MAXIMUM = {"data.max_bad_fraction": 1, "objective.ema_momentum": 1, "optim.beta1": 1, "optim.beta2": 1}
+
+
+def _coerce(value, annotation: str, key: str, source: str):
+    """``value`` as the field's declared type, or a ValueError naming the field.
+
+    Bools are not numbers (``optim.lr=true`` is refused), lists are not scalars, integers must be whole, and
+    counts below their minimum are refused. YAML reads ``5e-6`` as a string, so numbers in strings are converted.
+    """
+    kinds = {k.strip() for k in annotation.split("|")}
+    where = source(key)
+    if value is None:
+        if "None" in kinds or "Any" in kinds:
+            return None
+        raise ValueError(f"{where}: a value is required (got null)")
+    if "Any" in kinds:
         return value
-    for name, kind in (("float", float), ("int", int)):
-        if name in annotation:
-            try:
-                return kind(value)
-            except ValueError:
-                raise ValueError(f"{where}: expected {name}, got {value!r}") from None
+    for name, convert in (("bool", _as_bool), ("int", _as_int), ("float", _as_float), ("list", _as_list),
+                          ("str", _as_str)):
+        if name in kinds:
+            converted = convert(value)
+            if converted is not None:
+                return _check_range(converted, key, where)
+    names = {"list": "list of numbers"}
+    expected = " or ".join(sorted(names.get(k, k) for k in kinds - {"None"})) + (" or null" if "None" in kinds else "")
+    raise ValueError(f"{where}: expected {expected}, got {_shown(value)}")
+
+
+def _shown(value) -> str:
+    """A value as the user wrote it in YAML, and what YAML made of it."""
+    kinds = {bool: "a boolean", int: "an integer", float: "a number", str: "text", list: "a list", dict: "a mapping"}
+    return f"{json.dumps(value, default=str)} ({kinds.get(type(value), type(value).__name__)})"
+
+
+def _as_bool(value):
+    return value if isinstance(value, bool) else None
+
+
+def _as_int(value):
+    if isinstance(value, bool) or isinstance(value, (list, dict)):
+        return None
+    if isinstance(value, int):
+        return value
+    number = _as_float(value)
+    return int(number) if number is not None and number.is_integer() else None
+
+
+def _as_float(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None  # nan and inf are no settings
+
+
+def _as_list(value):
+    """The config's lists hold numbers (crop scales and ratios)."""
+    if not isinstance(value, (list, tuple)):
+        return None
+    numbers = [_as_float(v) for v in value]
+    return None if None in numbers else numbers
+
+
+def _as_str(value):
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # `name: 2024` means the text
+    return value if isinstance(value, str) else None
+
+
+def _check_range(value, key: str, where: str):
+    low, high = MINIMUM.get(key), MAXIMUM.get(key)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if low is not None and value < low:
+            raise ValueError(f"{where}: must be at least {low}, got {value!r}")
+        if high is not None and value > high:
+            raise ValueError(f"{where}: must be at most {high}, got {value!r}")
     return value
 
 
@@ -159,7 +243,19 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
         values = _read_yaml_chain(Path(path))
     extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides or [])
     values = _merge(values, extra)
-    return _build(TrainConfig, values, str(path or "config"))
+    overridden = set(_dotted_keys(extra))
+
+    def source(key: str) -> str:
+        return f"--set {key}" if key in overridden or path is None else f"{path}: {key}"
+
+    return _build(TrainConfig, values, source)
+
+
+def _dotted_keys(values: dict, prefix: str = ""):
+    for k, v in values.items():
+        yield prefix + k
+        if isinstance(v, dict):
+            yield from _dotted_keys(v, f"{prefix}{k}.")
 
 
 def _read_yaml_chain(path: Path) -> dict:
