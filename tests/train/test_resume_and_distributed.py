@@ -21,12 +21,15 @@ def _losses(run: Path) -> dict[int, dict]:
     return {e["step"]: e for e in map(json.loads, (run / "log.jsonl").read_text().splitlines())}
 
 
-@pytest.mark.parametrize("recipe,stage", [("stage1_vitb16_rs5m.yaml", 1), ("stage2_vitb16_mgrs.yaml", 2),
-                                          ("ablations/stage1_ema_target.yaml", 1)])
-def test_resume_is_bit_identical(tmp_path, tiny_arch, recipe, stage):
+@pytest.mark.parametrize("recipe,stage,precision", [
+    ("stage1_vitb16_rs5m.yaml", 1, "fp32"), ("stage2_vitb16_mgrs.yaml", 2, "fp32"),
+    ("ablations/stage1_ema_target.yaml", 1, "fp32"),
+    ("stage1_vitb16_rs5m.yaml", 1, "amp"),  # the recipes' fp16 + GradScaler: the scaler's state resumes too
+])
+def test_resume_is_bit_identical(tmp_path, tiny_arch, recipe, stage, precision):
     # batch 2 over the tiny sets gives several steps per epoch: the run crosses an epoch boundary.
-    over = tiny_overrides(tmp_path / "a", stage, steps=7, optim={"batch_size": 2, "precision": "fp32", "warmup": 3,
-                                                                   "max_steps": 7, "lr": 1e-3})
+    over = tiny_overrides(tmp_path / "a", stage, steps=7, optim={"batch_size": 2, "precision": precision,
+                                                                   "warmup": 3, "max_steps": 7, "lr": 1e-3})
     over["run"]["save_every"] = 3
     over["optim"]["epochs"] = 3
     full = load_config(REPO / "configs" / recipe, over)
