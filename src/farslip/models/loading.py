@@ -22,7 +22,9 @@ import torch
 from torch import nn
 
 from .checkpoint_io import CheckpointError, read_checkpoint, write_checkpoint
+from .hub import fetch_weights
 from .long_text import KEEP_ROWS, LONG_CONTEXT, fold_long_text_state, freeze_leading_text_rows
+from .registry import find_entry
 
 _CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
 _registered_dir: Path | None = None
@@ -75,6 +77,7 @@ def describe_state_dict(state: dict[str, torch.Tensor]) -> dict[str, int]:
         conv = state["visual.conv1.weight"]
         facts["vision_width"], facts["patch_size"] = conv.shape[0], conv.shape[-1]
         facts["vision_layers"] = count_blocks("visual.transformer.resblocks.")
+    if "visual.positional_embedding" in state and "visual.conv1.weight" in state:  # a ViT (not a ModifiedResNet)
         grid = math.isqrt(state["visual.positional_embedding"].shape[0] - 1)
         facts["image_size"] = grid * facts["patch_size"]
     if "token_embedding.weight" in state:
@@ -114,22 +117,32 @@ def architectures_fitting(state: dict[str, torch.Tensor]) -> list[str]:
 # ----------------------------------------------------------------------------------------------------------------
 
 def load_model(arch: str | None = None, checkpoint: str | os.PathLike | None = None, *, device: str = "cpu",
-               precision: str = "fp32", quick_gelu: bool = True, context_length: int | None = None):
+               precision: str = "fp32", quick_gelu: bool | None = None, context_length: int | None = None):
     """Build a stock open_clip CLIP and load weights from any supported checkpoint.
 
     Args:
         arch: open_clip architecture name (``ViT-B-16``); optional for farslip checkpoints and for foreign ones
-            whose shapes fit exactly one architecture family.
-        checkpoint: an open_clip pretrained tag (``openai``, ``laion2b_s34b_b88k``) or a local file: raw state
-            dict, ``{"state_dict": ...}`` (DDP prefix or not), FarSLIP long-text, OpenAI TorchScript,
+            whose shapes fit exactly one architecture family. A registry name alone (``load_model("farslip2-vit-b-16")``)
+            is read as ``checkpoint``.
+        checkpoint: a registry name (``farslip2-vit-b-16``, see ``farslip model list``: downloaded through the
+            Hugging Face cache), an open_clip pretrained tag (``openai``, ``laion2b_s34b_b88k``) or a local file:
+            raw state dict, ``{"state_dict": ...}`` (DDP prefix or not), FarSLIP long-text, OpenAI TorchScript,
             safetensors, or farslip's own. ``None`` gives random initialisation.
-        quick_gelu: QuickGELU activations, as every OpenAI-lineage RS CLIP needs.
+        quick_gelu: QuickGELU activations. ``None`` (default): the registry entry's or the checkpoint's own setting,
+            else True, as every OpenAI-lineage RS CLIP needs.
         context_length: text positions; by default read off the weights (77 or 248).
 
     Returns:
         ``(model, preprocess_train, preprocess_eval, tokenizer)``; the tokenizer matches the context length.
     """
     register_model_configs()
+    if checkpoint is None and find_entry(arch) is not None:
+        arch, checkpoint = None, arch
+    entry = find_entry(checkpoint)
+    if entry is not None:
+        arch = arch or entry.arch
+        quick_gelu = entry.quick_gelu if quick_gelu is None else quick_gelu
+        checkpoint = entry.open_clip_tag or fetch_weights(entry)
     state, meta = None, {}
     pretrained_tag = None
     if checkpoint is not None and (os.path.exists(checkpoint) or os.sep in str(checkpoint)
@@ -143,6 +156,7 @@ def load_model(arch: str | None = None, checkpoint: str | os.PathLike | None = N
         arch = arch or meta["arch"]
         arch = _arch_for_embedded_config(arch, meta.get("model_cfg"))
         quick_gelu = meta.get("quick_gelu", quick_gelu)
+    quick_gelu = True if quick_gelu is None else quick_gelu
     if arch is None:
         if state is None:
             raise ValueError("load_model needs an architecture name unless the checkpoint describes itself")
@@ -181,6 +195,7 @@ def load_model(arch: str | None = None, checkpoint: str | os.PathLike | None = N
         freeze_leading_text_rows(model, KEEP_ROWS)
     model.farslip_arch = arch
     model.farslip_quick_gelu = quick_gelu
+    model.farslip_name = entry.name if entry is not None else None
     model = _set_precision(model.to(device), precision)
     tokenizer = open_clip.get_tokenizer(arch, context_length=model.context_length)
     return model, preprocess_train, preprocess_eval, tokenizer

@@ -1,0 +1,101 @@
+"""Fetching a registry entry's weights through huggingface_hub.
+
+huggingface_hub does the hard parts: its shared cache (``HF_HOME`` / ``HF_HUB_CACHE``), resumable downloads,
+``HF_HUB_OFFLINE=1`` (served from the cache, no request made), ``HF_ENDPOINT`` (mirrors, and the tests' local
+stand-in). farslip adds the pinned revision from the registry, the sha256 check when the registry knows the
+file's hash, and one clear line when the file cannot be had.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from .checkpoint_io import CheckpointError
+from .registry import ModelEntry
+
+
+class ModelUnavailableError(CheckpointError):
+    """A registry model's weights cannot be obtained (no network and not cached, not on the hub, bad hash)."""
+
+
+def fetch_weights(entry: ModelEntry, *, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Local path of ``entry``'s weight file, downloaded into the Hugging Face cache on first use."""
+    if entry.hub is None:
+        raise ModelUnavailableError(_not_on_hub_message(entry))
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
+                                        RepositoryNotFoundError, RevisionNotFoundError)
+
+    hub = entry.hub
+    where = f"{entry.name}: {hub.repo}/{hub.file} at revision {hub.revision[:12]}"
+    try:
+        path = Path(hf_hub_download(hub.repo, hub.file, revision=hub.revision, cache_dir=cache_dir,
+                                    library_name="farslip", library_version=_version()))
+    except LocalEntryNotFoundError as exc:  # offline (HF_HUB_OFFLINE=1 or no network) and not in the cache
+        raise ModelUnavailableError(
+            f"{where} is not in the local Hugging Face cache ({_cache_dir(cache_dir)}) and the hub cannot be reached"
+            f"{' (HF_HUB_OFFLINE is set)' if _offline() else ''}. Run once with network access, or download the "
+            f"file by hand and pass its path (--checkpoint FILE --model {entry.arch}"
+            f"{'' if entry.quick_gelu else ' --no-quick-gelu'})") from exc
+    except GatedRepoError as exc:
+        raise ModelUnavailableError(f"{where}: the repository is gated; accept its terms on the hub and log in "
+                                    "(`hf auth login` or HF_TOKEN)") from exc
+    except RepositoryNotFoundError as exc:
+        raise ModelUnavailableError(f"{where}: repository not found on {_endpoint()}") from exc
+    except RevisionNotFoundError as exc:
+        raise ModelUnavailableError(f"{where}: revision not found on {_endpoint()} (the registry's pin may be "
+                                    "stale; register the entry with another revision)") from exc
+    except EntryNotFoundError as exc:
+        raise ModelUnavailableError(f"{where}: no such file in the repository on {_endpoint()}") from exc
+    except HfHubHTTPError as exc:
+        raise ModelUnavailableError(f"{where}: the hub answered {exc.response.status_code if exc.response is not None else '?'}"
+                                    f" ({str(exc).splitlines()[0]})") from exc
+    if hub.sha256:
+        check_sha256(path, hub.sha256, entry.name)
+    return path
+
+
+def check_sha256(path: Path, expected: str, name: str) -> None:
+    """Fail if the file's sha256 differs from the registry's (a corrupted or replaced download)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    if digest.hexdigest() != expected.lower():
+        raise ModelUnavailableError(
+            f"{name}: {path} has sha256 {digest.hexdigest()}, the registry expects {expected.lower()}; delete the "
+            "file from the Hugging Face cache (`hf cache rm` or remove it) and load again")
+
+
+def _not_on_hub_message(entry: ModelEntry) -> str:
+    inner = f", unpack it and pass {entry.file_in_archive}" if entry.file_in_archive else " and pass the file"
+    return (f"{entry.name} is not on a model hub: download {entry.url}{inner} as --checkpoint FILE "
+            f"--model {entry.arch}{'' if entry.quick_gelu else ' --no-quick-gelu'}")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("farslip")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+def _cache_dir(cache_dir) -> str:
+    from huggingface_hub import constants
+
+    return str(cache_dir or constants.HF_HUB_CACHE)
