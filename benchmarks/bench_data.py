@@ -45,7 +45,7 @@ def official_views_fn():
     from torchvision import transforms as T
     from torchvision.transforms import InterpolationMode, RandomResizedCrop
 
-    from farslip.data.views import OPENAI_MEAN, OPENAI_STD
+    from open_clip import OPENAI_DATASET_MEAN as OPENAI_MEAN, OPENAI_DATASET_STD as OPENAI_STD
 
     tf = T.Compose([T.Resize((S, S), interpolation=InterpolationMode.BICUBIC), T.ToTensor(),
                     T.Normalize(OPENAI_MEAN, OPENAI_STD)])
@@ -75,7 +75,7 @@ def farslip_views_fn():
     vm = ViewMaker(ViewConfig(size=S, views="crops", num_crops=K, crop_scale=SCALE, crop_ratio=RATIO))
 
     def views(data: bytes, seed: int):
-        return build_sample(Record(where="bench", caption="a caption", image_bytes=data), vm, seed)
+        return build_sample(Record("bench", "sample 0", "a caption", image_bytes=data), vm, seed)
 
     return views
 
@@ -87,7 +87,7 @@ def farslip_gpu_views_fn():
     from torchvision.transforms import InterpolationMode, RandomResizedCrop
     from torchvision.transforms.v2 import functional as TF
 
-    from farslip.data.views import OPENAI_MEAN, OPENAI_STD
+    from open_clip import OPENAI_DATASET_MEAN as OPENAI_MEAN, OPENAI_DATASET_STD as OPENAI_STD
 
     mean = torch.tensor(OPENAI_MEAN, device="cuda").view(3, 1, 1)
     std = torch.tensor(OPENAI_STD, device="cuda").view(3, 1, 1)
@@ -139,7 +139,7 @@ def child(p: dict) -> None:
             times[k].append(time.perf_counter() - t)
     # same crop boxes, pixel differences between the PIL path and the tensor path (normalised units -> 0..255 levels)
     a, b = fns["official_pil"](jpegs[0], 7), fns["farslip"](jpegs[0], 7)
-    std = torch.tensor((0.26862954, 0.26130258, 0.27577711)).view(3, 1, 1)
+    std = torch.tensor(OPENAI_DATASET_STD).view(3, 1, 1)
     diff = {"boxes_equal": bool(torch.equal(a["crop_boxes"], b["crop_boxes"])),
             "global_max_levels": float(((a["images"] - b["images"]) * std).abs().max() * 255),
             "crops_max_levels": float(((a["crop_images"] - b["crop_images"]) * std).abs().max() * 255),

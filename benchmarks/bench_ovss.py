@@ -5,7 +5,7 @@ upsampling to the original size, softmax over names, synonym max, argmax (``clas
 
 * ``one_window``: SegEarth-OV's loop (``reference_ovss.py``) under the protocol's precision (fp32 on the CPU,
   float16 autocast on CUDA as the official scripts' ``precision=amp``);
-* ``batched``: ``farslip.eval.ovss.sliding_window_logits`` on 4 images at a time (the evaluation's default images
+* ``batched``: ``farslip.engine.sliding_window_logits`` on 4 images at a time (the evaluation's default images
   per step) with its default windows per encoder call (64 on a GPU; about 1024 token rows, i.e. 5 ViT-B/16
   windows, on the CPU), same precision -- masks must be identical;
 * CPU only: ``batched_64`` (64 windows per call, the former CPU default), and the opt-in ``amp="bf16"`` mode as
@@ -25,7 +25,7 @@ def make_images(n: int, size: int = 512, seed: int = 0):
     import numpy as np
     import torch
 
-    from farslip.eval.ovss import prepare_image
+    from farslip.engine.images import prepare_image
 
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
@@ -60,7 +60,7 @@ def encoder_gflop_per_image(model, images, query) -> float:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from reference_ovss import segearth_slide
+    from support.reference_ovss import segearth_slide
 
     # with gradients enabled nn.MultiheadAttention leaves its fused inference kernel, which the counter cannot see
     # (it would miss the attention projections); the arithmetic is the same
@@ -74,9 +74,9 @@ def child(p: dict) -> None:
     import torch.nn.functional as F
 
     import farslip
-    from farslip.eval.common import autocast_for, cpu_has_native_bf16
-    from farslip.eval.ovss import class_scores, predict_classes, sliding_window_logits
-    from reference_ovss import segearth_slide
+    from farslip.models.precision import autocast_for, cpu_has_native_bf16
+    from farslip.engine import class_scores, predict_classes, sliding_window_logits
+    from support.reference_ovss import segearth_slide
 
     set_threads(p["threads"])
     device = torch.device(p["device"])

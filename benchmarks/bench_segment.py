@@ -54,7 +54,7 @@ def child_checkpoint(p: dict) -> None:
 
 
 def native_bf16() -> bool:
-    from farslip.eval.common import cpu_has_native_bf16
+    from farslip.models.precision import cpu_has_native_bf16
 
     return bool(cpu_has_native_bf16())
 

@@ -93,8 +93,8 @@ def make_setup(p: dict):
     from farslip.objectives import FarSLIPObjective
     from farslip.train.loop import MAX_LOGIT_SCALE, TrainStep, autocast_for
     from farslip.train.optim import build_optimizer
-    from reference_shared import reference_stage1_shared, reference_stage2_shared
-    from reference_step import reference_stage1, reference_stage2
+    from support.reference_shared import reference_stage1_shared, reference_stage2_shared
+    from support.reference_step import reference_stage1, reference_stage2
 
     device = torch.device(p["device"])
     torch.manual_seed(0)

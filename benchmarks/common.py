@@ -17,6 +17,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+# The straightforward transcriptions of the official code that the fast paths are timed against live with the
+# tests that hold them equal (tests/support/reference_*.py).
+sys.path.insert(0, str(ROOT / "tests"))
 
 
 def set_threads(n: int) -> None:

@@ -15,7 +15,7 @@ def __getattr__(name):
         from . import infer
 
         return getattr(infer, name)
-    if name in ("eval", "build", "train", "data", "infer"):
+    if name in ("eval", "dataprep", "train", "data", "infer", "engine", "core"):
         import importlib
 
         return importlib.import_module(f".{name}", __name__)

@@ -49,7 +49,7 @@ def _train(name: str, out: Path, overrides: dict) -> Path:
 
 
 def run_quickstart(out: str | Path = "runs/quickstart", size: str = "full", seed: int = 0) -> Path:
-    from .build import synth_world
+    from .dataprep import synth_world
 
     spec = SIZES[size]
     out = Path(out)

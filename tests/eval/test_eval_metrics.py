@@ -8,7 +8,7 @@ import torch
 
 from farslip.eval.metrics import (SegmentationMeter, best_positive_rank, intersect_and_union, percent, recall_at_k,
                                   recall_from_ranks, reduce_zero_label, segmentation_scores, topk_correct)
-from farslip.eval.ovss import class_scores, predict_classes, query_table
+from farslip.engine import class_scores, predict_classes, query_table
 from farslip.eval.retrieval import rank_queries
 
 # --------------------------------------------------------------------------------------------------------------

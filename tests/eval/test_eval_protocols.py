@@ -82,19 +82,19 @@ def test_classification_bad_inputs(bench_root, model_parts, tmp_path):
     csv_path, names = root / "aid" / "aid_img_txt_pairs_test.csv", root / "aid" / "classnames.txt"
     first = next(iter(csv.DictReader(csv_path.read_text().splitlines())))["filepath"]
     (root / first).write_bytes(b"not an image")
-    with pytest.raises(fe.EvalDataError, match=r"aid_img_txt_pairs_test\.csv:2: cannot read image .*'filepath'"):
+    with pytest.raises(fe.EvalDataError, match=r"aid_img_txt_pairs_test\.csv \(line 2\) field 'filepath': cannot read image"):
         fe.zero_shot_classification(model, tokenizer, preprocess, csv_path, names, root, num_workers=0,
                                     show_progress=False)
     res = fe.zero_shot_classification(model, tokenizer, preprocess, csv_path, names, root, num_workers=0,
                                       show_progress=False, on_error="skip")
-    assert res.info["n"] == 5 and res.info["skipped"] == 1 and "aid" in res.info["errors"][0]
+    assert res.info["n"] == 5 and res.info["skipped"] == 1 and "aid" in res.info["errors"][0]["path"]
 
     bad = tmp_path / "bad.csv"
     bad.write_text("path,label\nx.jpg,beach\n")
     with pytest.raises(fe.EvalDataError, match=r"missing column\(s\) 'filepath'; columns found: 'path', 'label'"):
         fe.zero_shot_classification(model, tokenizer, preprocess, bad, names, root, show_progress=False)
     bad.write_text("filepath,label\naid/x.jpg,volcano\n")
-    with pytest.raises(fe.EvalDataError, match=r"bad\.csv:2: field 'label' = 'volcano' is not in the class-name"):
+    with pytest.raises(fe.EvalDataError, match=r"bad\.csv \(line 2\) field 'label': 'volcano' is not in the class-name"):
         fe.zero_shot_classification(model, tokenizer, preprocess, bad, names, root, show_progress=False)
 
 
@@ -156,7 +156,7 @@ def test_retrieval_skips_unreadable_images(bench_root, model_parts, tmp_path):
     shutil.copytree(bench_root / "retrieval" / "RSICD", tmp_path / "RSICD")
     (tmp_path / "RSICD" / "images" / "0006.jpg").write_bytes(b"")
     csv_path = tmp_path / "RSICD" / "RSICD_img_txt_pairs_test.csv"
-    with pytest.raises(fe.EvalDataError, match=r"RSICD_img_txt_pairs_test\.csv:\d+: cannot read image .*0006\.jpg"):
+    with pytest.raises(fe.EvalDataError, match=r"RSICD_img_txt_pairs_test\.csv \(line \d+\) field 'filepath': cannot read image .*0006\.jpg"):
         fe.retrieval(model, tokenizer, preprocess, csv_path, tmp_path, num_workers=0, show_progress=False)
     res = fe.retrieval(model, tokenizer, preprocess, csv_path, tmp_path, num_workers=0, show_progress=False,
                        on_error="skip")
@@ -173,9 +173,9 @@ def test_retrieval_skips_unreadable_images(bench_root, model_parts, tmp_path):
 
 def _reference_ovss(model, tokenizer, ds, scale, crop, stride):
     """SegEarth-OV's pipeline on one dataset: text queries, slide, postprocess, mmseg IoU (histc)."""
-    from test_eval_windows import segearth_slide  # the shared SegEarth-OV loop (benchmarks/reference_ovss.py)
+    from support.reference_ovss import segearth_slide  # the shared SegEarth-OV loop
 
-    from farslip.eval.ovss import prepare_image
+    from farslip.engine.images import prepare_image
 
     lines = Path(ds.class_file).read_text().splitlines()
     names, idx = [], []
@@ -255,12 +255,12 @@ def test_ovss_bad_inputs(bench_root, model_parts, tmp_path):
     ds = fe.OVSSDataset(str(root / "test" / "src"), str(root / "test" / "gt"), fe.registry.class_file("vdd"),
                         name="vdd", img_suffix=".JPG")
     kw = dict(scale=32, crop=32, stride=16, num_workers=0, show_progress=False)
-    with pytest.raises(fe.EvalDataError, match=r"no label map .*vdd_00\.png.* for image .*vdd_00\.JPG"):
+    with pytest.raises(fe.EvalDataError, match=r"vdd_00\.png: .*no label map for image .*vdd_00\.JPG"):
         fe.ovss(model, tokenizer, ds, **kw)
     res = fe.ovss(model, tokenizer, ds, on_error="skip", **kw)
     assert res.info["images"] == 1 and res.info["skipped"] == 1
     Image.fromarray(np.zeros((5, 5), np.uint8)).save(root / "test" / "gt" / "vdd_00.png")
-    with pytest.raises(fe.EvalDataError, match=r"vdd_00\.png' is \(5, 5\) but image .* is \(64, 96\)"):
+    with pytest.raises(fe.EvalDataError, match=r"vdd_00\.png: .*label map is \(5, 5\) but image .* is \(64, 96\)"):
         fe.ovss(model, tokenizer, ds, **kw)
     missing = fe.OVSSDataset(str(tmp_path / "nope" / "img"), str(root / "test" / "gt"), ["a", "b"], name="x")
     with pytest.raises(fe.EvalDataError, match=r"OVSS dataset 'x': missing image folder .*nope"):

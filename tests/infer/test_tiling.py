@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from rasterio.transform import from_origin
 
 import farslip
-from farslip.eval.ovss import sliding_window_logits, window_boxes, window_spans
+from farslip.engine.windows import sliding_window_logits, window_boxes, window_spans
 from farslip.infer.tiling import axis_tiles, linear_source, tile_boxes, tile_step
 
 

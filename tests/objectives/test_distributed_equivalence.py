@@ -7,7 +7,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from .batches import stage1_batch, stage2_batch
+from support.batches import stage1_batch, stage2_batch
 
 
 def _losses_and_grads(model, objective, batch):

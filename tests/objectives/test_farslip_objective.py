@@ -1,18 +1,15 @@
 """FarSLIPObjective against the straightforward official data flow, gradients, teachers and validation."""
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from farslip.objectives import FarSLIPObjective, make_teacher
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-from reference_step import reference_stage1, reference_stage2  # noqa: E402
+from support.reference_step import reference_stage1, reference_stage2
 
-from .batches import stage1_batch, stage2_batch  # noqa: E402
+from support.batches import stage1_batch, stage2_batch
 
 
 def _close(a, b):

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from rasterio.transform import from_origin
 
 import farslip
-from farslip.eval.common import autocast_for
-from farslip.eval.ovss import class_scores, predict_classes, sliding_window_logits
+from farslip.models.precision import autocast_for
+from farslip.engine import class_scores, predict_classes, sliding_window_logits
 
 
 def _inputs(model, seed=3):
@@ -70,7 +70,7 @@ def test_segment_bf16_option(tmp_path, tiny_model):
 
 
 def test_bf16_on_a_cpu_without_native_bf16_warns(tiny_model, monkeypatch):
-    from farslip.eval import common
+    from farslip.models import precision as common
 
     model, _, _ = tiny_model
     monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: False)
@@ -81,7 +81,7 @@ def test_bf16_on_a_cpu_without_native_bf16_warns(tiny_model, monkeypatch):
 
 def test_cli_points_to_bf16_on_a_bf16_cpu(tmp_path, tiny_model, monkeypatch, capsys):
     from farslip.cli import main
-    from farslip.eval import common
+    from farslip.models import precision as common
 
     model, _, _ = tiny_model
     ckpt = farslip.save_model(model, tmp_path / "tiny.pt")

@@ -10,7 +10,7 @@ from rasterio.transform import from_origin
 
 import farslip
 
-seg = importlib.import_module("farslip.infer.segment")  # (farslip.infer.segment the attribute is the function)
+import farslip.infer.segmentation as seg
 
 
 def _scene(path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from farslip.eval.ovss import CPU_ROWS_PER_CALL, DEVICE_WINDOW_BATCH, default_window_batch, sliding_window_logits
+from farslip.engine.windows import CPU_ROWS_PER_CALL, DEVICE_WINDOW_BATCH, default_window_batch, sliding_window_logits
 
 
 def test_default_window_batch_on_cpu(tiny_model):

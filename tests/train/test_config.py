@@ -5,7 +5,7 @@ import pytest
 
 from farslip.train import load_config
 
-from .helpers import REPO
+from support.fixtures import REPO
 
 RECIPE = REPO / "configs" / "stage1_vitb16_rs5m.yaml"
 

@@ -11,19 +11,20 @@ import torch
 from PIL import Image
 from torchvision.transforms import RandomResizedCrop
 
-from farslip.data import BadRecord, MGRSRecords, ViewConfig, ViewMaker, expand_shards, read_bbox
+from farslip.core.problems import BadInput
+from farslip.data import MGRSRecords, ViewConfig, ViewMaker, expand_shards, read_bbox
 from farslip.data.loader import LoaderConfig, TrainLoader
 from farslip.data.records import Record, RegionObject, shard_records
 from farslip.train import load_config, train
 
-from .helpers import REPO, load_maker, tiny_overrides
+from support.fixtures import REPO, load_maker, tiny_overrides
 
 
 def test_bbox_read_by_order():
     assert read_bbox({"x1": 1, "y1": 2, "x2": 3, "y2": 4, "W": 10, "H": 20}, "r") == ([1, 2, 3, 4], (10, 20))
     assert read_bbox({"a": 5, "b": 6, "c": 7, "d": 8}, "r") == ([5, 6, 7, 8], None)
     assert read_bbox([1, 2, 3, 4, 5, 6], "r")[0] == [1, 2, 3, 4]
-    with pytest.raises(BadRecord, match="field 'bbox'"):
+    with pytest.raises(BadInput, match="field 'bbox'"):
         read_bbox({"x1": 1}, "file.json record 3")
 
 
@@ -34,9 +35,9 @@ def test_mgrs_quirks_are_read(tmp_path):
     assert r0.caption.startswith("a satellite image with")
     assert any(o.caption and o.category_id == -1 for o in r0.objects)          # free-text region caption
     assert {o.category for o in records[1].objects if o.category} <= {"airplane", "ship", "storage tank"}
-    with pytest.raises(BadRecord, match="record 13.*global_filepath.*missing.png"):
+    with pytest.raises(BadInput, match="record 13.*global_filepath.*missing.png"):
         records[13]
-    with pytest.raises(BadRecord, match="record 14.*caption"):
+    with pytest.raises(BadInput, match="record 14.*caption"):
         records[14]
     detailed = MGRSRecords(tmp_path / "text_info.json", caption="detailed")
     assert detailed[0].caption.startswith("a detailed description")
@@ -45,20 +46,20 @@ def test_mgrs_quirks_are_read(tmp_path):
 def test_random_crops_follow_torchvision_and_boxes_are_exact():
     img = Image.fromarray(np.arange(120 * 90 * 3, dtype=np.uint8).reshape(90, 120, 3))
     maker = ViewMaker(ViewConfig(size=32, views="crops", num_crops=4))
-    sample = maker(Record("r", "c"), img, seed=7)
+    sample = maker(Record("r", "record 0", "c"), img, seed=7)
     assert sample["crop_images"].shape == (4, 3, 32, 32) and sample["images"].shape == (3, 32, 32)
     torch.manual_seed(7)
     t = torch.zeros(3, 90, 120)
     for k in range(4):
         i, j, h, w = RandomResizedCrop.get_params(t, scale=[0.3, 0.7], ratio=[3 / 4, 4 / 3])
         assert sample["crop_boxes"][k].tolist() == pytest.approx([j / 120, i / 90, (j + w) / 120, (i + h) / 90])
-    again = maker(Record("r", "c"), img, seed=7)  # deterministic by seed
+    again = maker(Record("r", "record 0", "c"), img, seed=7)  # deterministic by seed
     assert torch.equal(again["crop_images"], sample["crop_images"])
 
 
 def test_grid_crops():
     img = Image.new("RGB", (100, 60))
-    sample = ViewMaker(ViewConfig(size=16, views="grids", num_crops=6))(Record("r", "c"), img, seed=0)
+    sample = ViewMaker(ViewConfig(size=16, views="grids", num_crops=6))(Record("r", "record 0", "c"), img, seed=0)
     boxes = sample["crop_boxes"]
     assert boxes.shape == (6, 4)
     assert boxes[0].tolist() == pytest.approx([0, 0, 1 / 3, 0.5]) and boxes[-1].tolist() == pytest.approx([2 / 3, .5, 1, 1])
@@ -73,7 +74,7 @@ def test_regions_select_clip_pad_and_mask():
                RegionObject((20, 20, 60, 60), None, -1, "a pier")]  # caption only
     notes = []
     maker = ViewMaker(ViewConfig(size=16, views="regions", num_crops=4, min_region_size=8, max_region_size=None))
-    out = maker.regions(torch.zeros(3, 100, 200, dtype=torch.uint8), objects, seed=0, where="r", notes=notes)
+    out = maker.regions(torch.zeros(3, 100, 200, dtype=torch.uint8), objects, seed=0, source="r", notes=notes)
     valid = out["region_valid"]
     assert valid.tolist().count(True) == 3 and out["region_images"].shape == (4, 3, 16, 16)
     got = {t: (b.tolist(), int(l)) for t, b, l, v in zip(out["region_texts"], out["region_boxes"],
@@ -82,7 +83,7 @@ def test_regions_select_clip_pad_and_mask():
     assert got["a satellite image of ship"] == ([0.0, 0.0, 0.5, 1.0], 1)
     assert got["a pier"][1] == -1
     assert out["region_labels"][~valid].tolist() == [-1]
-    assert {n["reason"].split()[0] for n in notes} == {"box", "degenerate"}
+    assert {n["message"].split()[0] for n in notes} == {"box", "degenerate"}
     # At most K; shuffled by seed.
     few = ViewMaker(ViewConfig(size=16, views="regions", num_crops=1, min_region_size=8))
     picks = {few.regions(torch.zeros(3, 100, 200, dtype=torch.uint8), objects, s, "r", [])["region_texts"][0]
@@ -97,8 +98,8 @@ def test_webdataset_keys_braces_and_bad_members(tmp_path):
     recs = list(shard_records(shards[0]))
     assert len(recs) == 8 and recs[0].caption.startswith("a satellite image of farmland")
     plain = list(shard_records(shards[2]))
-    bad = [r for r in plain if isinstance(r, BadRecord)]
-    assert len(bad) == 1 and bad[0].field == "caption"  # the corrupt jpg is found when decoded
+    bad = [r for r in plain if isinstance(r, BadInput)]
+    assert len(bad) == 1 and bad[0].problem.field == "caption"  # the corrupt jpg is found when decoded
     assert expand_shards([str(shards[0]), str(shards[1])]) == shards[:2]
 
 
@@ -124,9 +125,9 @@ def test_bad_data_is_skipped_counted_and_reported(tmp_path, tiny_arch):
     assert result["skipped_records"] == 3            # corrupt image, missing image, record without caption
     assert result["object_fixes"] > 0                 # boxes clipped or dropped
     lines = [json.loads(x) for x in (Path(cfg.run.out) / "skipped.jsonl").read_text().splitlines()]
-    records = {(x["where"].split()[-1], x["field"]) for x in lines if x["kind"] == "record"}
+    records = {(x["record"].split()[-1], x["field"]) for x in lines if x["kind"] == "bad-record"}
     assert records == {("12", "image"), ("13", "global_filepath"), ("14", "caption")}
-    assert all("text_info.json record" in x["where"] for x in lines)
+    assert all(x["path"].endswith("text_info.json") and x["record"].startswith("record ") for x in lines)
 
 
 def test_bad_data_ceiling_stops_with_a_clear_message(tmp_path, tiny_arch):

@@ -8,7 +8,7 @@ import pytest
 
 from farslip.train import load_config, train
 
-from .helpers import REPO, tiny_overrides
+from support.fixtures import REPO, tiny_overrides
 
 RECIPES = sorted((REPO / "configs").glob("*.yaml")) + sorted((REPO / "configs" / "ablations").glob("*.yaml"))
 

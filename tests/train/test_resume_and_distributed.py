@@ -14,7 +14,7 @@ import farslip
 from farslip.train import load_config, train
 from farslip.train.checkpoint import list_checkpoints
 
-from .helpers import REPO, tiny_overrides
+from support.fixtures import REPO, tiny_overrides
 
 
 def _losses(run: Path) -> dict[int, dict]:

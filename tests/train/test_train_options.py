@@ -6,16 +6,18 @@ import json
 from pathlib import Path
 
 import pytest
+
+from farslip.eval.validation import retrieval_validator
 import torch
 
 from farslip.objectives import FarSLIPObjective
 from farslip.train import load_config, train
 
-from .helpers import REPO, tiny_overrides
+from support.fixtures import REPO, tiny_overrides
 
 
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_model):
-    from tests.objectives.batches import stage1_batch
+    from support.batches import stage1_batch
 
     model, _, tok = tiny_model
     batch = stage1_batch(tok)
@@ -44,7 +46,7 @@ def test_bf16_validation_tensorboard_and_cli(tmp_path, tiny_arch):
     over["model"]["grad_checkpointing"] = True
     over["run"].update(val_every=2, val_csv=str(tmp_path / "val.csv"), val_image_root=str(root), tensorboard=True)
     cfg = load_config(REPO / "configs" / "stage2_vitb16_mgrs.yaml", over)
-    train(cfg)
+    train(cfg, validate=retrieval_validator(cfg.run.val_csv, cfg.run.val_image_root))
     run = Path(cfg.run.out)
     entries = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
     val = [e for e in entries if "val/text2img_R@1" in e]

@@ -14,7 +14,8 @@ from typing import Callable
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
-from .records import BadRecord, CaptionCSVRecords, MGRSRecords, Record, expand_shards, open_rgb, shard_records
+from ..core.problems import BadInput
+from .records import CaptionCSVRecords, MGRSRecords, Record, expand_shards, open_rgb, shard_records
 from .views import ViewConfig, ViewMaker, sample_seed
 
 MAX_CONSECUTIVE_BAD = 1000
@@ -75,10 +76,10 @@ class RecordDataset(Dataset):
                 sample = build_sample(self.records[i], self.views, sample_seed(self.seed, epoch, i))
                 sample["skipped"] = skipped
                 return sample
-            except BadRecord as exc:
+            except BadInput as exc:
                 last = exc
                 if attempt == 0:  # a stand-in that is bad too is reported when its own index comes up
-                    skipped.append(exc.as_dict())
+                    skipped.append(exc.problem.to_dict())
         raise RuntimeError(f"{MAX_CONSECUTIVE_BAD} consecutive unusable records from index {index}; last: {last}")
 
 
@@ -141,7 +142,7 @@ class ShardStream(IterableDataset):
                     k += 1
                     if not by_shard and (k - 1) % roles != role:
                         continue
-                    usable += not isinstance(rec, BadRecord)
+                    usable += not isinstance(rec, BadInput)
                     yield position, rec
                     position += 1
             if usable == 0:
@@ -163,13 +164,13 @@ class ShardStream(IterableDataset):
         for position, rec in self._records(role, roles):
             if position < skip_to:
                 continue
-            if isinstance(rec, BadRecord):
-                skipped.append(rec.as_dict())
+            if isinstance(rec, BadInput):
+                skipped.append(rec.problem.to_dict())
                 continue
             try:
                 samples.append(build_sample(rec, self.views, sample_seed(self.seed, self.epoch, role * 10**9 + position)))
-            except BadRecord as exc:
-                skipped.append(exc.as_dict())
+            except BadInput as exc:
+                skipped.append(exc.problem.to_dict())
                 continue
             if len(samples) == self.batch_size:
                 samples[0]["skipped"] = skipped
@@ -182,7 +183,7 @@ class ShardStream(IterableDataset):
 
 
 def count_shard_samples(shards: list[str]) -> int:
-    return sum(1 for url in shards for rec in shard_records(url) if not isinstance(rec, BadRecord))
+    return sum(1 for url in shards for rec in shard_records(url) if not isinstance(rec, BadInput))
 
 
 # ----------------------------------------------------------------------------------------------------------------

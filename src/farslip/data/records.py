@@ -1,7 +1,7 @@
 """Raw training records from the formats RS people have: MGRS JSON, image-caption CSV, webdataset shards.
 
 A record says where the image is and what the text is; ``views.py`` turns it into tensors. Problems are raised
-as :class:`BadRecord` naming the file, the record and the field, so a loader can skip, count and report them.
+as :class:`~farslip.core.problems.BadInput` naming the file, the record and the field, so a loader can skip, count and report them.
 """
 from __future__ import annotations
 
@@ -16,16 +16,12 @@ from typing import Any, Iterator
 
 from PIL import Image, UnidentifiedImageError
 
+from ..core.problems import BadInput
 
-class BadRecord(Exception):
-    """A record that cannot be used. ``where`` names the file and the record, ``field`` the offending field."""
 
-    def __init__(self, where: str, field_name: str, reason: str):
-        super().__init__(f"{where}: field {field_name!r}: {reason}")
-        self.where, self.field, self.reason = where, field_name, reason
-
-    def as_dict(self) -> dict[str, str]:
-        return {"where": self.where, "field": self.field, "reason": self.reason}
+def bad_record(source: str, key: str | None, field_name: str, reason: str) -> BadInput:
+    """The error a reader raises for a record it cannot use (the loader skips, counts and reports it)."""
+    return BadInput.of("bad-record", source, reason, key, field_name)
 
 
 @dataclass
@@ -40,12 +36,17 @@ class RegionObject:
 
 @dataclass
 class Record:
-    where: str                          # "file.json record 12" -- for messages
+    source: str                         # the annotation file or shard the record comes from
+    key: str                            # where in it: "record 12", "row 3", "sample 000042"
     caption: str
     path: str | None = None             # image file, or
     image_bytes: bytes | None = None    # encoded image (webdataset)
     objects: list[RegionObject] = field(default_factory=list)
-    notes: list[dict] = field(default_factory=list)  # object-level problems met while parsing (counted, not fatal)
+    notes: list[dict] = field(default_factory=list)  # object-level problems (Problem dicts): counted, not fatal
+
+    @property
+    def where(self) -> str:
+        return f"{self.source} {self.key}"
 
 
 def open_rgb(record: Record) -> Image.Image:
@@ -55,13 +56,13 @@ def open_rgb(record: Record) -> Image.Image:
             img = Image.open(io.BytesIO(record.image_bytes))
         else:
             if not record.path or not os.path.isfile(record.path):
-                raise BadRecord(record.where, "image", f"image file not found: {record.path}")
+                raise bad_record(record.source, record.key, "image", f"image file not found: {record.path}")
             img = Image.open(record.path)
         img.load()
-    except BadRecord:
+    except BadInput:
         raise
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise BadRecord(record.where, "image", f"cannot decode image {record.path or ''}: {exc}") from exc
+        raise bad_record(record.source, record.key, "image", f"cannot decode image {record.path or ''}: {exc}") from exc
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
@@ -77,17 +78,17 @@ CAPTION_CHOICES = {
 }
 
 
-def read_bbox(bbox: Any, where: str) -> tuple[list[float], tuple[float, float] | None]:
+def read_bbox(bbox: Any, source: str, key: str | None = None) -> tuple[list[float], tuple[float, float] | None]:
     """Box ``x1 y1 x2 y2`` and, when present, the image size ``(W, H)``, read by order (keys vary in the wild)."""
     values = list(bbox.values()) if isinstance(bbox, dict) else list(bbox) if isinstance(bbox, (list, tuple)) else None
     if values is None or len(values) < 4:
-        raise BadRecord(where, "bbox", f"expected 4 or 6 numbers, got {bbox!r}")
+        raise bad_record(source, key, "bbox", f"expected 4 or 6 numbers, got {bbox!r}")
     try:
         nums = [float(v) for v in values[:6]]
     except (TypeError, ValueError):
-        raise BadRecord(where, "bbox", f"non-numeric value in {bbox!r}") from None
+        raise bad_record(source, key, "bbox", f"non-numeric value in {bbox!r}") from None
     if not all(math.isfinite(v) for v in nums):
-        raise BadRecord(where, "bbox", f"non-finite value in {bbox!r}")
+        raise bad_record(source, key, "bbox", f"non-finite value in {bbox!r}")
     return nums[:4], (nums[4], nums[5]) if len(nums) >= 6 else None
 
 
@@ -134,40 +135,40 @@ class MGRSRecords:
             given[name], next_id = next_id, next_id + 1
         return given
 
-    def _resolve(self, rel: str, where: str) -> str:
+    def _resolve(self, rel: str, key: str) -> str:
         for root in self.roots:
             if (root / rel).is_file():
                 return str(root / rel)
-        raise BadRecord(where, "global_filepath", f"image {rel!r} not found under {' or '.join(map(str, self.roots))}")
+        raise bad_record(str(self.json_path), key, "global_filepath", f"image {rel!r} not found under {' or '.join(map(str, self.roots))}")
 
     def __getitem__(self, i: int) -> Record:
         item = self.items[i]
-        where = f"{self.json_path} record {i}"
+        src, key = str(self.json_path), f"record {i}"
         if not isinstance(item, dict):
-            raise BadRecord(where, "record", f"expected an object, got {type(item).__name__}")
+            raise bad_record(src, key, "record", f"expected an object, got {type(item).__name__}")
         rel = item.get("global_filepath")
         if not rel:
-            raise BadRecord(where, "global_filepath", "missing")
+            raise bad_record(src, key, "global_filepath", "missing")
         caption = next((item[k] for k in self.caption_keys if isinstance(item.get(k), str) and item[k].strip()), None)
         if caption is None:
-            raise BadRecord(where, "caption", f"none of {', '.join(self.caption_keys)} present")
-        record = Record(where=where, caption=caption.strip(), path=self._resolve(rel, where))
+            raise bad_record(src, key, "caption", f"none of {', '.join(self.caption_keys)} present")
+        record = Record(src, key, caption.strip(), path=self._resolve(rel, key))
         for j, seg in enumerate(item.get("segment") or []):
-            owhere = f"{where} object {j}"
+            okey = f"{key} object {j}"
             try:
                 if not isinstance(seg, dict) or "bbox" not in seg:
-                    raise BadRecord(owhere, "bbox", "missing")
-                box, _ = read_bbox(seg["bbox"], owhere)
+                    raise bad_record(src, okey, "bbox", "missing")
+                box, _ = read_bbox(seg["bbox"], src, okey)
                 cap = seg.get("cap") if isinstance(seg.get("cap"), str) and seg.get("cap").strip() else None
                 category = seg.get("category")
                 if not category and not cap:
-                    raise BadRecord(owhere, "category", "neither a category nor a caption")
+                    raise bad_record(src, okey, "category", "neither a category nor a caption")
                 if category:  # a category wins over a free-text caption; caption-only objects get label -1
                     record.objects.append(RegionObject(tuple(box), str(category), self.category_ids[str(category)]))
                 else:
                     record.objects.append(RegionObject(tuple(box), None, -1, cap))
-            except BadRecord as exc:
-                record.notes.append(exc.as_dict())
+            except BadInput as exc:
+                record.notes.append(exc.problem.to_dict())
         return record
 
 
@@ -191,10 +192,10 @@ class CaptionCSVRecords:
 
     def __getitem__(self, i: int) -> Record:
         path, caption = self.rows[i]
-        where = f"{self.csv_path} row {i + 2}"  # +2: header line and 1-based lines
+        key = f"row {i + 2}"  # +2: header line and 1-based lines
         if not caption or not caption.strip():
-            raise BadRecord(where, "caption", "empty")
-        return Record(where=where, caption=caption.strip(), path=str(self.root / path))
+            raise bad_record(str(self.csv_path), key, "caption", "empty")
+        return Record(str(self.csv_path), key, caption.strip(), path=str(self.root / path))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -216,8 +217,8 @@ def expand_shards(spec: str | list[str]) -> list[str]:
     return [m for url in urls for m in (sorted(glob.glob(url)) if glob.has_magic(url) else [url])]
 
 
-def shard_records(url: str) -> Iterator[Record | BadRecord]:
-    """Records of one tar shard, in order. Broken members are yielded as BadRecord (the caller counts them)."""
+def shard_records(url: str) -> Iterator[Record | BadInput]:
+    """Records of one tar shard, in order. Broken members are yielded as BadInput (the caller counts them)."""
     from webdataset.tariterators import group_by_keys, tar_file_iterator
 
     def files():
@@ -228,16 +229,16 @@ def shard_records(url: str) -> Iterator[Record | BadRecord]:
 
     try:
         for sample in group_by_keys(files()):
-            where = f"{url} sample {sample['__key__']}"
+            key = f"sample {sample['__key__']}"
             image = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
             text = next((sample[k] for k in TEXT_KEYS if k in sample), None)
             if image is None:
-                yield BadRecord(where, "image", f"no image member (looked for {', '.join(IMAGE_KEYS)})")
+                yield bad_record(url, key, "image", f"no image member (looked for {', '.join(IMAGE_KEYS)})")
                 continue
             caption = text.decode("utf-8", errors="replace").strip() if isinstance(text, bytes) else (text or "")
             if not caption:
-                yield BadRecord(where, "caption", "missing or empty")
+                yield bad_record(url, key, "caption", "missing or empty")
                 continue
-            yield Record(where=where, caption=caption, image_bytes=image)
+            yield Record(url, key, caption, image_bytes=image)
     except (OSError, ValueError, EOFError) as exc:  # truncated or unreadable shard: report, go on with the next
-        yield BadRecord(url, "shard", f"unreadable tar: {exc}")
+        yield bad_record(url, None, "shard", f"unreadable tar: {exc}")

@@ -15,10 +15,11 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode, RandomResizedCrop
 from torchvision.transforms.v2 import functional as TF
 
+from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+from ..core.problems import Problem
 from .records import Record, RegionObject
 
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass
@@ -31,8 +32,8 @@ class ViewConfig:
     min_region_size: float = 64                  # skip objects with area under min^2 px
     max_region_size: float | None = 1024         # and (when set) over max^2 px
     region_template: str = "a satellite image of {}"
-    mean: tuple[float, float, float] = OPENAI_MEAN
-    std: tuple[float, float, float] = OPENAI_STD
+    mean: tuple[float, float, float] = OPENAI_DATASET_MEAN
+    std: tuple[float, float, float] = OPENAI_DATASET_STD
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -67,7 +68,7 @@ class ViewMaker:
         elif views == "grids":
             sample["crop_images"], sample["crop_boxes"] = self.grid_crops(pixels)
         elif views == "regions":
-            sample.update(self.regions(pixels, record.objects, seed, record.where, sample["notes"]))
+            sample.update(self.regions(pixels, record.objects, seed, record.source, sample["notes"], record.key))
         elif views != "none":
             raise ValueError(f"views must be none, crops, grids or regions; got {views!r}")
         return sample
@@ -99,7 +100,8 @@ class ViewMaker:
                 boxes.append([x1, y1, x2, y2])
         return torch.stack(crops), torch.tensor(boxes, dtype=torch.float32)
 
-    def regions(self, pixels: torch.Tensor, objects: list[RegionObject], seed: int, where: str, notes: list):
+    def regions(self, pixels: torch.Tensor, objects: list[RegionObject], seed: int, source: str, notes: list,
+                key: str = ""):
         """Shuffle the objects, keep those within the area limits, at most K; pad and mask the rest."""
         H, W = pixels.shape[-2:]
         S, K = self.cfg.size, self.cfg.num_crops
@@ -119,13 +121,13 @@ class ViewMaker:
             x1, y1, x2, y2 = obj.box
             cx1, cy1, cx2, cy2 = max(0.0, x1), max(0.0, y1), min(float(W), x2), min(float(H), y2)
             if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2):
-                notes.append({"where": f"{where} object {idx}", "field": "bbox",
-                              "reason": f"box {obj.box} outside the {W}x{H} image, clipped"})
+                notes.append(Problem("bad-object", source, f"box {obj.box} outside the {W}x{H} image, clipped",
+                                     f"{key} object {idx}".strip(), "bbox").to_dict())
             area = (cx2 - cx1) * (cy2 - cy1)
             left, top, right, bottom = round(cx1), round(cy1), round(cx2), round(cy2)
             if cx2 <= cx1 or cy2 <= cy1 or right <= left or bottom <= top:
-                notes.append({"where": f"{where} object {idx}", "field": "bbox",
-                              "reason": f"degenerate box {obj.box} in a {W}x{H} image, dropped"})
+                notes.append(Problem("bad-object", source, f"degenerate box {obj.box} in a {W}x{H} image, dropped",
+                                     f"{key} object {idx}".strip(), "bbox").to_dict())
                 continue
             if area < lo ** 2 or (hi and area > hi ** 2):
                 continue

@@ -10,12 +10,13 @@ segmentation; the benchmark registry; metrics; reports.
                                   prob_threshold=0.3, reduce_zero_label=True)
     farslip.eval.ovss(model, tokenizer, ds)                                 # {"mIoU": %, "aAcc": %, "IoU": {...}}
 """
-from .common import SCENE_TEMPLATES, EvalResult, TextEmbeddingCache, name_embeddings
+from ..engine import (OVSS_TEMPLATES, SCENE_TEMPLATES, TextEmbeddingCache, class_scores, name_embeddings,
+                      predict_classes, sliding_window_logits, window_boxes)
+from .common import EvalResult
 from .io import EvalDataError
 from .metrics import (SegmentationMeter, best_positive_rank, intersect_and_union, percent, recall_at_k,
                       recall_from_ranks, reduce_zero_label, segmentation_scores, topk_correct)
-from .ovss import (OVSS_TEMPLATES, OVSSDataset, class_scores, ovss, predict_classes, sliding_window_logits,
-                   window_boxes)
+from .ovss import OVSSDataset, ovss
 from .registry import CLASSIFICATION, OVSS, RETRIEVAL, select
 from .retrieval import SATELLITE_PREFIX, retrieval
 from .zeroshot import zero_shot_classification

@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from .common import SCENE_TEMPLATES
+from ..engine import SCENE_TEMPLATES
 from .ovss import OVSSDataset
 from .retrieval import SATELLITE_PREFIX
 

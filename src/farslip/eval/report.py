@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+
+from ..core.problems import Problem
 import math
 from pathlib import Path
 from typing import Sequence
@@ -69,7 +71,7 @@ def _notes(section: dict) -> list[str]:
         notes.append(f"failed {name}: {why}")
     for name, info in section.get("info", {}).items():
         if info.get("skipped"):
-            first = info.get("errors", [""])[0]
+            first = info.get("errors") and str(Problem.from_dict(info["errors"][0]))
             notes.append(f"{name}: {info['skipped']} bad record(s) skipped (first: {first})")
     return notes
 

@@ -17,8 +17,11 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from .common import Amp, EvalResult, autocast_for, make_loader, model_device, model_dtype, progress, split_bad
-from .io import BadRecord, ErrorPolicy, EvalDataError, open_image, read_csv
+from ..models.precision import Amp, autocast_for, model_device, model_dtype
+from .common import EvalResult, make_loader, progress, split_bad
+from ..engine.images import open_image
+from ..core.problems import Problem
+from .io import ErrorPolicy, EvalDataError, read_csv
 from .metrics import best_positive_rank_indexed, recall_from_ranks
 
 KS = (1, 5, 10, 100)
@@ -27,7 +30,7 @@ SATELLITE_PREFIX = "a satellite image. "
 
 
 class ImageDataset(Dataset):
-    def __init__(self, paths: Sequence[str], transform, where: dict[str, str] | None = None):
+    def __init__(self, paths: Sequence[str], transform, where: dict[str, tuple[str, str]] | None = None):
         self.paths, self.transform, self.where = list(paths), transform, where or {}
 
     def __len__(self) -> int:
@@ -38,9 +41,9 @@ class ImageDataset(Dataset):
         try:
             return self.transform(open_image(path)), i
         except Exception as exc:  # noqa: BLE001
-            where = self.where.get(path, "")
-            return BadRecord(i, f"{where + ': ' if where else ''}cannot read image {path!r} (field 'filepath'): "
-                                f"{type(exc).__name__}: {exc}")
+            source, line = self.where.get(path, (path, None))
+            return Problem("bad-image", source, f"cannot read image {path!r}: {type(exc).__name__}: {exc}", line,
+                           "filepath")
 
 
 def _collate(batch):
@@ -60,17 +63,17 @@ def read_pairs(csv_path, image_root, caption_key: str = "title", prefix: str = "
     root = Path(csv_path).parent if image_root is None else Path(image_root)
     pairs, where = [], {}
     for r in rows:
-        loc = f"{csv_path}:{r.line}"
+        loc = f"line {r.line}"
         path, caption = (r.values.get(img_key) or "").strip(), r.values.get(caption_key)
         if not path:
-            errors(f"{loc}: empty field {img_key!r}")
+            errors(Problem("bad-record", str(csv_path), "empty", loc, img_key))
             continue
         if caption is None or caption == "":
-            errors(f"{loc}: empty field {caption_key!r}")
+            errors(Problem("bad-record", str(csv_path), "empty", loc, caption_key))
             continue
         full = os.path.join(root, path)
         pairs.append((full, prefix + caption))
-        where.setdefault(full, loc)
+        where.setdefault(full, (str(csv_path), loc))
     return pairs, where
 
 
@@ -82,7 +85,7 @@ def _image_features(model, preprocess, paths, where, *, batch_size, num_workers,
     feats, kept = [], []
     for images, idx, bad in progress(loader, desc=f"{desc} images", enabled=show_progress):
         for b in bad:
-            errors(b.error)
+            errors(b)
         if images is None:
             continue
         with autocast_for(model, amp):

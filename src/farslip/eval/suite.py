@@ -9,7 +9,7 @@ from typing import Callable, Mapping, Sequence
 
 from torch import nn
 
-from .common import TextEmbeddingCache
+from ..engine import TextEmbeddingCache
 from .io import EvalDataError
 from .ovss import OVSSDataset, ovss
 from .registry import select

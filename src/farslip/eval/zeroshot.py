@@ -15,17 +15,20 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from .common import (SCENE_TEMPLATES, Amp, EvalResult, Template, TextEmbeddingCache, autocast_for, make_loader,
-                     model_device, model_dtype, name_embeddings, progress, split_bad)
-from .io import BadRecord, ErrorPolicy, EvalDataError, open_image, read_csv, read_name_lines
+from ..engine import SCENE_TEMPLATES, Template, TextEmbeddingCache, name_embeddings
+from ..models.precision import Amp, autocast_for, model_device, model_dtype
+from .common import EvalResult, make_loader, progress, split_bad
+from ..engine.images import open_image
+from ..core.problems import Problem
+from .io import ErrorPolicy, EvalDataError, read_csv, read_name_lines
 from .metrics import percent, topk_correct
 
 
 class ImageLabelDataset(Dataset):
-    """``(path, label index)`` records through an image transform; unreadable images become :class:`BadRecord`."""
+    """``(path, label index)`` records through an image transform; unreadable images become a :class:`~farslip.core.problems.Problem`."""
 
     def __init__(self, records: list[tuple[str, int, str]], transform):
-        self.records = records  # (path, label, where -- "file:line" for messages)
+        self.records = records  # (path, label, (csv file, "line N")) -- where a bad image is reported
         self.transform = transform
 
     def __len__(self) -> int:
@@ -36,7 +39,8 @@ class ImageLabelDataset(Dataset):
         try:
             image = self.transform(open_image(path))
         except Exception as exc:  # noqa: BLE001 -- reported with file and record by the consumer
-            return BadRecord(i, f"{where}: cannot read image {path!r} (field 'filepath'): {type(exc).__name__}: {exc}")
+            return Problem("bad-image", where[0], f"cannot read image {path!r}: {type(exc).__name__}: {exc}", where[1],
+                           "filepath")
         return image, label, i
 
 
@@ -74,24 +78,25 @@ def read_classification_csv(csv_path, classnames: Sequence[str], image_root, *, 
     index = {name: i for i, name in enumerate(classnames)}
     records = []
     for r in rows:
-        where = f"{csv_path}:{r.line}"
+        where = f"line {r.line}"
         raw = r.values[label_key]
         path = (r.values.get(img_key) or "").strip()
         if not path:
-            errors(f"{where}: empty field {img_key!r}")
+            errors(Problem("bad-record", str(csv_path), "empty", where, img_key))
             continue
         if numeric:
             label = int(float(raw))
             if not 0 <= label < len(classnames):
-                errors(f"{where}: field {label_key!r} = {raw!r} is not a class index (0..{len(classnames) - 1})")
+                errors(Problem("bad-record", str(csv_path), f"{raw!r} is not a class index (0..{len(classnames) - 1})",
+                               where, label_key))
                 continue
         else:
             key = raw.strip() if raw.strip() in index else raw
             if key not in index:
-                errors(f"{where}: field {label_key!r} = {raw!r} is not in the class-name file")
+                errors(Problem("bad-record", str(csv_path), f"{raw!r} is not in the class-name file", where, label_key))
                 continue
             label = index[key]
-        records.append((os.path.join(root, path), label, where))
+        records.append((os.path.join(root, path), label, (str(csv_path), where)))
     return records
 
 
@@ -141,7 +146,7 @@ def zero_shot_classification(model: nn.Module, tokenizer, preprocess, csv_path, 
     correct1 = correct5 = n = 0
     for images, labels, bad in progress(loader, desc=desc or "classification", enabled=show_progress):
         for b in bad:
-            errors(b.error)
+            errors(b)
         if images is None:
             continue
         images = images.to(device, dtype=model_dtype(model), non_blocking=True)

@@ -2,6 +2,6 @@
 from . import search
 from .classify import Prediction, classify
 from .raster import RasterError
-from .segment import SegmentOptions, SegmentResult, segment
+from .segmentation import SegmentOptions, SegmentResult, segment
 
 __all__ = ["Prediction", "RasterError", "SegmentOptions", "SegmentResult", "classify", "search", "segment"]

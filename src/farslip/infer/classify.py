@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..eval.common import SCENE_TEMPLATES, Amp, autocast_for, name_embeddings
-from .common import load_for_inference, model_input_size, parse_classes
+from ..engine import SCENE_TEMPLATES, model_input_size, name_embeddings
+from ..models.precision import Amp, autocast_for
+from .common import load_for_inference, parse_classes
 from .raster import open_raster, read_thumbnail
 
 

@@ -5,7 +5,6 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from torch import nn
 
 from ..models.loading import load_model
 
@@ -35,18 +34,5 @@ def parse_classes(classes: Sequence[str] | None = None, classes_file: str | Path
     return parsed
 
 
-def normaliser(model: nn.Module):
-    """uint8 ``[3,h,w]`` -> the float input the model's preprocessing expects (its mean and std)."""
-    mean = torch.tensor(getattr(model.visual, "image_mean", None) or (0.48145466, 0.4578275, 0.40821073))
-    std = torch.tensor(getattr(model.visual, "image_std", None) or (0.26862954, 0.26130258, 0.27577711))
-    mean, std = mean.view(3, 1, 1), std.view(3, 1, 1)
-
-    def norm(rgb: torch.Tensor) -> torch.Tensor:
-        return (rgb.float() / 255 - mean.to(rgb.device)) / std.to(rgb.device)
-
-    return norm
 
 
-def model_input_size(model: nn.Module) -> int:
-    size = model.visual.image_size
-    return int(size[0] if isinstance(size, (tuple, list)) else size)

@@ -15,9 +15,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..eval.common import Amp, autocast_for
+from ..engine import model_input_size
+from ..models.precision import Amp, autocast_for
 from .classify import load_image
-from .common import load_for_inference, model_input_size
+from .common import load_for_inference
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".jp2"}
 INDEX_DIR = ".farslip-index"

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..eval.ovss import window_spans
+from ..engine.windows import window_spans
 
 
 @dataclass(frozen=True)

@@ -1,19 +1,22 @@
 """The training loop. Everything that is not the loop itself lives in a helper with a name that says what it does."""
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
+import warnings
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..core.problems import append_problems
 from ..data.loader import LoaderConfig, TrainLoader
 from ..data.views import ViewConfig
 from ..models.loading import load_model
+from ..models.precision import TRAINING_PRECISION, autocast_for
 from ..models.long_text import LONG_CONTEXT, extend_text_context, freeze_leading_text_rows, restore_frozen_rows
 from ..objectives import FarSLIPObjective, make_teacher, update_ema
 from . import distributed
@@ -60,14 +63,11 @@ def build_model(cfg: TrainConfig, resuming: bool):
     return model, preprocess_eval, tokenizer
 
 
-def autocast_for(precision: str, device: torch.device):
-    if precision in ("amp_bf16", "bf16"):
-        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-    if precision in ("amp", "amp_fp16", "fp16"):
-        return lambda: torch.autocast(device.type, dtype=torch.float16)
-    if precision == "fp32":
-        return contextlib.nullcontext
-    raise ValueError(f"optim.precision must be fp32, amp (fp16) or amp_bf16; got {precision!r}")
+def autocast_mode(precision: str) -> str:
+    """``optim.precision`` -> the autocast mode of :func:`farslip.models.precision.autocast_for`."""
+    if precision not in TRAINING_PRECISION:
+        raise ValueError(f"optim.precision must be fp32, amp (fp16) or amp_bf16; got {precision!r}")
+    return TRAINING_PRECISION[precision]
 
 
 class RunLog:
@@ -109,11 +109,10 @@ class RunLog:
         if self.wandb:
             self.wandb.log(entry, step=entry["step"])
 
-    def skipped(self, records: list[dict], kind: str) -> None:
-        if self.active and records:
-            with open(self.skip_path, "a") as f:
-                for r in records:
-                    f.write(json.dumps({"kind": kind, **r}) + "\n")
+    def skipped(self, problems: list[dict]) -> None:
+        """Skipped records and fixed or dropped objects, as Problem dicts (one JSONL format for every room)."""
+        if self.active and problems:
+            append_problems(self.skip_path, problems)
 
     def close(self):
         if self.tb:
@@ -166,8 +165,19 @@ def optimisation_step(step_module, model, objective, teacher, optimizer, scaler,
     return losses
 
 
-def train(cfg: TrainConfig, resume: str | None = None) -> dict:
-    """Run a training job described by ``cfg``; ``resume`` is None, ``"auto"`` or a checkpoint path."""
+#: A validation handed to the loop: ``validate(model, tokenizer, preprocess_eval, step) -> {metric: value}``, called
+#: in eval mode under no_grad every ``run.val_every`` steps (on the main process). The loop never imports the evaluation room; the
+#: ``farslip train`` command hands it ``farslip.eval.validation.retrieval_validator`` when ``run.val_csv`` is set.
+Validator = Callable[[nn.Module, object, object, int], dict]
+
+
+def train(cfg: TrainConfig, resume: str | None = None, validate: Validator | None = None) -> dict:
+    """Run a training job described by ``cfg``; ``resume`` is None, ``"auto"`` or a checkpoint path;
+    ``validate`` (optional) is called every ``run.val_every`` steps and its metrics are logged as ``val/...``."""
+    if validate is None and cfg.run.val_csv and cfg.run.val_every:
+        warnings.warn("run.val_csv is set but train() was handed no validator, so nothing is validated; pass "
+                      "validate=farslip.eval.validation.retrieval_validator(cfg.run.val_csv, cfg.run.val_image_root) "
+                      "(the farslip train command does)", stacklevel=2)
     ctx = distributed.setup(cfg.run.device)
     run_dir = Path(cfg.run.out)
     torch.manual_seed(cfg.run.seed + ctx.rank)
@@ -198,7 +208,8 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
     o = cfg.optim
     optimizer = build_optimizer(model, o.lr, o.weight_decay, (o.beta1, o.beta2), o.eps)
     scaler = torch.amp.GradScaler(ctx.device.type) if o.precision in ("amp", "amp_fp16", "fp16") else None
-    autocast = autocast_for(o.precision, ctx.device)
+    mode = autocast_mode(o.precision)
+    autocast = lambda: autocast_for(ctx.device, mode, training=True)  # noqa: E731 -- a fresh context manager per step
     total_steps = loader.steps_per_epoch * o.epochs
     last_step = min(total_steps, o.max_steps) if o.max_steps else total_steps
 
@@ -248,8 +259,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
                     progress["cursors"][int(role)] = int(position)
                 progress["skipped"] += len(batch["skipped"])
                 progress["notes"] += len(batch["notes"])
-                log.skipped(batch["skipped"], "record")
-                log.skipped(batch["notes"], "object")
+                log.skipped(batch["skipped"] + batch["notes"])
                 read += samples_per_step
                 step = progress["step"]
                 if step % cfg.run.log_every == 0 or step == last_step:
@@ -265,7 +275,7 @@ def train(cfg: TrainConfig, resume: str | None = None) -> dict:
                     _check_bad_data(cfg, ctx, progress, read, run_dir)
                 bar.update(1)
                 if cfg.run.val_every and step % cfg.run.val_every == 0:
-                    _validate(cfg, model, tokenizer, preprocess_eval, ctx, log, step)
+                    _validate(validate, model, tokenizer, preprocess_eval, ctx, log, step)
                 if step % cfg.run.save_every == 0 and step != last_step:
                     checkpoint()
                 if step >= last_step:
@@ -310,13 +320,11 @@ def _check_bad_data(cfg, ctx, progress, read, run_dir):
             f"{d.max_bad_samples}, data.max_bad_fraction={d.max_bad_fraction}); see {run_dir / 'skipped.jsonl'}")
 
 
-def _validate(cfg, model, tokenizer, preprocess, ctx, log, step):
-    if not ctx.is_main or not cfg.run.val_csv:
+def _validate(validate: Validator | None, model, tokenizer, preprocess, ctx, log, step):
+    if not ctx.is_main or validate is None:
         return
-    from ..eval import retrieval  # the evaluation room's zero-shot retrieval
-
     model.eval()
     with torch.no_grad():
-        metrics = retrieval(model, tokenizer, preprocess, cfg.run.val_csv, cfg.run.val_image_root)
+        metrics = validate(model, tokenizer, preprocess, step)
     model.train()
     log.step({"step": step, **{f"val/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}})

@@ -1,0 +1,7 @@
+"""What every room shares and nothing else: the bad-input report, user-facing errors, atomic file writes."""
+from .errors import FarslipError, UsageError
+from .files import atomic_write, atomic_path
+from .problems import BadInput, Problem, append_problems, read_problems, summarize_problems
+
+__all__ = ["BadInput", "FarslipError", "Problem", "UsageError", "append_problems", "atomic_path", "atomic_write",
+           "read_problems", "summarize_problems"]

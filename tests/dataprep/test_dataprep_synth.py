@@ -1,0 +1,202 @@
+"""The synthetic RS world: deterministic, fast, valid in every format, read by the project's own readers."""
+import csv
+import io
+import json
+import tarfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+from support.fixtures import open_like_official
+from PIL import Image
+
+from farslip.dataprep import OVSS_CLASSES, SCENES, render_scene, synth_world, validate_mgrs
+from farslip.dataprep.synth import OBJECT_LABEL
+from farslip.cli import main
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    out = tmp_path_factory.mktemp("world")
+    summary = synth_world(out, n=40, seed=7, n_test=16, shard_size=32, progress=False)
+    return out, summary
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_same_bytes(tmp_path):
+    a = synth_world(tmp_path / "a", n=12, seed=3, n_test=8, progress=False)
+    b = synth_world(tmp_path / "b", n=12, seed=3, n_test=8, progress=False)
+    assert a == b
+    ta, tb = _tree(tmp_path / "a"), _tree(tmp_path / "b")
+    assert ta.keys() == tb.keys() and len(ta) > 50
+    assert [k for k in ta if ta[k] != tb[k]] == []
+    synth_world(tmp_path / "c", n=12, seed=4, n_test=8, progress=False)
+    tc = _tree(tmp_path / "c")
+    assert tc["mgrs/global_imgs/000000.jpg"] != ta["mgrs/global_imgs/000000.jpg"]
+
+
+def test_mgrs_json(world):
+    out, s = world
+    recs = json.loads((out / "mgrs" / "text_info.json").read_text())
+    assert len(recs) == 40 == s["train_images"]
+    ids = s["categories"]
+    n_obj = 0
+    for r in recs:
+        assert r["global_filepath"] == Path(r["global_filepath"]).name  # relative to global_imgs/ (official)
+        for k in ("global_caption", "detailed_caption", "brief_caption"):
+            assert isinstance(r[k], str) and r[k]
+        assert r["scene"] in r["global_caption"].lower() and r["scene"] in r["brief_caption"].lower()
+        with Image.open(out / "mgrs" / "global_imgs" / r["global_filepath"]) as im:
+            assert im.size == (224, 224) and im.format == "JPEG"
+        for o in r["segment"]:
+            assert list(o["bbox"]) == ["x1", "y1", "x2", "y2", "width", "height"]
+            x1, y1, x2, y2, w, h = o["bbox"].values()
+            assert 0 <= x1 < x2 <= w == 224 and 0 <= y1 < y2 <= h == 224
+            assert ids[o["category"]] == o["category_id"]
+            n_obj += 1
+        cats = {o["category"] for o in r["segment"]}
+        for c in cats:  # the caption names every category present (as a plural or singular)
+            assert c in r["global_caption"], (c, r["global_caption"])
+    assert n_obj == s["objects"] > 0
+    rep = validate_mgrs(out / "mgrs")
+    assert rep.ok and rep.images_checked == 40 and not any("JSON's folder" in w.message for w in rep.warnings), \
+        rep.format()
+    # --train-data OUT/mgrs/text_info.json --root-train-img-dir OUT/mgrs/global_imgs/ (official JsonDataset)
+    assert open_like_official(out / "mgrs" / "text_info.json", out / "mgrs" / "global_imgs") == [(224, 224)] * 40
+
+
+def test_rs5m_shards(world):
+    out, s = world
+    shards = sorted((out / "rs5m").glob("shard-*.tar"))
+    assert [p.name for p in shards] == ["shard-000000.tar", "shard-000001.tar"]  # 40 samples, 32 per shard
+    samples = defaultdict(dict)
+    for p in shards:
+        with tarfile.open(p) as tar:
+            for m in tar.getmembers():
+                key, ext = m.name.split(".", 1)
+                samples[key][ext] = tar.extractfile(m).read()
+    assert len(samples) == 40
+    captions = {r[0]: r[1] for r in csv.reader(open(out / "captions.csv"))}
+    for key, smp in samples.items():
+        assert set(smp) == {"img_content", "img_name", "caption"}
+        with Image.open(io.BytesIO(smp["img_content"])) as im:
+            assert im.size == (224, 224)
+        name = smp["img_name"].decode()
+        assert name == f"{key}.jpg"
+        assert smp["caption"].decode("utf-8") == captions[f"mgrs/global_imgs/{name}"]
+        assert smp["img_content"] == (out / "mgrs" / "global_imgs" / name).read_bytes()
+
+
+def test_csvs_and_ovss(world):
+    out, s = world
+    with open(out / "captions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["filepath", "title"] and len(rows) == 40
+    assert all((out / r["filepath"]).is_file() for r in rows)
+    names = (out / "cls" / "classnames.txt").read_text().splitlines()
+    assert names == list(SCENES)
+    with open(out / "cls" / "test.csv", newline="") as f:
+        cls = list(csv.DictReader(f))
+    assert list(cls[0]) == ["filepath", "label"] and len(cls) == 16
+    assert {int(r["label"]) for r in cls} == set(range(len(SCENES)))
+    assert all((out / "cls" / r["filepath"]).is_file() for r in cls)
+    with open(out / "retrieval" / "test.csv", newline="") as f:
+        ret = list(csv.DictReader(f))
+    assert list(ret[0]) == ["filepath", "title"] and len(ret) == 32  # two captions per image
+    assert all((out / "retrieval" / r["filepath"]).is_file() for r in ret)
+    for c, r in zip(cls, ret[::2]):  # the retrieval captions name the image's scene class
+        assert c["filepath"] == r["filepath"] and SCENES[int(c["label"])] in r["title"]
+    classes = [line.split(",") for line in (out / "ovss" / "classes.txt").read_text().splitlines()]
+    assert classes[0] == ["background"] and ["building", "roof", "house"] in classes
+    assert len(classes) == len(OVSS_CLASSES)
+    imgs = sorted((out / "ovss" / "img_dir" / "val").glob("*.png"))
+    anns = sorted((out / "ovss" / "ann_dir" / "val").glob("*.png"))
+    assert [p.name for p in imgs] == [p.name for p in anns] and len(imgs) == 16
+    seen = set()
+    for p in anns:
+        with Image.open(p) as im:
+            assert im.mode == "L" and im.size == (224, 224)
+            a = np.asarray(im)
+        assert a.max() < len(classes)
+        seen |= set(np.unique(a).tolist())
+    assert len(seen) >= 8
+    w = json.loads((out / "world.json").read_text())
+    assert w == s and w["seed"] == 7 and w["paths"]["rs5m"] == ["rs5m/shard-000000.tar", "rs5m/shard-000001.tar"]
+    for key in ("mgrs", "captions_csv", "cls_csv", "cls_classnames", "retrieval_csv", "ovss_classes"):
+        assert (out / w["paths"][key]).is_file()
+
+
+def test_project_readers_read_the_world(world):
+    """The readers of farslip.data and farslip.eval accept every format synth writes."""
+    out, s = world
+    from farslip.data.records import CaptionCSVRecords, MGRSRecords, shard_records
+    from farslip.engine.images import read_label_array
+    from farslip.eval.io import read_name_lines, read_synonym_file
+    from farslip.eval.ovss import OVSSDataset
+    from farslip.eval.retrieval import read_pairs
+    from farslip.eval.zeroshot import read_classification_csv
+
+    mg = MGRSRecords(out / "mgrs" / "text_info.json")
+    recs = [mg[i] for i in range(len(mg))]
+    assert all(not r.notes for r in recs) and sum(len(r.objects) for r in recs) == s["objects"]
+    assert all(Path(r.path).is_file() for r in recs)
+    cap = CaptionCSVRecords(out / "captions.csv")
+    assert len(cap) == 40 and Path(cap[0].path).is_file()
+    shard = [r for p in s["paths"]["rs5m"] for r in shard_records(str(out / p))]
+    assert len(shard) == 40 and all(getattr(r, "image_bytes", None) for r in shard)
+    names = read_name_lines(out / "cls" / "classnames.txt")
+    assert len(read_classification_csv(out / "cls" / "test.csv", names, None)) == 16
+    pairs, _ = read_pairs(out / "retrieval" / "test.csv", None)
+    assert len(pairs) == 32 and all(Path(p).is_file() for p, _ in pairs)
+    assert read_synonym_file(out / "ovss" / "classes.txt")[6] == ["building", "roof", "house"]
+    ds = OVSSDataset(str(out / "ovss/img_dir/val"), str(out / "ovss/ann_dir/val"), str(out / "ovss/classes.txt"))
+    pairs = ds.pairs()
+    assert len(pairs) == 16
+    assert read_label_array(pairs[0][1]).shape == (224, 224)
+
+
+def test_objects_painted_in_label_map():
+    for i, scene in enumerate(SCENES):
+        rgb, lab, objs = render_scene(scene, 224, np.random.default_rng(100 + i))
+        assert rgb.shape == (224, 224, 3) and rgb.dtype == np.uint8 and lab.shape == (224, 224)
+        for o in objs:
+            x1, y1, x2, y2 = o["box"]
+            assert (lab[y1:y2, x1:x2] == OBJECT_LABEL[o["category"]]).mean() > 0.2, (scene, o)
+
+
+def _features(img: np.ndarray) -> np.ndarray:
+    f = img.astype(np.float32) / 255
+    gx = np.abs(np.diff(f, axis=1)).mean()
+    gy = np.abs(np.diff(f, axis=0)).mean()
+    return np.concatenate([f.mean((0, 1)), f.std((0, 1)), [gx + gy]])
+
+
+def test_scene_classes_are_visually_distinct():
+    """A nearest-centroid classifier on 7 colour/texture numbers beats chance (1/8) by far on held-out scenes:
+    the scene classes differ in what an image encoder sees, not only in their captions."""
+    rng = np.random.default_rng(0)
+    train = {s: [_features(render_scene(s, 96, rng)[0]) for _ in range(6)] for s in SCENES}
+    cent = {s: np.mean(v, 0) for s, v in train.items()}
+    scale = np.std(np.concatenate(list(train.values())), 0) + 1e-6
+    correct = total = 0
+    for s in SCENES:
+        for _ in range(5):
+            f = _features(render_scene(s, 96, rng)[0])
+            pred = min(cent, key=lambda c: np.sum(((f - cent[c]) / scale) ** 2))
+            correct += pred == s
+            total += 1
+    assert correct / total >= 0.6, f"{correct}/{total}"
+
+
+def test_cli_synth(tmp_path, capsys):
+    out = tmp_path / "w"
+    assert main(["data", "synth", "--out", str(out), "--n", "8", "--n-test", "8", "--seed", "2", "--no-progress"]) == 0
+    assert "8 training images" in capsys.readouterr().out
+    assert main(["data", "synth", "--out", str(out), "--n", "8", "--no-progress"]) == 2
+    assert "overwrite" in capsys.readouterr().err
+    assert main(["data", "synth", "--out", str(out), "--n", "8", "--n-test", "8", "--overwrite",
+                 "--no-progress"]) == 0
