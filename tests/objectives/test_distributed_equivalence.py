@@ -77,4 +77,8 @@ def test_two_processes_equal_one(tmp_path, tiny_arch, stage):
         assert torch.allclose(got["losses"][k], v, rtol=1e-5, atol=1e-6), k
     assert got["grads"].keys() == grads.keys()
     for n, g in grads.items():
-        assert torch.allclose(got["grads"][n], g, rtol=1e-4, atol=1e-6), n
+        # Summed in another order (two halves, then all-reduce), float32 gradients differ by rounding that scales
+        # with the tensor's magnitude (seen: 4e-6 on a positional-embedding gradient of max 4.3), not with each
+        # element's: the absolute tolerance follows the tensor's scale.
+        scale = float(g.abs().max())
+        assert torch.allclose(got["grads"][n], g, rtol=1e-4, atol=1e-6 * max(1.0, 10 * scale)), n
