@@ -133,7 +133,8 @@ def test_csvs_and_ovss(world):
 def test_project_readers_read_the_world(world):
     """The readers of farslip.data and farslip.eval accept every format synth writes."""
     out, s = world
-    from farslip.data.records import CaptionCSVRecords, MGRSRecords, shard_records
+    from farslip.data.records import CaptionCSVRecords, MGRSRecords
+    from farslip.data.shards import shard_records
     from farslip.engine.images import read_label_array
     from farslip.eval.io import read_name_lines, read_synonym_file
     from farslip.eval.ovss import OVSSDataset

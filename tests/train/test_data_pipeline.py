@@ -14,7 +14,8 @@ from torchvision.transforms import RandomResizedCrop
 from farslip.core.problems import BadInput
 from farslip.data import MGRSRecords, ViewConfig, ViewMaker, expand_shards, read_bbox
 from farslip.data.loader import LoaderConfig, TrainLoader
-from farslip.data.records import Record, RegionObject, shard_records
+from farslip.data.records import Record, RegionObject
+from farslip.data.shards import shard_records
 from farslip.train import load_config, train
 
 from support.fixtures import REPO, load_maker, tiny_overrides

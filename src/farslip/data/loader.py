@@ -7,15 +7,30 @@ each naming file/record/field), ``notes`` (object-level fixes: clipped or droppe
 from __future__ import annotations
 
 import itertools
+import os
 import random
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 
 from ..core.problems import BadInput
-from .records import CaptionCSVRecords, MGRSRecords, Record, expand_shards, open_rgb, shard_records
+from .records import CaptionCSVRecords, MGRSRecords, Record, open_rgb
+from .shards import (
+    SAMPLE_SHUFFLE_INITIAL,
+    SAMPLE_SHUFFLE_SIZE,
+    BufferedShuffle,
+    Piece,
+    count_shard_samples,
+    deal,
+    expand_shards,
+    open_raw,
+    pieces_per_shard,
+    read_piece,
+    replay_shuffle,
+    shuffled_shards,
+)
 from .views import ViewConfig, ViewMaker, sample_seed
 
 MAX_CONSECUTIVE_BAD = 1000
@@ -32,6 +47,8 @@ class LoaderConfig:
     csv_sep: str = ","
     num_samples: int | None = None    # webdataset: samples per epoch (counted from the shards if not given)
     workers: int = 4
+    shuffle_buffer: int = SAMPLE_SHUFFLE_SIZE        # webdataset: samples a role shuffles among (1 = in shard order)
+    shuffle_initial: int = SAMPLE_SHUFFLE_INITIAL    # ... and the buffer's fill before the first draw
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -110,43 +127,135 @@ class EpochBatchSampler:
 # ----------------------------------------------------------------------------------------------------------------
 # Streamed shards
 
+class _PassReader:
+    """One pass of a role over its pieces: (item number, record) in order, and the sample count of each piece
+    finished so far (``done``), which is what a checkpoint needs to find an item again by its number."""
+
+    def __init__(self, pieces: list[Piece], opener):
+        self.pieces, self.opener, self.done = pieces, opener, []
+
+    def _piece(self, k: int, want=None):
+        return read_piece(self.pieces[k], want, self.opener)
+
+    def fresh(self) -> Iterator[tuple[int, Record | BadInput]]:
+        return self._from(0, 0)
+
+    def _from(self, k0: int, first_number: int, rest=None):
+        number = first_number
+        if rest is not None:  # the rest of a piece already opened
+            for _, rec in rest:
+                yield number, rec
+                number += 1
+            self.done.append(number - sum(self.done))
+            k0 += 1
+        for k in range(k0, len(self.pieces)):
+            base = number
+            for _, rec in self._piece(k):
+                yield number, rec
+                number += 1
+            self.done.append(number - base)
+
+    def resume(self, done: list[int], buffered: list[int], next_number: int):
+        """(the shuffle buffer's items, the source from ``next_number`` on) of a pass restored from a checkpoint:
+        the buffered records are read again -- the data of nothing else -- and reading goes on where it stopped."""
+        self.done = list(done)
+        starts = list(itertools.accumulate([0] + self.done))
+        current = len(self.done)
+        got: dict[int, Record | BadInput] = {}
+        for k in range(current):  # finished pieces: only those holding a buffered item are opened
+            mine = {n - starts[k] for n in buffered if starts[k] <= n < starts[k + 1]}
+            if mine:
+                for i, rec in itertools.islice(self._piece(k, want=mine.__contains__), max(mine) + 1):
+                    if i in mine:
+                        got[starts[k] + i] = rec
+        source = iter(())
+        if current < len(self.pieces):  # the piece being read: its pulled items, then the rest as the source
+            pulled = next_number - starts[current]
+            mine = {n - starts[current] for n in buffered if n >= starts[current]}
+            reader = self._piece(current, want=lambda i: i in mine or i >= pulled)
+            for i, rec in itertools.islice(reader, pulled):
+                if i in mine:
+                    got[starts[current] + i] = rec
+            source = self._from(current, next_number, rest=reader)
+        missing = [n for n in buffered if n not in got]
+        if missing:
+            raise ValueError(f"the shards changed since the checkpoint: item {missing[0]} of this pass is gone")
+        return [(n, got[n]) for n in buffered], source
+
+
 class ShardStream(IterableDataset):
     """Webdataset shards read by (rank, worker) roles; each role produces a fixed quota of batches per epoch.
 
-    Shards are shuffled per epoch and pass and dealt to roles (or, with fewer than two shards per role, samples
-    are dealt). A role that runs out of data starts another pass, so every rank takes the same number of steps.
+    Per epoch the shards are shuffled as the official pipeline shuffles them and dealt to roles (whole shards, or
+    byte-range pieces when shards are fewer than two per role; see ``shards.py``). Each role draws its samples
+    through a shuffle buffer seeded by (seed, epoch, role), so the order is a function of the data alone and a
+    checkpoint's cursor -- (pass, draws taken, samples of each finished piece) -- restores it exactly. A role
+    that runs out of data starts another pass, so every rank takes the same number of steps.
     """
 
     def __init__(self, shards: list[str], views: ViewMaker, tokenizer, batch_size: int, steps_per_epoch: int,
-                 rank: int, world: int, seed: int, workers: int):
+                 rank: int, world: int, seed: int, workers: int, num_samples: int,
+                 shuffle_buffer: int = SAMPLE_SHUFFLE_SIZE, shuffle_initial: int = SAMPLE_SHUFFLE_INITIAL,
+                 opener=open_raw):
         self.shards, self.views, self.tokenizer = shards, views, tokenizer
         self.batch_size, self.steps, self.rank, self.world = batch_size, steps_per_epoch, rank, world
-        self.seed, self.workers = seed, max(1, workers)
+        self.seed, self.workers, self.opener = seed, max(1, workers), opener
+        self.bufsize, self.initial = max(1, shuffle_buffer), max(1, min(shuffle_initial, shuffle_buffer))
+        self.sizes = {url: os.path.getsize(url) for url in shards}
+        roles = world * self.workers
+        splits = pieces_per_shard(len(shards), roles, sum(self.sizes.values()), num_samples,
+                                  [self.sizes[u] for u in shards])
+        self.splits = dict(zip(shards, splits))
+        if sum(splits) < roles:
+            fit = max((w for w in range(1, self.workers) if sum(pieces_per_shard(
+                len(shards), world * w, sum(self.sizes.values()), num_samples, [self.sizes[u] for u in shards]))
+                >= world * w), default=0)
+            hint = f"set data.workers to {fit} or fewer" if fit else "use more or larger shards, or fewer ranks"
+            raise ValueError(f"{len(shards)} shards ({num_samples} samples) are too few to give each of {roles} "
+                             f"loader roles ({world} ranks x {self.workers} workers) its own data: {hint}")
         self.epoch, self.start, self.cursors = 0, 0, {}
 
     def set_epoch(self, epoch: int, start_batch: int = 0, cursors: dict | None = None):
         self.epoch, self.start, self.cursors = epoch, start_batch, dict(cursors or {})
 
-    def _records(self, role: int, roles: int):
-        """Raw records of a role, pass after pass, numbered by position in the role's stream."""
-        position = 0
-        for pass_no in itertools.count():
-            usable = 0
-            shards = list(self.shards)
-            random.Random(self.seed * 7919 + self.epoch * 104729 + pass_no).shuffle(shards)
-            by_shard = len(shards) >= 2 * roles  # with fewer shards, dealing samples keeps the roles even
-            mine = shards[role::roles] if by_shard else shards
-            k = 0
-            for url in mine:
-                for rec in shard_records(url):
-                    k += 1
-                    if not by_shard and (k - 1) % roles != role:
-                        continue
-                    usable += not isinstance(rec, BadInput)
-                    yield position, rec
-                    position += 1
-            if usable == 0:
-                raise RuntimeError(f"worker role {role}: no usable record in its shards {mine[:3]}...")
+    def role_pieces(self, role: int, roles: int, pass_no: int) -> list[Piece]:
+        if pass_no == 0:
+            order = shuffled_shards(self.shards, self.seed, self.epoch)
+        else:  # a role's further passes: another order of its own
+            order = list(self.shards)
+            random.Random(f"farslip-pass/{self.seed}/{self.epoch}/{role}/{pass_no}").shuffle(order)
+        return deal(order, self.sizes, self.splits, role, roles)
+
+    def _rng(self, role: int, pass_no: int) -> random.Random:
+        return random.Random(f"farslip-samples/{self.seed}/{self.epoch}/{role}/{pass_no}")
+
+    def _draws(self, role: int, roles: int, cursor: dict | None):
+        """(pass, draws so far, reader, item number, record), draw after draw, pass after pass."""
+        if cursor is not None and not isinstance(cursor, dict):
+            raise ValueError(f"loader cursor {cursor!r} is from an older farslip; resume from a checkpoint of this "
+                             "version or start the epoch again")
+        pass_no = cursor["pass"] if cursor else 0
+        while True:
+            reader = _PassReader(self.role_pieces(role, roles, pass_no), self.opener)
+            if cursor:
+                done = cursor["pieces"]
+                length = sum(done) if len(done) == len(reader.pieces) else None
+                shuffle, next_number = replay_shuffle(self.bufsize, self.initial, self._rng(role, pass_no),
+                                                      cursor["draws"], length)
+                shuffle.buf, source = reader.resume(done, shuffle.buf, next_number)
+                drawn = cursor["draws"]
+            else:
+                shuffle, source, drawn = BufferedShuffle(self.bufsize, self.initial, self._rng(role, pass_no)), \
+                    reader.fresh(), 0
+            started_at, usable = drawn, 0
+            for number, rec in shuffle.run(source):
+                drawn += 1
+                usable += isinstance(rec, Record)
+                yield pass_no, drawn, reader, number, rec
+            if usable == 0 and started_at == 0:
+                raise RuntimeError(f"loader role {role}: no usable record in its pieces of "
+                                   f"{[p.url for p in reader.pieces[:3]]}...")
+            pass_no, cursor = pass_no + 1, None
 
     def __iter__(self):
         info = get_worker_info()
@@ -154,42 +263,46 @@ class ShardStream(IterableDataset):
         roles = self.world * nworkers
         # DataLoader restarts its round-robin at worker 0; rotate roles so batch n still comes from role n % W.
         local_role = (wid + self.start) % nworkers
-        role = self.rank * nworkers + local_role
+        role = self.rank + self.world * local_role  # the official split order: split_by_node, then by worker
         quota = len(range(local_role, self.steps, nworkers))
-        done = len(range(local_role, self.start, nworkers))
-        skip_to = self.cursors.get(role, 0)
-        samples, skipped, produced = [], [], done
+        produced = len(range(local_role, self.start, nworkers))
         if produced >= quota:
             return
-        for position, rec in self._records(role, roles):
-            if position < skip_to:
-                continue
-            if isinstance(rec, BadInput):
-                skipped.append(rec.problem.to_dict())
-                continue
+        samples, skipped, bad_run = [], [], 0
+        for pass_no, drawn, reader, number, rec in self._draws(role, roles, self.cursors.get(role)):
             try:
-                samples.append(build_sample(rec, self.views, sample_seed(self.seed, self.epoch, role * 10**9 + position)))
+                if isinstance(rec, BadInput):
+                    raise rec
+                index = (pass_no * roles + role) * 2 ** 40 + number
+                samples.append(build_sample(rec, self.views, sample_seed(self.seed, self.epoch, index)))
+                bad_run = 0
             except BadInput as exc:
                 skipped.append(exc.problem.to_dict())
+                bad_run += 1
+                if bad_run >= MAX_CONSECUTIVE_BAD:
+                    raise RuntimeError(f"{MAX_CONSECUTIVE_BAD} consecutive unusable records; last: {exc}") from None
                 continue
             if len(samples) == self.batch_size:
                 samples[0]["skipped"] = skipped
                 batch = collate(samples, self.tokenizer)
-                batch["cursor"] = (role, position + 1)
+                batch["cursor"] = (role, {"pass": pass_no, "draws": drawn, "pieces": list(reader.done)})
                 yield batch
                 samples, skipped, produced = [], [], produced + 1
                 if produced >= quota:
                     return
 
 
-def count_shard_samples(shards: list[str]) -> int:
-    return sum(1 for url in shards for rec in shard_records(url) if not isinstance(rec, BadInput))
-
-
 # ----------------------------------------------------------------------------------------------------------------
 
 class TrainLoader:
-    """One object for both paths: ``epoch(e, start_batch, cursors)`` yields the batches of epoch e on this rank."""
+    """One object for both paths: ``epoch(e)`` yields the batches of epoch e on this rank.
+
+    Position: call ``advance(batch)`` once a batch has been trained on; ``state_dict()`` is then this rank's place
+    in the data (epoch, batch in epoch, each loader worker's cursor) and its counts of skipped records and fixed
+    objects -- what a checkpoint saves for every rank. After ``load_state_dict(state)``, ``epoch(state's epoch)``
+    goes on exactly where it stopped. (``epoch(e, start_batch, cursors)`` with the batches' ``cursor`` entries
+    does the same for callers that keep the position themselves.)
+    """
 
     def __init__(self, cfg: LoaderConfig, view_cfg: ViewConfig, tokenizer, batch_size: int, rank: int = 0,
                  world: int = 1, seed: int = 0):
@@ -207,7 +320,7 @@ class TrainLoader:
             self.num_samples = len(records)
         elif cfg.kind == "webdataset":
             shards = expand_shards(cfg.train)
-            missing = [s for s in shards if not __import__("os").path.isfile(s)]
+            missing = [s for s in shards if not os.path.isfile(s)]
             if missing:
                 raise FileNotFoundError(f"{len(missing)} of {len(shards)} shards not found, e.g. {missing[0]}")
             self.num_samples = cfg.num_samples or count_shard_samples(shards)
@@ -215,11 +328,53 @@ class TrainLoader:
             if self.steps_per_epoch == 0:
                 raise ValueError(f"{self.num_samples} samples are fewer than one batch of {batch_size} x {world}")
             self.dataset = ShardStream(shards, views, tokenizer, batch_size, self.steps_per_epoch, rank, world, seed,
-                                       cfg.workers)
+                                       cfg.workers, self.num_samples, cfg.shuffle_buffer, cfg.shuffle_initial)
         else:
             raise ValueError(f"data.kind must be mgrs, csv or webdataset; got {cfg.kind!r}")
+        self._state = {"epoch": 0, "batch_in_epoch": 0, "cursors": {}, "skipped_records": 0, "object_fixes": 0}
 
-    def epoch(self, epoch: int, start_batch: int = 0, cursors: dict | None = None):
+    # -- position ----------------------------------------------------------------------------------------------
+    def advance(self, batch: dict) -> None:
+        """Count ``batch`` as trained on (its cursor, skipped records and object fixes)."""
+        st = self._state
+        st["batch_in_epoch"] += 1
+        if "cursor" in batch:
+            role, cursor = batch["cursor"]
+            st["cursors"][int(role)] = cursor
+        st["skipped_records"] += len(batch.get("skipped", ()))
+        st["object_fixes"] += len(batch.get("notes", ()))
+        if st["batch_in_epoch"] >= self.steps_per_epoch:
+            st.update(epoch=st["epoch"] + 1, batch_in_epoch=0, cursors={})
+
+    def state_dict(self) -> dict:
+        """This rank's place in the data and its skip counts: plain ints, lists and dicts (torch.save-able with
+        weights_only loading, JSON-able)."""
+        st = self._state
+        return {**st, "cursors": {int(k): v for k, v in st["cursors"].items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._state = {"epoch": int(state["epoch"]), "batch_in_epoch": int(state["batch_in_epoch"]),
+                       "cursors": {int(k): v for k, v in state.get("cursors", {}).items()},
+                       "skipped_records": int(state.get("skipped_records", 0)),
+                       "object_fixes": int(state.get("object_fixes", 0))}
+
+    @property
+    def skipped_records(self) -> int:
+        return self._state["skipped_records"]
+
+    @property
+    def object_fixes(self) -> int:
+        return self._state["object_fixes"]
+
+    # -- batches -----------------------------------------------------------------------------------------------
+    def epoch(self, epoch: int, start_batch: int | None = None, cursors: dict | None = None):
+        st = self._state
+        if start_batch is None:  # from this loader's own position
+            if st["epoch"] != epoch:
+                st.update(epoch=epoch, batch_in_epoch=0, cursors={})
+            start_batch, cursors = st["batch_in_epoch"], st["cursors"]
+        else:
+            st.update(epoch=epoch, batch_in_epoch=start_batch, cursors=dict(cursors or {}))
         workers = self.cfg.workers
         common = dict(num_workers=workers, pin_memory=torch.cuda.is_available())
         if workers > 0:

@@ -1,4 +1,4 @@
-"""Raw training records from the formats RS people have: MGRS JSON, image-caption CSV, webdataset shards.
+"""Raw training records from the formats RS people have: MGRS JSON and image-caption CSV (shards: ``shards.py``).
 
 A record says where the image is and what the text is; ``views.py`` turns it into tensors. Problems are raised
 as :class:`~farslip.core.problems.BadInput` naming the file, the record and the field, so a loader can skip, count and report them.
@@ -12,7 +12,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
@@ -70,8 +70,10 @@ def open_rgb(record: Record) -> Image.Image:
 # MGRS-200k JSON (official release layout: text_info.json + global_imgs/)
 
 CAPTION_CHOICES = {
-    # The official loader (data.py) reads global_caption, falling back to brief_caption.
-    "official": ("global_caption", "brief_caption"),
+    # The official loader (open_clip_train/data.py, JsonDataset.__getitem__, at HEAD) reads global_caption,
+    # falling back to detailed_caption; its first commit (425df12) fell back to brief_caption instead.
+    "official": ("global_caption", "detailed_caption"),
+    "official_first_commit": ("global_caption", "brief_caption"),
     "global": ("global_caption", "detailed_caption", "brief_caption"),
     "detailed": ("detailed_caption", "global_caption", "brief_caption"),
     "brief": ("brief_caption", "global_caption", "detailed_caption"),
@@ -163,10 +165,10 @@ class MGRSRecords:
                 category = seg.get("category")
                 if not category and not cap:
                     raise bad_record(src, okey, "category", "neither a category nor a caption")
-                if category:  # a category wins over a free-text caption; caption-only objects get label -1
-                    record.objects.append(RegionObject(tuple(box), str(category), self.category_ids[str(category)]))
-                else:
+                if cap:  # as the official loader: an object with a caption is known by it (label -1), category or not
                     record.objects.append(RegionObject(tuple(box), None, -1, cap))
+                else:
+                    record.objects.append(RegionObject(tuple(box), str(category), self.category_ids[str(category)]))
             except BadInput as exc:
                 record.notes.append(exc.problem.to_dict())
         return record
@@ -196,49 +198,3 @@ class CaptionCSVRecords:
         if not caption or not caption.strip():
             raise bad_record(str(self.csv_path), key, "caption", "empty")
         return Record(str(self.csv_path), key, caption.strip(), path=str(self.root / path))
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Webdataset shards (RS5M: img_content / img_name / caption; or plain jpg|png + txt)
-
-IMAGE_KEYS = ("img_content", "jpg", "jpeg", "png", "webp", "tif", "tiff")
-TEXT_KEYS = ("caption", "txt", "text")
-
-
-def expand_shards(spec: str | list[str]) -> list[str]:
-    """Brace-expand shard specs (``{pub11,rs3}-train-{0000..0031}.tar``) and globs (``shards/*.tar``); ``::`` or a
-    list joins several sources into one mixture."""
-    import glob
-
-    from webdataset.shardlists import expand_urls
-
-    specs = spec if isinstance(spec, (list, tuple)) else [spec]
-    urls = [url for s in specs for url in expand_urls(str(s))]
-    return [m for url in urls for m in (sorted(glob.glob(url)) if glob.has_magic(url) else [url])]
-
-
-def shard_records(url: str) -> Iterator[Record | BadInput]:
-    """Records of one tar shard, in order. Broken members are yielded as BadInput (the caller counts them)."""
-    from webdataset.tariterators import group_by_keys, tar_file_iterator
-
-    def files():
-        with open(url, "rb") as stream:
-            for sample in tar_file_iterator(stream):
-                sample["__url__"] = url
-                yield sample
-
-    try:
-        for sample in group_by_keys(files()):
-            key = f"sample {sample['__key__']}"
-            image = next((sample[k] for k in IMAGE_KEYS if k in sample), None)
-            text = next((sample[k] for k in TEXT_KEYS if k in sample), None)
-            if image is None:
-                yield bad_record(url, key, "image", f"no image member (looked for {', '.join(IMAGE_KEYS)})")
-                continue
-            caption = text.decode("utf-8", errors="replace").strip() if isinstance(text, bytes) else (text or "")
-            if not caption:
-                yield bad_record(url, key, "caption", "missing or empty")
-                continue
-            yield Record(url, key, caption, image_bytes=image)
-    except (OSError, ValueError, EOFError) as exc:  # truncated or unreadable shard: report, go on with the next
-        yield bad_record(url, None, "shard", f"unreadable tar: {exc}")

@@ -28,7 +28,7 @@ class DataSection:
     kind: str = "webdataset"               # webdataset | mgrs | csv
     train: Any = None                      # shard spec(s), MGRS text_info.json, or CSV
     image_root: str | None = None
-    caption: str = "official"              # MGRS: official (global_caption, else brief) | global | detailed | brief
+    caption: str = "official"              # MGRS: official (global_caption, else detailed) | global | detailed | brief
     image_key: str = "filepath"
     caption_key: str = "title"
     csv_sep: str = ","
@@ -40,6 +40,8 @@ class DataSection:
     min_region_size: float = 64
     max_region_size: float | None = 1024
     workers: int = 8
+    shuffle_buffer: int = 5000             # webdataset: sample shuffle buffer per loader worker (official 5000; 1 = off)
+    shuffle_initial: int = 1000            # ... filled this far before the first draw (official 1000)
     max_bad_samples: int | None = 1000     # stop the run once more records than this were unusable
     max_bad_fraction: float = 0.05         # ... or more than this fraction of the records read
 

@@ -135,7 +135,7 @@ def build_loader(cfg: TrainConfig, model: nn.Module, tokenizer, ctx) -> TrainLoa
                        mean=tuple(getattr(visual, "image_mean", None) or ViewConfig.mean),
                        std=tuple(getattr(visual, "image_std", None) or ViewConfig.std))
     return TrainLoader(LoaderConfig(d.kind, d.train, d.image_root, d.caption, d.image_key, d.caption_key,
-                                    d.csv_sep, d.num_samples, d.workers),
+                                    d.csv_sep, d.num_samples, d.workers, d.shuffle_buffer, d.shuffle_initial),
                        views, tokenizer, cfg.optim.batch_size, ctx.rank, ctx.world, cfg.run.seed)
 
 
@@ -256,7 +256,7 @@ def train(cfg: TrainConfig, resume: str | None = None, validate: Validator | Non
                 progress["batch_in_epoch"] += 1
                 if "cursor" in batch:
                     role, position = batch["cursor"]
-                    progress["cursors"][int(role)] = int(position)
+                    progress["cursors"][int(role)] = position
                 progress["skipped"] += len(batch["skipped"])
                 progress["notes"] += len(batch["notes"])
                 log.skipped(batch["skipped"] + batch["notes"])

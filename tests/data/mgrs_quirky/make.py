@@ -4,7 +4,9 @@
 
 Records: 12 usable images (RGB and grayscale, some without objects), 1 corrupt image, 1 missing image, 1 record
 without caption; objects with bbox dicts under other key names, free-text captions, boxes out of bounds and
-degenerate boxes.
+degenerate boxes. ``caption_quirks=True`` appends records 15-18 whose global caption is empty, absent or blank,
+with only some of the other captions (which caption trains, or whether the record is skipped, depends on the
+caption rule).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from PIL import Image
 CATEGORIES = ["airplane", "ship", "storage tank"]
 
 
-def make(out: str | Path, size: int = 160, seed: int = 0) -> Path:
+def make(out: str | Path, size: int = 160, seed: int = 0, caption_quirks: bool = False) -> Path:
     out = Path(out)
     imgs = out / "global_imgs"
     imgs.mkdir(parents=True, exist_ok=True)
@@ -55,6 +57,14 @@ def make(out: str | Path, size: int = 160, seed: int = 0) -> Path:
     items.append({"global_filepath": "corrupt.png", "global_caption": "a corrupt image", "segment": []})
     items.append({"global_filepath": "missing.png", "global_caption": "a missing image", "segment": []})
     items.append({"global_filepath": "000.png", "segment": []})  # no caption at all
+    if caption_quirks:
+        both = {"bbox": [10, 10, 90, 90, size, size], "category": "ship", "category_id": 1, "cap": "a red ship"}
+        items += [{"global_filepath": "001.png", "global_caption": "", "detailed_caption": "detailed only 15",
+                   "brief_caption": "brief 15", "segment": [both]},                 # empty global caption
+                  {"global_filepath": "002.png", "detailed_caption": "detailed only 16", "segment": []},
+                  {"global_filepath": "003.png", "brief_caption": "brief only 17", "segment": []},
+                  {"global_filepath": "005.png", "global_caption": "   ", "detailed_caption": "detailed 18",
+                   "segment": []}]                                                   # blank global caption
     (out / "text_info.json").write_text(json.dumps(items, indent=1))
     return out / "text_info.json"
 
