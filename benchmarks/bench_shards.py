@@ -4,8 +4,9 @@
     .venv/bin/python benchmarks/bench_shards.py [--samples 600] [--image-kb 24]
 
 Bytes: for a set of shards and R = ranks x workers roles, every role reads its share of one epoch through a
-counting file opener. "previous" (each shard's bytes read once, times the roles that read it) is the dealing farslip had before (with fewer than two shards per role every
-role read every shard and kept one sample in R); "pieces" is today's (whole shards, or byte-range pieces).
+counting file opener. "pieces" is farslip's dealing (whole shards, or byte-range pieces with fewer than two
+shards per role); "every role" is dealing samples by index (each role reads every shard and keeps one sample in
+R), counted as each shard's bytes read once times the roles that read it.
 Speed: one shard read end to end by webdataset's tar iterator (what the official pipeline uses) and by farslip's
 piece reader. Results are printed as a table; docs/data.md records a run.
 """
@@ -88,9 +89,9 @@ def epoch_bytes(shards: list[str], roles: int, samples: int) -> tuple[int, int]:
         for _ in read_piece(Piece(url, 0, 1, sizes[url]), opener=counter):
             pass
         once[url] = counter.bytes
-    old = sum(once[url] for role in range(roles)
+    every_role = sum(once[url] for role in range(roles)
               for url in (order[role::roles] if len(shards) >= 2 * roles else order))
-    return new.bytes, old
+    return new.bytes, every_role
 
 
 def read_speed(url: str) -> tuple[float, float]:
@@ -122,16 +123,16 @@ def main():
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         shards = write_shards(Path(tmp), 16, args.samples, args.image_kb)
-        print("| shards | roles | pieces: bytes / data | previous: bytes / data |")
+        print("| shards | roles | pieces: bytes / data | every role reads every shard |")
         print("|---:|---:|---:|---:|")
         for num in (1, 4, 16):
             total = sum(os.path.getsize(u) for u in shards[:num])
             for roles in (2, 8, 32, 128):
-                new, old = epoch_bytes(shards[:num], roles, num * args.samples)
+                new, every_role = epoch_bytes(shards[:num], roles, num * args.samples)
                 if new < 0:
                     print(f"| {num} | {roles} | (too few samples per role: refused) | |")
                     continue
-                print(f"| {num} | {roles} | {new / total:.3f} | {old / total:.2f} |")
+                print(f"| {num} | {roles} | {new / total:.3f} | {every_role / total:.2f} |")
         official, farslip = read_speed(shards[0])
         mb = os.path.getsize(shards[0]) / 2 ** 20
         print(f"\none shard ({mb:.0f} MiB): webdataset tar iterator {mb / official:.0f} MiB/s, "

@@ -127,8 +127,8 @@ def _build(cls, values: dict, source, section: str = ""):
 
 # Smallest sensible value of numeric fields ("section.field"); anything else is a typo that would train nonsense.
 MINIMUM = {
-    "data.num_samples": 1, "data.num_crops": 1, "data.workers": 0, "data.min_region_size": 0,
-    "data.max_region_size": 1, "data.max_bad_samples": 0, "data.max_bad_fraction": 0,
+    "data.num_samples": 1, "data.num_crops": 1, "data.workers": 0, "data.shuffle_buffer": 1, "data.shuffle_initial": 1,
+    "data.min_region_size": 0, "data.max_region_size": 1, "data.max_bad_samples": 0, "data.max_bad_fraction": 0,
     "objective.global_weight": 0, "objective.distill_weight": 0, "objective.region_weight": 0,
     "objective.ema_momentum": 0,
     "optim.lr": 0, "optim.weight_decay": 0, "optim.beta1": 0, "optim.beta2": 0, "optim.eps": 0, "optim.warmup": 0,
