@@ -1,0 +1,217 @@
+"""``farslip locate``: where in a whole scene is each thing you name -- a heatmap per query and its regions.
+
+    results = farslip.locate(["storage tank", "ship"], "scene.tif", checkpoint="model.pt", out="where/")
+
+The raster goes through exactly the tiles and windows of ``segment`` (``scene.py``); per pixel the window-averaged
+cosine logits of each query's names and of a background vocabulary give the query's probability against the
+background, ``sigmoid(s * l_query - logsumexp(s * l_background))`` with SegEarth-OV's logit scale ``s = 50`` --
+the probability the segmentation protocol would give the query in a two-way "query or background" problem.
+Queries do not compete with each other (a storage tank on a ship's deck may score high for both); synonyms
+(``"storage tank,oil tank"``) score by their best name, as in ``segment``.
+
+Per image and query: ``OUT/<stem>.<query>.tif`` (float32 COG, the input's CRS/transform, NaN = nodata); per image:
+``OUT/<stem>.regions.gpkg`` (connected areas at or above ``threshold``: query, mean and maximum score, area),
+``OUT/<stem>.locate.png`` (the image with each heatmap) and ``OUT/<stem>.locate.json`` (summary).
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..eval.common import name_embeddings
+from ..eval.ovss import OVSS_TEMPLATES, query_table
+from .cog import score_writer
+from .common import load_for_inference, model_input_size, parse_classes
+from .raster import open_raster, read_thumbnail
+from .scene import SceneTiles, tile_logits
+from .vectors import Features, driver_for, heatmap_polygons, write_features
+
+#: What a query competes with at each pixel (a query's own names are left out of it).
+BACKGROUND = ("background", "bare land", "grass", "tree", "road", "building", "water", "farmland")
+
+
+@dataclass
+class LocateOptions:
+    threshold: float = 0.5              # probability at or above which a pixel belongs to a detected region
+    background: Sequence[str] = BACKGROUND
+    min_area: float = 0.0               # regions smaller than this (map units^2) are left out
+    simplify: float = 0.0               # polygon simplification tolerance (map units)
+    vector_format: str = "gpkg"         # gpkg | geojson
+    attn: str = "segearth"
+    cls_lambda: float = -0.3
+    logit_scale: float = 50.0
+    scale: float = 1.0
+    window: int | None = None
+    stride: int | None = None
+    block: int = 1024
+    window_batch_size: int | None = None
+    bands: Sequence[int] | None = None
+    percentiles: tuple[float, float] = (2.0, 98.0)
+    preview_size: int = 1024
+    progress: bool = True
+    gdal_cache_mb: int = 256
+    amp: str | None = None
+
+
+@dataclass
+class QueryResult:
+    query: str
+    heatmap: str
+    max_score: float
+    regions: int
+    area: float                         # map units^2 (pixels when not georeferenced) of the detected regions
+
+
+@dataclass
+class LocateResult:
+    image: str
+    regions: str
+    preview: str
+    pixels: int
+    seconds: float
+    queries: list[QueryResult] = field(default_factory=list)
+
+
+def slug(text: str) -> str:
+    """A file-name part for a query ("storage tank,oil tank" -> "storage-tank")."""
+    return re.sub(r"[^a-z0-9]+", "-", text.split(",")[0].lower()).strip("-") or "query"
+
+
+def locate(queries: Sequence[str] | str, images: Sequence[str | Path] | str | Path, *,
+           checkpoint: str | Path | None = None, model=None, tokenizer=None, out: str | Path = "locate",
+           arch: str | None = None, device: str = "auto", options: LocateOptions | None = None,
+           **overrides) -> list[LocateResult]:
+    """Heatmaps and regions of each query in each image (see the module's description)."""
+    from .segment import _bounded_gdal_cache
+
+    opts = options or LocateOptions()
+    for k, v in overrides.items():
+        setattr(opts, k, v)
+    queries = [queries] if isinstance(queries, str) else list(queries)
+    images = [images] if isinstance(images, (str, Path)) else list(images)
+    query_syn = parse_classes(queries)
+    if not 0 < opts.threshold <= 1:
+        raise ValueError(f"threshold {opts.threshold} must be in (0, 1]")
+    own = {n.lower() for syn in query_syn for n in syn}
+    background = [b for b in opts.background if b.lower() not in own]
+    if not background:
+        raise ValueError("the background vocabulary is empty once the queries' own names are left out")
+    slugs = [slug(q[0]) for q in query_syn]
+    if len(set(slugs)) != len(slugs):
+        raise ValueError(f"two queries give the same file name: {slugs}")
+    driver_for(f"x.{opts.vector_format}")
+    if model is None:
+        if checkpoint is None:
+            raise ValueError("locate needs a checkpoint (or a model and tokenizer)")
+        model, _, tokenizer = load_for_inference(checkpoint, arch, device)
+    names, owner = query_table(query_syn)
+    with torch.no_grad():
+        text = name_embeddings(model, tokenizer, names + background, OVSS_TEMPLATES, batch_size=64)
+    results = []
+    with _bounded_gdal_cache(opts.gdal_cache_mb):
+        for image in images:
+            results.append(_locate_one(Path(image), model, text, owner, [q[0] for q in query_syn], slugs,
+                                       Path(out), opts))
+    return results
+
+
+def query_probabilities(logits: torch.Tensor, owner: torch.Tensor, n_queries: int, scale: float) -> torch.Tensor:
+    """``[n_queries, h, w]`` probabilities from ``[names + background, h, w]`` logits: each name against the
+    background (softmax over the two-way problem), the best name of each query."""
+    n_names = owner.numel()
+    bg = torch.logsumexp(scale * logits[n_names:], dim=0)
+    p = torch.sigmoid(scale * logits[:n_names] - bg)
+    out = p.new_full((n_queries,) + p.shape[1:], float("-inf"))
+    idx = owner.to(p.device).view(-1, 1, 1).expand_as(p)
+    return out.scatter_reduce_(0, idx, p, reduce="amax", include_self=True)
+
+
+def _locate_one(path: Path, model, text, owner, queries, slugs, out: Path, opts: LocateOptions) -> LocateResult:
+    t0 = time.perf_counter()
+    r = open_raster(path, opts.bands, opts.percentiles)
+    window = opts.window or model_input_size(model)
+    scene = SceneTiles(r, window, opts.stride or window // 2, opts.scale, opts.block)
+    heat_paths = [out / f"{path.stem}.{s}.tif" for s in slugs]
+    peaks = np.full(len(queries), np.nan)
+    try:
+        with ExitStack() as stack:
+            dsts = [stack.enter_context(score_writer(p, r.src, [q], kind="similarity", source=path))
+                    for p, q in zip(heat_paths, queries)]
+            for d in dsts:
+                d.update_tags(FARSLIP_THRESHOLD=str(opts.threshold))
+            for tile in tqdm(scene, total=len(scene), desc=f"locate {path.name}", unit="tile",
+                             disable=not opts.progress):
+                win = tile.window
+                logits = tile_logits(scene, tile, model, text, attn=opts.attn, cls_lambda=opts.cls_lambda,
+                                     amp=opts.amp, window_batch_size=opts.window_batch_size)
+                if logits is None:
+                    continue  # nothing valid: the COG keeps its nodata there
+                prob = query_probabilities(logits.float(), owner, len(queries), opts.logit_scale).cpu().numpy()
+                valid = scene.valid(tile)
+                if valid is not None:
+                    prob[:, ~valid] = np.nan
+                for i, d in enumerate(dsts):
+                    d.write(prob[i].astype(np.float32), 1, window=win)
+                    if np.isfinite(prob[i]).any():
+                        peaks[i] = np.nanmax([peaks[i], np.nanmax(prob[i])])
+        feats, summaries = Features(), []
+        for q, hp, peak in zip(queries, heat_paths, peaks):
+            before = len(feats)
+            heatmap_polygons(hp, opts.threshold, query=q, min_area=opts.min_area, simplify=opts.simplify,
+                             features=feats)
+            areas = feats.columns.get("area", [])[before:]
+            summaries.append(QueryResult(q, str(hp), round(float(peak), 4) if np.isfinite(peak) else 0.0,
+                                         len(feats) - before, float(sum(areas))))
+        regions = write_features(feats, out / f"{path.stem}.regions.{opts.vector_format}", r.src.crs, "regions")
+        preview = write_heat_preview(r, heat_paths, queries, opts.threshold, out / f"{path.stem}.locate.png",
+                                     opts.preview_size)
+    finally:
+        r.close()
+    result = LocateResult(str(path), str(regions), str(preview), r.height * r.width, time.perf_counter() - t0,
+                          summaries)
+    (out / f"{path.stem}.locate.json").write_text(json.dumps(asdict(result), indent=2))
+    return result
+
+
+def write_heat_preview(r, heat_paths, queries, threshold: float, png: Path, max_side: int) -> Path:
+    """The image, then one panel per query with its heatmap over the image and the threshold's contour (decimated
+    reads of the COGs' overviews: bounded memory)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import rasterio
+    from rasterio.enums import Resampling
+
+    thumb = read_thumbnail(r, max_side).transpose(1, 2, 0)
+    n = len(heat_paths) + 1
+    cols = min(n, 3)
+    rows = -(-n // cols)
+    aspect = thumb.shape[0] / max(thumb.shape[1], 1)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 5 * rows * aspect + 0.6), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    axes[0, 0].imshow(thumb)
+    axes[0, 0].set_title(r.path.name)
+    for k, (hp, q) in enumerate(zip(heat_paths, queries), 1):
+        with rasterio.open(hp) as src:
+            heat = src.read(1, out_shape=thumb.shape[:2], resampling=Resampling.bilinear)
+        ax = axes.ravel()[k]
+        ax.imshow(thumb)
+        im = ax.imshow(np.ma.masked_invalid(heat), cmap="inferno", vmin=0, vmax=1, alpha=0.6)
+        if np.nanmax(heat, initial=0) >= threshold:
+            ax.contour(np.nan_to_num(heat, nan=0.0), levels=[threshold], colors="cyan", linewidths=1)
+        ax.set_title(f'"{q}"')
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="probability against the background")
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png

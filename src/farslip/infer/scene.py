@@ -1,0 +1,99 @@
+"""A whole raster through the dense engine, tile by tile: what ``segment`` and ``locate`` share.
+
+``SceneTiles`` lays the tiles of ``tiling.py`` over a raster (each tile encodes the windows of the whole raster's
+grid that touch it, so the result equals one pass over the whole raster); ``tile_logits`` gives one tile's
+window-averaged cosine logits at output resolution. Windows that hold no valid pixel (nodata, mask or alpha) are
+not encoded, and a tile with no valid pixel encodes nothing: on a scene with a wide nodata collar that is most of
+the work saved, and no valid pixel's value changes (every window that covers a valid pixel is kept).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from rasterio.enums import Resampling
+
+from ..eval.ovss import sliding_window_logits
+from .common import normaliser
+from .raster import RasterInput, Window, read_rgb, read_valid
+from .tiling import AxisTile, axis_tiles, tile_boxes, tile_step
+
+
+@dataclass
+class Tile:
+    rows: AxisTile
+    cols: AxisTile
+
+    @property
+    def window(self) -> Window:
+        """The tile's output pixels in the raster."""
+        (y0, y1), (x0, x1) = self.rows.out, self.cols.out
+        return Window(x0, y0, x1 - x0, y1 - y0)
+
+
+class SceneTiles:
+    """The tiles of a raster for windows of ``window`` px every ``stride`` px on the grid rescaled by ``scale``,
+    about ``block`` output pixels a side."""
+
+    def __init__(self, r: RasterInput, window: int, stride: int, scale: float = 1.0, block: int = 1024):
+        self.r, self.window, self.stride, self.scale = r, window, stride, scale
+        H, W = r.height, r.width
+        self.scaled = (max(1, round(H * scale)), max(1, round(W * scale)))  # the grid the windows slide on
+        step = tile_step(block, stride, scale)
+        self.row_tiles = axis_tiles(H, self.scaled[0], window, stride, step)
+        self.col_tiles = axis_tiles(W, self.scaled[1], window, stride, step)
+
+    def __len__(self) -> int:
+        return len(self.row_tiles) * len(self.col_tiles)
+
+    def __iter__(self):
+        for rows in self.row_tiles:
+            for cols in self.col_tiles:
+                yield Tile(rows, cols)
+
+    def region(self, tile: Tile) -> Window:
+        """The tile's region of the rescaled grid, in input pixels (fractional when rescaled: GDAL honours it)."""
+        (Hs, Ws), (H, W) = self.scaled, (self.r.height, self.r.width)
+        (ry0, ry1), (rx0, rx1) = tile.rows.region, tile.cols.region
+        return Window(rx0 * W / Ws, ry0 * H / Hs, (rx1 - rx0) * W / Ws, (ry1 - ry0) * H / Hs)
+
+    def region_shape(self, tile: Tile) -> tuple[int, int]:
+        (ry0, ry1), (rx0, rx1) = tile.rows.region, tile.cols.region
+        return ry1 - ry0, rx1 - rx0
+
+    def encoded_boxes(self, tile: Tile) -> list[tuple[int, int, int, int]]:
+        """The tile's windows that hold a valid pixel (all of them when the raster declares no nodata)."""
+        boxes = tile_boxes(tile.rows, tile.cols)
+        if self.r.all_valid:
+            return boxes
+        # a region pixel counts as valid when any input pixel under it is (average of the masks > 0), grown by one pixel so that the two
+        # region pixels a rescaled output pixel interpolates between are both computed
+        m = self.r.src.read_masks(self.r.bands, window=self.region(tile), out_shape=(3,) + self.region_shape(tile),
+                                  resampling=Resampling.average).max(axis=0) > 0
+        grown = m.copy()
+        grown[1:] |= m[:-1]
+        grown[:-1] |= m[1:]
+        grown[:, 1:] |= grown[:, :-1].copy()
+        grown[:, :-1] |= grown[:, 1:].copy()
+        table = np.pad(grown.cumsum(0).cumsum(1), ((1, 0), (1, 0)))  # summed-area table: any-valid per window
+        return [(y1, y2, x1, x2) for y1, y2, x1, x2 in boxes
+                if table[y2, x2] - table[y1, x2] - table[y2, x1] + table[y1, x1] > 0]
+
+    def valid(self, tile: Tile) -> np.ndarray | None:
+        """``[h, w]`` validity of the tile's output pixels (None: all valid)."""
+        return read_valid(self.r, tile.window)
+
+
+def tile_logits(scene: SceneTiles, tile: Tile, model, text: torch.Tensor, *, attn: str, cls_lambda: float,
+                amp=None, window_batch_size: int | None = None) -> torch.Tensor | None:
+    """``[Q, h, w]`` window-averaged cosine logits of the tile's output pixels against ``text`` (NaN where no
+    encoded window covers a pixel, i.e. nodata), or None when the tile has no valid pixel."""
+    boxes = scene.encoded_boxes(tile)
+    if not boxes:
+        return None
+    x = normaliser(model)(torch.from_numpy(read_rgb(scene.r, scene.region(tile), scene.region_shape(tile))))
+    logits = sliding_window_logits(model, [x.to(next(model.parameters()).device)], text, crop=scene.window,
+                                   stride=scene.stride, attn=attn, cls_lambda=cls_lambda, amp=amp,
+                                   window_batch_size=window_batch_size, boxes=[boxes])[0]
+    return tile.cols.take(tile.rows.take(logits, 1), 2)

@@ -1,0 +1,272 @@
+"""Polygons of a class map or of a thresholded heatmap, in the raster's CRS, with bounded memory.
+
+A 20,000 x 20,000 map is polygonised in strips of rows (``rasterio.features.shapes``, 4-connected, as GDAL's
+``gdal_polygonize``). A region cut by a strip edge is joined to its other parts: the pixel rows on both sides of
+the edge say which pieces touch (same label in the same column), the pieces are merged (union-find) and their
+geometries united once the region has no piece on the newest edge. Geometry is built in pixel coordinates, where
+the strip edges are exact integers, and mapped to the raster's CRS only when a region is complete -- so the pieces
+of a region share their edges exactly and unite without slivers. Each region carries its pixel count and the sum
+and maximum of a score raster (the confidence or the heatmap) over its pixels.
+
+Written through pyogrio (GDAL/OGR): GeoPackage or GeoJSON, chosen by the suffix.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import rasterio
+import shapely
+import torch
+from rasterio.features import rasterize, shapes
+from rasterio.windows import Window
+
+#: Output formats by suffix (OGR driver names).
+DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON"}
+#: Pixels per strip: about 8 million (32 MB per int32 array), in whole rows.
+STRIP_PIXELS = 8 * 2 ** 20
+
+
+class VectorError(ValueError):
+    """An output path whose format is not known, or a raster that cannot be polygonised."""
+
+
+@dataclass
+class Region:
+    """One connected region: its label, its pieces (pixel-coordinate polygons) and statistics of its pixels."""
+
+    label: int
+    pieces: list = field(default_factory=list)
+    pixels: int = 0
+    score_sum: float = 0.0
+    score_max: float = float("-inf")
+
+    def absorb(self, other: "Region") -> None:
+        self.pieces += other.pieces
+        self.pixels += other.pixels
+        self.score_sum += other.score_sum
+        self.score_max = max(self.score_max, other.score_max)
+
+    @property
+    def mean_score(self) -> float:
+        return self.score_sum / max(self.pixels, 1)
+
+
+def driver_for(path: str | Path) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in DRIVERS:
+        raise VectorError(f"{path}: vector output must end in .gpkg or .geojson")
+    return DRIVERS[suffix]
+
+
+def regions(labels: Callable[[Window], np.ndarray], height: int, width: int,
+            scores: Callable[[Window], np.ndarray] | None = None, strip_rows: int | None = None
+            ) -> Iterator[Region]:
+    """Every 4-connected region of equal labels (``labels(window)``: int array, negative = no region), strip by
+    strip. ``scores(window)``: float array whose sum and maximum each region collects."""
+    rows = strip_rows or max(1, STRIP_PIXELS // max(width, 1))
+    parent: dict[int, int] = {}
+    open_regions: dict[int, Region] = {}
+    prev_ids = prev_labels = None
+    next_id = 1
+
+    def root(i: int) -> int:
+        while parent.get(i, i) != i:
+            parent[i] = parent.get(parent[i], parent[i])
+            i = parent[i]
+        return i
+
+    for y0 in range(0, height, rows):
+        y1 = min(y0 + rows, height)
+        win = Window(0, y0, width, y1 - y0)
+        lab = labels(win).astype(np.int32, copy=False)
+        score = scores(win) if scores is not None else None
+        pieces = [(shapely.geometry.shape(g), int(v))
+                  for g, v in shapes(lab, mask=lab >= 0, connectivity=4,
+                                     transform=rasterio.Affine.translation(0, y0))]
+        ids = _piece_ids(pieces, lab.shape, y0)
+        stats = _piece_stats(ids, score, len(pieces))
+        gids = np.arange(next_id, next_id + len(pieces))
+        top = set(gids[ids[0][ids[0] > 0] - 1].tolist()) if y0 > 0 else set()
+        bottom = set(gids[ids[-1][ids[-1] > 0] - 1].tolist()) if y1 < height else set()
+        for k, ((geom, value), gid) in enumerate(zip(pieces, gids.tolist())):
+            reg = Region(value, [geom], int(stats[0][k]), float(stats[1][k]), float(stats[2][k]))
+            if gid in top or gid in bottom:
+                open_regions[gid] = reg
+            else:
+                yield reg
+        if prev_ids is not None:
+            for a, b in _touching(prev_ids, prev_labels, ids[0] + np.where(ids[0] > 0, next_id - 1, 0), lab[0]):
+                ra, rb = root(a), root(b)
+                if ra != rb:
+                    parent[rb] = ra
+                    open_regions[ra].absorb(open_regions.pop(rb))
+        still_open = {root(g) for g in bottom}
+        for r in [r for r in open_regions if r not in still_open]:
+            yield open_regions.pop(r)
+        prev_ids = ids[-1] + np.where(ids[-1] > 0, next_id - 1, 0)
+        prev_labels = lab[-1].copy()
+        next_id += len(pieces)
+    yield from open_regions.values()
+
+
+def _piece_ids(pieces, shape, y0: int) -> np.ndarray:
+    """``[h, w]`` 1-based index of the piece each pixel belongs to (0: none)."""
+    if not pieces:
+        return np.zeros(shape, np.int32)
+    return rasterize(((g, i) for i, (g, _) in enumerate(pieces, 1)), out_shape=shape, fill=0, dtype="int32",
+                     transform=rasterio.Affine.translation(0, y0))
+
+
+def _piece_stats(ids: np.ndarray, score: np.ndarray | None, n: int):
+    """Pixel count, score sum and score maximum of each piece."""
+    flat = torch.from_numpy(ids.ravel().astype(np.int64))
+    count = torch.bincount(flat, minlength=n + 1)[1:]
+    if score is None:
+        return count.numpy(), np.zeros(n), np.zeros(n)
+    s = torch.from_numpy(np.nan_to_num(score.astype(np.float64, copy=False).ravel(), nan=0.0))
+    total = torch.zeros(n + 1, dtype=torch.float64).index_add_(0, flat, s)[1:]
+    peak = torch.full((n + 1,), float("-inf"), dtype=torch.float64).scatter_reduce_(0, flat, s, "amax")[1:]
+    return count.numpy(), total.numpy(), peak.numpy()
+
+
+def _touching(prev_ids, prev_labels, cur_ids, cur_labels) -> set[tuple[int, int]]:
+    """Pairs of pieces (above, below) that share an edge across the strip boundary: same label, same column."""
+    m = (prev_ids > 0) & (cur_ids > 0) & (prev_labels == cur_labels)
+    return set(zip(prev_ids[m].tolist(), cur_ids[m].tolist()))
+
+
+def region_geometry(reg: Region, transform, simplify: float = 0.0):
+    """The region's polygon in map coordinates, simplified to ``simplify`` map units (topology kept)."""
+    geom = reg.pieces[0] if len(reg.pieces) == 1 else shapely.union_all(reg.pieces)
+    a, b, c, d, e, f = transform.a, transform.b, transform.c, transform.d, transform.e, transform.f
+    geom = shapely.affinity.affine_transform(geom, (a, b, d, e, c, f))
+    if simplify > 0:
+        geom = shapely.simplify(geom, simplify, preserve_topology=True)
+    return geom
+
+
+def pixel_area(transform) -> float:
+    return abs(transform.a * transform.e - transform.b * transform.d)
+
+
+@dataclass
+class Features:
+    """Polygons and their attribute columns, ready for one OGR layer."""
+
+    geometries: list = field(default_factory=list)
+    columns: dict[str, list] = field(default_factory=dict)
+
+    def add(self, geom, **attrs) -> None:
+        self.geometries.append(geom)
+        for k, v in attrs.items():
+            self.columns.setdefault(k, []).append(v)
+
+    def __len__(self) -> int:
+        return len(self.geometries)
+
+
+def write_features(features: Features, path: str | Path, crs, layer: str) -> Path:
+    """One polygon layer at ``path`` (GeoPackage or GeoJSON by suffix), written under a temporary name and renamed
+    when complete."""
+    import pyogrio.raw
+
+    path = Path(path)
+    driver = driver_for(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")  # OGR wants the suffix
+    multi = any(g.geom_type == "MultiPolygon" for g in features.geometries)
+    geoms = [shapely.MultiPolygon([g]) if multi and g.geom_type == "Polygon" else g for g in features.geometries]
+    columns = features.columns or {"id": []}
+    try:
+        pyogrio.raw.write(partial, geometry=np.array(shapely.to_wkb(geoms), dtype=object) if geoms else
+                          np.array([], dtype=object),
+                          field_data=[np.asarray(v) for v in columns.values()], fields=list(columns),
+                          crs=crs.to_wkt() if crs is not None else None, driver=driver, layer=layer,
+                          geometry_type="MultiPolygon" if multi else "Polygon")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
+
+
+@dataclass
+class VectorSummary:
+    path: str
+    polygons: int
+    dropped_small: int
+
+
+def class_map_polygons(class_map: str | Path, *, confidence: str | Path | None = None, min_area: float = 0.0,
+                       simplify: float = 0.0) -> tuple[Features, int]:
+    """Polygons of a farslip class map (its ``CLASS_NAMES`` tag names the classes; nodata pixels make none), with
+    class, class index, area (map units^2), pixels and the mean confidence when ``confidence`` is given.
+    Regions under ``min_area`` map units^2 are left out (their pixels stay uncovered). Returns the features and how
+    many regions were too small."""
+    with rasterio.open(class_map) as src:
+        names = json.loads(src.tags().get("CLASS_NAMES", "[]"))
+        nodata = src.nodata
+
+        def labels(win):
+            a = src.read(1, window=win).astype(np.int32)
+            if nodata is not None:
+                a[a == int(nodata)] = -1
+            return a
+
+        conf = rasterio.open(confidence) if confidence else None
+        try:
+            scores = (lambda win: conf.read(1, window=win)) if conf is not None else None
+            feats, small = Features(), 0
+            px_area = pixel_area(src.transform)
+            for reg in regions(labels, src.height, src.width, scores):
+                area = reg.pixels * px_area
+                if area < min_area:
+                    small += 1
+                    continue
+                attrs = {"class": names[reg.label] if reg.label < len(names) else str(reg.label),
+                         "class_index": reg.label, "area": area, "pixels": reg.pixels}
+                if conf is not None:
+                    attrs["mean_confidence"] = round(reg.mean_score, 4)
+                feats.add(region_geometry(reg, src.transform, simplify), **attrs)
+        finally:
+            if conf is not None:
+                conf.close()
+    return feats, small
+
+
+def heatmap_polygons(heatmap: str | Path, threshold: float, *, band: int = 1, query: str = "",
+                     min_area: float = 0.0, simplify: float = 0.0, features: Features | None = None
+                     ) -> tuple[Features, int]:
+    """Connected areas where a score raster is at least ``threshold`` (band ``band``), with the query, the mean
+    and maximum score, area (map units^2) and pixels. Appends to ``features`` when given."""
+    feats, small = features if features is not None else Features(), 0
+    with rasterio.open(heatmap) as src:
+        def labels(win):
+            h = src.read(band, window=win)
+            return np.where(h >= threshold, 0, -1).astype(np.int32)  # NaN (nodata) compares False
+
+        px_area = pixel_area(src.transform)
+        for reg in regions(labels, src.height, src.width, lambda win: src.read(band, window=win)):
+            area = reg.pixels * px_area
+            if area < min_area:
+                small += 1
+                continue
+            feats.add(region_geometry(reg, src.transform, simplify), query=query, score=round(reg.mean_score, 4),
+                      max_score=round(reg.score_max, 4), area=area, pixels=reg.pixels)
+    return feats, small
+
+
+def vectorize_class_map(class_map: str | Path, out: str | Path, *, confidence: str | Path | None = None,
+                        min_area: float = 0.0, simplify: float = 0.0) -> VectorSummary:
+    """``segment --vector``: the class map's polygons written to ``out`` (.gpkg or .geojson)."""
+    driver_for(out)
+    feats, small = class_map_polygons(class_map, confidence=confidence, min_area=min_area, simplify=simplify)
+    with rasterio.open(class_map) as src:
+        crs = src.crs
+    write_features(feats, out, crs, layer=Path(out).stem)
+    return VectorSummary(str(out), len(feats), small)
+

@@ -1,0 +1,308 @@
+"""``--html`` / ``farslip view``: one self-contained HTML map of farslip's outputs that works offline.
+
+The map is built with folium (Leaflet); Leaflet's JavaScript and CSS are inlined from the ``django-js-lib-leaflet``
+package (Leaflet 1.9.4 as released, no Django needed), its icons as data URIs, so the file opens without a
+network -- folium itself would link them from a CDN. Layers:
+
+* the image (decimated, JPEG);
+* each class map (its colour table), confidence or heatmap (``inferno``) as a semi-transparent overlay that the
+  layer control switches on and off, with a legend;
+* each vector file (polygons with their attributes as tooltips, coloured by class when a class map names it).
+
+Rasters in a CRS are warped to Web Mercator (what Leaflet displays) from their overviews, so the overlays sit
+exactly where the vectors are; pictures without a georeference are shown in pixel coordinates.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.warp import calculate_default_transform, reproject, transform_bounds, transform_geom
+
+from .raster import open_raster, read_thumbnail
+
+MERCATOR = "EPSG:3857"
+#: Vectors beyond this many polygons are left out of the page (largest first kept), which stays responsive.
+MAX_FEATURES = 20000
+
+
+class ViewError(ValueError):
+    """An output that is not a farslip raster or vector file."""
+
+
+@dataclass
+class Overlay:
+    name: str
+    rgba: np.ndarray                       # [h, w, 4] in the map's display grid
+    legend: list[tuple[str, str]] = field(default_factory=list)  # (label, css colour)
+    colorbar: str | None = None            # css gradient for score layers
+
+
+@dataclass
+class Grid:
+    """The display grid: Web Mercator for georeferenced rasters, pixels otherwise."""
+
+    crs: object | None
+    transform: object
+    width: int
+    height: int
+    bounds_latlon: list[list[float]]       # [[south, west], [north, east]] (pixels: [[-H, 0], [0, W]])
+
+    @property
+    def simple(self) -> bool:
+        return self.crs is None
+
+
+def leaflet_assets() -> tuple[str, str]:
+    """Leaflet's JavaScript and its CSS (icons inlined as data URIs)."""
+    root = resources.files("js_lib_leaflet") / "static" / "js_lib_leaflet"
+    js = (root / "leaflet.js").read_text(encoding="utf-8")
+    css = (root / "leaflet.css").read_text(encoding="utf-8")
+
+    def inline(m):
+        data = (root / m.group(1)).read_bytes()
+        return f"url(data:image/png;base64,{base64.b64encode(data).decode()})"
+
+    return js, re.sub(r"url\((images/[\w.-]+\.png)\)", inline, css)
+
+
+def _data_uri(rgb_or_rgba: np.ndarray, fmt: str) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb_or_rgba).save(buf, format=fmt, **({"quality": 88} if fmt == "JPEG" else {}))
+    return f"data:image/{fmt.lower()};base64,{base64.b64encode(buf.getvalue()).decode()}"
+
+
+def display_grid(src, max_side: int) -> Grid:
+    """The grid the page shows ``src`` on, about ``max_side`` pixels on its longer side."""
+    f = max(src.width, src.height) / max_side
+    w, h = (max(1, round(src.width / f)), max(1, round(src.height / f))) if f > 1 else (src.width, src.height)
+    if src.crs is None:
+        return Grid(None, src.transform, w, h, [[-src.height, 0], [0, src.width]])
+    transform, dw, dh = calculate_default_transform(src.crs, MERCATOR, src.width, src.height, *src.bounds,
+                                                    dst_width=w, dst_height=h)
+    west, north = transform @ (0, 0)
+    east, south = transform @ (dw, dh)
+    w84 = transform_bounds(MERCATOR, "EPSG:4326", west, south, east, north)
+    return Grid(MERCATOR, transform, dw, dh, [[w84[1], w84[0]], [w84[3], w84[2]]])
+
+
+def _to_grid(bands: np.ndarray, src, grid: Grid, resampling: Resampling, nodata=None) -> np.ndarray:
+    """``[c, h, w]`` decimated bands of ``src`` (read at ``bands.shape``) onto the display grid."""
+    if grid.simple:
+        if bands.shape[1:] == (grid.height, grid.width):
+            return bands
+        from PIL import Image  # pixel grid: plain resize
+
+        return np.stack([np.asarray(Image.fromarray(b).resize((grid.width, grid.height), Image.NEAREST))
+                         for b in bands])
+    c, h, w = bands.shape
+    src_transform = src.transform @ rasterio.Affine.scale(src.width / w, src.height / h)
+    out = np.full((c, grid.height, grid.width), nodata if nodata is not None else 0, bands.dtype)
+    reproject(bands, out, src_transform=src_transform, src_crs=src.crs, dst_transform=grid.transform,
+              dst_crs=grid.crs, resampling=resampling, src_nodata=nodata, dst_nodata=nodata)
+    return out
+
+
+def _read_shape(src, grid: Grid) -> tuple[int, int]:
+    f = max(src.width, src.height) / max(grid.width, grid.height)
+    return (max(1, round(src.height / f)), max(1, round(src.width / f))) if f > 1 else (src.height, src.width)
+
+
+def image_layer(image: str | Path, grid: Grid, bands: Sequence[int] | None = None) -> np.ndarray:
+    """The image as RGB on the display grid (black outside it)."""
+    r = open_raster(image, bands)
+    try:
+        rgb = read_thumbnail(r, max(_read_shape(r.src, grid)))
+        return _to_grid(rgb, r.src, grid, Resampling.bilinear).transpose(1, 2, 0)
+    finally:
+        r.close()
+
+
+def raster_overlay(path: str | Path, grid: Grid) -> list[Overlay]:
+    """A class map (uint8 with a colour table) as one overlay, or each band of a score raster as one."""
+    with rasterio.open(path) as src:
+        names = json.loads(src.tags().get("CLASS_NAMES", "[]"))
+        shape = _read_shape(src, grid)
+        if src.dtypes[0] == "uint8" and _has_colormap(src):
+            cls = src.read(1, out_shape=shape, resampling=Resampling.nearest)
+            nod = int(src.nodata) if src.nodata is not None else 255
+            cls = _to_grid(cls[None], src, grid, Resampling.nearest, nodata=nod)[0]
+            cmap = src.colormap(1)
+            lut = np.zeros((256, 4), np.uint8)
+            for i, rgba in cmap.items():
+                lut[i] = (*rgba[:3], 255)
+            lut[nod] = 0
+            legend = [(n, _css(cmap[i])) for i, n in enumerate(names)] if names else []
+            return [Overlay(f"classes: {Path(path).name}", lut[cls], legend)]
+        if np.dtype(src.dtypes[0]).kind != "f":
+            raise ViewError(f"{path}: neither a farslip class map (uint8 with a colour table) nor a score raster")
+        out = []
+        for b in range(1, src.count + 1):
+            v = src.read(b, out_shape=shape, resampling=Resampling.bilinear).astype(np.float32)
+            v = _to_grid(v[None], src, grid, Resampling.bilinear, nodata=np.nan)[0]
+            label = src.descriptions[b - 1] or f"{Path(path).stem} band {b}"
+            out.append(Overlay(label, _inferno(v), colorbar=_inferno_css()))
+        return out
+
+
+def _has_colormap(src) -> bool:
+    try:
+        return bool(src.colormap(1))
+    except ValueError:
+        return False
+
+
+def _css(rgba) -> str:
+    return "#%02x%02x%02x" % tuple(int(c) for c in rgba[:3])
+
+
+def _inferno(v: np.ndarray) -> np.ndarray:
+    """Scores in [0, 1] as inferno colours; NaN transparent, and low scores fading out so the image shows."""
+    from matplotlib import colormaps
+
+    rgba = (colormaps["inferno"](np.nan_to_num(np.clip(v, 0, 1), nan=0.0)) * 255).astype(np.uint8)
+    rgba[..., 3] = np.where(np.isfinite(v), (80 + 175 * np.clip(np.nan_to_num(v), 0, 1)), 0).astype(np.uint8)
+    return rgba
+
+
+def _inferno_css() -> str:
+    from matplotlib import colormaps
+
+    stops = [_css(np.array(colormaps["inferno"](t)) * 255) for t in np.linspace(0, 1, 6)]
+    return f"linear-gradient(to right, {', '.join(stops)})"
+
+
+def vector_geojson(path: str | Path, grid: Grid, colours: dict[str, str]) -> tuple[dict, int]:
+    """A vector file as a GeoJSON FeatureCollection in the page's coordinates (WGS84, or pixels), largest
+    ``MAX_FEATURES`` polygons; and how many were left out."""
+    import pyogrio
+    import shapely
+
+    meta, _, geoms, fields = pyogrio.raw.read(path)
+    crs = meta.get("crs")
+    geoms = shapely.from_wkb(geoms)
+    order = np.argsort(-shapely.area(geoms))[:MAX_FEATURES]
+    feats = []
+    for i in order.tolist():
+        g = shapely.geometry.mapping(geoms[i])
+        if grid.simple:
+            g = shapely.geometry.mapping(shapely.transform(geoms[i], lambda xy: xy * np.array([1.0, -1.0])))
+        elif crs:
+            g = transform_geom(crs, "EPSG:4326", g)
+        props = {name: _plain(col[i]) for name, col in zip(meta["fields"], fields)}
+        props["_colour"] = colours.get(str(props.get("class", props.get("query", ""))), "#00e5ff")
+        feats.append({"type": "Feature", "geometry": g, "properties": props})
+    return {"type": "FeatureCollection", "features": feats}, len(geoms) - len(order)
+
+
+def _plain(v):
+    return v.item() if hasattr(v, "item") else v
+
+
+def write_html(out: str | Path, *, image: str | Path | None = None, rasters: Sequence[str | Path] = (),
+               vectors: Sequence[str | Path] = (), title: str | None = None, max_side: int = 2048,
+               bands: Sequence[int] | None = None, opacity: float = 0.6) -> Path:
+    """One offline HTML page: ``image`` under the ``rasters`` (class maps, confidences, heatmaps) and the
+    ``vectors``, each switchable, with legends. The grid is the first raster's (or the image's)."""
+    import folium
+
+    rasters, vectors = [Path(p) for p in rasters], [Path(p) for p in vectors]
+    if image is None and rasters:
+        image = _source_of(rasters[0])
+    ref = rasters[0] if rasters else image
+    if ref is None:
+        raise ViewError("nothing to show: give an image or a farslip raster")
+    with rasterio.open(ref) as src:
+        grid = display_grid(src, max_side)
+    m = folium.Map(crs="Simple" if grid.simple else "EPSG3857", tiles=None, control_scale=not grid.simple,
+                   zoom_snap=0.25)
+    m.default_js, m.default_css = [], []  # Leaflet comes inlined below, not from a CDN
+    js, css = leaflet_assets()
+    m.get_root().header.add_child(folium.Element(f"<style>{css}</style>\n<script>{js}</script>"), name="leaflet")
+    if image is not None:
+        folium.raster_layers.ImageOverlay(_data_uri(image_layer(image, grid, bands), "JPEG"), grid.bounds_latlon,
+                                          name=f"image: {Path(image).name}", pixelated=False).add_to(m)
+    colours: dict[str, str] = {}
+    legends = []
+    for path in rasters:
+        for ov in raster_overlay(path, grid):
+            folium.raster_layers.ImageOverlay(_data_uri(ov.rgba, "PNG"), grid.bounds_latlon, name=ov.name,
+                                              opacity=opacity, pixelated=True).add_to(m)
+            colours.update(dict(ov.legend))
+            legends.append(ov)
+    for path in vectors:
+        collection, left_out = vector_geojson(path, grid, colours)
+        fields = [k for k in (collection["features"][0]["properties"] if collection["features"] else {})
+                  if not k.startswith("_")]
+        label = f"polygons: {path.name}" + (f" (largest {MAX_FEATURES})" if left_out else "")
+        layer = folium.GeoJson(collection, name=label, style_function=_vector_style,
+                               tooltip=folium.GeoJsonTooltip(fields=fields) if fields else None)
+        layer.add_to(m)
+    folium.LayerControl(collapsed=False).add_to(m)
+    m.get_root().html.add_child(folium.Element(_legend_html(legends, title or Path(ref).name)))
+    m.fit_bounds(grid.bounds_latlon)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.partial")
+    try:
+        partial.write_text(m.get_root().render(), encoding="utf-8")
+        partial.replace(out)
+    finally:
+        partial.unlink(missing_ok=True)
+    return out
+
+
+def _vector_style(feature) -> dict:
+    c = feature["properties"].get("_colour", "#00e5ff")
+    return {"color": c, "weight": 1.5, "fillColor": c, "fillOpacity": 0.15}
+
+
+def _legend_html(overlays: Sequence[Overlay], title: str) -> str:
+    rows = []
+    for ov in overlays:
+        rows.append(f"<div style='font-weight:bold;margin-top:4px'>{html.escape(ov.name)}</div>")
+        for label, colour in ov.legend:
+            rows.append(f"<div><span style='display:inline-block;width:12px;height:12px;background:{colour};"
+                        f"margin-right:4px;vertical-align:middle'></span>{html.escape(label)}</div>")
+        if ov.colorbar:
+            rows.append(f"<div style='width:140px;height:10px;background:{ov.colorbar}'></div>"
+                        "<div style='display:flex;justify-content:space-between;width:140px'><span>0</span>"
+                        "<span>1</span></div>")
+    return ("<div id='farslip-legend' style='position:fixed;bottom:28px;right:10px;z-index:9999;background:white;"
+            "padding:6px 8px;border-radius:4px;font:12px sans-serif;box-shadow:0 1px 4px rgba(0,0,0,.4);"
+            f"max-height:60%;overflow:auto'><div style='font-weight:bold'>{html.escape(title)}</div>"
+            + "".join(rows) + "</div>")
+
+
+def _source_of(raster: Path) -> Path | None:
+    """The image a farslip raster was made from (its ``FARSLIP_SOURCE`` tag), when it still exists."""
+    with rasterio.open(raster) as src:
+        tag = src.tags().get("FARSLIP_SOURCE")
+    return Path(tag) if tag and Path(tag).exists() else None
+
+
+def view(outputs: Sequence[str | Path], html_path: str | Path | None = None, *, image: str | Path | None = None,
+         **kw) -> Path:
+    """``farslip view``: rasters and vector files in ``outputs`` (sorted by kind) on one page, written to
+    ``html_path`` (default: beside the first output, ``.html``)."""
+    rasters, vectors = [], []
+    for p in map(Path, outputs):
+        if not p.exists():
+            raise ViewError(f"{p}: file not found")
+        (vectors if p.suffix.lower() in (".gpkg", ".geojson", ".json") else rasters).append(p)
+    first = (rasters or vectors or [None])[0]
+    if first is None:
+        raise ViewError("nothing to show")
+    return write_html(html_path or first.with_suffix(".html"), image=image, rasters=rasters, vectors=vectors, **kw)

@@ -1,0 +1,223 @@
+"""GIS outputs read back: COG layout (GDAL's rules), polygons that cover the class map's pixels exactly, heatmaps
+that keep the georeference and skip nodata windows, and the HTML map rendered in a real browser."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pyogrio
+import pytest
+import rasterio
+import shapely
+from rasterio.features import rasterize
+from rasterio.transform import from_origin
+
+from farslip.infer import cog, scene, vectors, webmap
+from farslip.infer.locate import locate, query_probabilities
+
+CRS = "EPSG:32633"
+TRANSFORM = from_origin(500000, 4600000, 0.5, 0.5)
+PALETTE = np.array([[230, 30, 30], [30, 30, 230], [250, 230, 0]])
+
+
+def _geotiff(path, arr, nodata=None):
+    count, h, w = arr.shape
+    with rasterio.open(path, "w", driver="GTiff", height=h, width=w, count=count, dtype=arr.dtype, crs=CRS,
+                       transform=TRANSFORM, nodata=nodata) as dst:
+        dst.write(arr)
+    return path
+
+
+def _blobs(h, w, n_classes=3, seed=0):
+    """A class map with regions of every size, holes and regions touching only at corners."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:h, :w]
+    f = np.sin(xx / 13) + np.cos(yy / 9) + rng.normal(0, 0.3, (h, w))
+    return (np.round(1.5 * f).astype(int) % n_classes).astype(np.uint8)
+
+
+def _class_map(tmp_path, lab, name="cm.tif"):
+    like = rasterio.open(_geotiff(tmp_path / "like.tif", np.zeros((1,) + lab.shape, np.uint8)))
+    with cog.class_map_writer(tmp_path / name, like, ["red", "blue", "yellow"], PALETTE, source=like.name) as dst:
+        for _, win in dst.block_windows(1):
+            dst.write(lab[win.toslices()], 1, window=win)
+    like.close()
+    return tmp_path / name
+
+
+def test_cog_layout_georeference_and_colours(tmp_path):
+    lab = _blobs(900, 1300)
+    lab[:100, :200] = 255
+    path = _class_map(tmp_path, lab)
+    assert cog.validate_cog(path) == []
+    with rasterio.open(path) as src:
+        assert (src.crs.to_string(), src.transform, src.nodata) == (CRS, TRANSFORM, 255)
+        assert src.overviews(1) and src.block_shapes[0] == (512, 512)
+        assert src.colormap(1)[2][:3] == (250, 230, 0)
+        assert json.loads(src.tags()["CLASS_NAMES"]) == ["red", "blue", "yellow"]
+        assert (src.read(1) == lab).all()
+    # the validator is not a rubber stamp: an ordinary striped GeoTIFF of the same size fails it
+    plain = _geotiff(tmp_path / "plain.tif", lab[None])
+    assert cog.validate_cog(plain)
+    assert not list(tmp_path.glob(".*"))  # no staging or partial files left
+
+
+def test_cog_writer_leaves_nothing_when_it_fails(tmp_path):
+    like = rasterio.open(_geotiff(tmp_path / "like.tif", np.zeros((1, 64, 64), np.uint8)))
+    with pytest.raises(RuntimeError):
+        with cog.score_writer(tmp_path / "heat.tif", like, ["q"], kind="similarity"):
+            raise RuntimeError("interrupted")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["like.tif"]
+
+
+@pytest.mark.parametrize("strip_rows", [None, 7, 1])
+def test_polygons_cover_the_class_map_exactly(tmp_path, strip_rows, monkeypatch):
+    lab = _blobs(203, 157)
+    lab[:20, :30] = 255  # nodata makes no polygon
+    path = _class_map(tmp_path, lab)
+    if strip_rows:  # regions cut by strip edges must be joined again
+        monkeypatch.setattr(vectors, "STRIP_PIXELS", strip_rows * 157)
+    feats, small = vectors.class_map_polygons(path)
+    assert small == 0 and all(g.is_valid for g in feats.geometries)
+    burnt = rasterize(((g, v + 1) for g, v in zip(feats.geometries, feats.columns["class_index"])),
+                      out_shape=lab.shape, transform=TRANSFORM, dtype="int32")
+    assert (burnt == np.where(lab == 255, 0, lab.astype(np.int32) + 1)).all()
+    assert sum(feats.columns["pixels"]) == int((lab != 255).sum())
+    # 4-connected regions are single polygons: no two polygons of one class share an edge
+    assert all(g.geom_type == "Polygon" for g in feats.geometries)
+
+
+def test_vector_files_read_back_with_attributes(tmp_path):
+    lab = _blobs(120, 160)
+    path = _class_map(tmp_path, lab)
+    conf = rasterio.open(path)
+    with cog.score_writer(tmp_path / "conf.tif", conf, ["confidence"], kind="confidence") as dst:
+        dst.write(np.full((1,) + lab.shape, 0.75, np.float32))
+    conf.close()
+    full = vectors.vectorize_class_map(path, tmp_path / "all.gpkg", confidence=tmp_path / "conf.tif")
+    kept = vectors.vectorize_class_map(path, tmp_path / "big.geojson", confidence=tmp_path / "conf.tif",
+                                       min_area=20.0, simplify=1.0)
+    assert kept.polygons + kept.dropped_small == full.polygons and kept.dropped_small > 0
+    for f in ("all.gpkg", "big.geojson"):
+        info = pyogrio.read_info(tmp_path / f)
+        assert info["crs"] == CRS and info["geometry_type"] in ("Polygon", "MultiPolygon")
+        assert {"class", "area", "mean_confidence"} <= set(info["fields"])
+    meta, _, geoms, cols = pyogrio.raw.read(tmp_path / "big.geojson")
+    attrs = dict(zip(meta["fields"], cols))
+    assert set(attrs["class"]) <= {"red", "blue", "yellow"} and (attrs["area"] >= 20.0).all()
+    assert np.allclose(attrs["mean_confidence"], 0.75)
+    assert (attrs["area"] == attrs["pixels"] * 0.25).all()  # 0.5 m pixels
+    with pytest.raises(vectors.VectorError, match=".gpkg or .geojson"):
+        vectors.vectorize_class_map(path, tmp_path / "out.shp")
+
+
+def test_query_probabilities_two_way_softmax():
+    import torch
+
+    logits = torch.tensor([[0.30], [0.25], [0.20], [0.10]]).view(4, 1, 1)  # 2 names of query 0, 1 of query 1, 1 bg
+    owner = torch.tensor([0, 0, 1])
+    p = query_probabilities(logits, owner, 2, 50.0)[:, 0, 0]
+    expect0 = torch.softmax(torch.tensor([0.30, 0.10]) * 50, 0)[0]  # the best synonym against the background
+    expect1 = torch.softmax(torch.tensor([0.20, 0.10]) * 50, 0)[0]
+    assert torch.allclose(p, torch.stack([expect0, expect1]))
+
+
+@pytest.fixture
+def tiny_parts(tiny_model):
+    model, _, tokenizer = tiny_model
+    return model, tokenizer
+
+
+def test_locate_heatmaps_regions_and_nodata_windows(tmp_path, tiny_parts, monkeypatch):
+    model, tokenizer = tiny_parts
+    rng = np.random.default_rng(0)
+    arr = rng.integers(1, 255, (3, 150, 170), dtype=np.uint8)
+    arr[:, :64, :96] = 0
+    declared = _geotiff(tmp_path / "scene.tif", arr, nodata=0)
+    undeclared = _geotiff(tmp_path / "plain.tif", arr)
+    encoded = []
+    real = scene.sliding_window_logits
+    monkeypatch.setattr(scene, "sliding_window_logits",
+                        lambda *a, boxes, **k: encoded.append(len(boxes[0])) or real(*a, boxes=boxes, **k))
+    kw = dict(model=model, tokenizer=tokenizer, progress=False, block=64, threshold=0.2)
+    res = locate(["storage tank,oil tank", "ship"], declared, out=tmp_path / "o", **kw)[0]
+    n_declared, encoded[:] = sum(encoded), []
+    plain = locate(["storage tank,oil tank", "ship"], undeclared, out=tmp_path / "p", **kw)[0]
+    assert sum(encoded) > n_declared  # windows entirely in the nodata corner were not encoded
+    for q, qp in zip(res.queries, plain.queries):
+        assert cog.validate_cog(q.heatmap) == []
+        with rasterio.open(q.heatmap) as a, rasterio.open(qp.heatmap) as b:
+            assert (a.crs.to_string(), a.transform, a.shape) == (CRS, TRANSFORM, (150, 170))
+            h, hp = a.read(1), b.read(1)
+        valid = (arr > 0).all(axis=0)
+        assert np.isnan(h[~valid]).all() and np.isfinite(h[valid]).all()
+        assert np.allclose(h[valid], hp[valid], atol=1e-6)  # skipping those windows changed no valid pixel
+        assert 0 <= np.nanmin(h) and np.nanmax(h) <= 1
+    meta, _, geoms, cols = pyogrio.raw.read(res.regions)
+    attrs = dict(zip(meta["fields"], cols))
+    assert set(attrs["query"]) <= {"storage tank", "ship"} and len(geoms) == sum(q.regions for q in res.queries)
+    with rasterio.open(res.queries[0].heatmap) as a:
+        h = a.read(1)
+    inside = rasterize(((g, 1) for g, q in zip(shapely.from_wkb(geoms), attrs["query"]) if q == "storage tank"),
+                       out_shape=h.shape, transform=TRANSFORM, dtype="uint8").astype(bool)
+    assert (inside == (h >= 0.2)).all()  # regions are exactly the pixels at or above the threshold
+    assert (tmp_path / "o" / "scene.locate.png").stat().st_size > 0
+    summary = json.loads((tmp_path / "o" / "scene.locate.json").read_text())
+    assert [q["query"] for q in summary["queries"]] == ["storage tank", "ship"]
+
+
+def _browser():
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def _screenshot(html, png, tmp_path):
+    browser = _browser()
+    if browser is None:
+        pytest.skip("no Chromium installed (apt-get install chromium; `make setup` does it on Debian)")
+    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'prof'}",
+           "--hide-scrollbars", "--window-size=900,700", "--virtual-time-budget=4000", f"--screenshot={png}",
+           html.as_uri()]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+    from PIL import Image
+
+    return np.asarray(Image.open(png).convert("RGB")).astype(int)
+
+
+def _share(shot, rgb, tol=40):
+    return float((np.abs(shot - np.array(rgb)).sum(-1) < tol).mean())
+
+
+def test_html_map_renders_offline_with_layers(tmp_path):
+    h, w = 400, 600
+    image = _geotiff(tmp_path / "img.tif", np.full((3, h, w), 128, np.uint8))
+    lab = np.zeros((h, w), np.uint8)
+    lab[h // 2:] = 1
+    lab[50:120, 60:200] = 2
+    cm = _class_map(tmp_path, lab)
+    vectors.vectorize_class_map(cm, tmp_path / "cm.geojson")
+    page = webmap.view([cm, tmp_path / "cm.geojson"], tmp_path / "map.html", image=image, opacity=0.6)
+    text = page.read_text()
+    assert not re.search(r"<(script|link)[^>]+(src|href)=", text)  # nothing fetched: Leaflet is inlined
+    assert "L.imageOverlay" in text and "farslip-legend" in text
+    shot = _screenshot(page, tmp_path / "map.png", tmp_path)
+    # 60% class colour over the grey image (the polygons' 15% fill on top): red top half, blue bottom half
+    red = 0.4 * 128 + 0.6 * PALETTE[0]
+    blue = 0.4 * 128 + 0.6 * PALETTE[1]
+    assert _share(shot, 0.85 * red + 0.15 * PALETTE[0]) > 0.15
+    assert _share(shot, 0.85 * blue + 0.15 * PALETTE[1]) > 0.15
+    # the image alone shows no class colours: what the screenshot showed were the overlays
+    bare = webmap.write_html(tmp_path / "bare.html", image=image)
+    shot = _screenshot(bare, tmp_path / "bare.png", tmp_path)
+    assert _share(shot, (128, 128, 128), tol=12) > 0.3 and _share(shot, red) < 0.01
+
+
+def test_view_rejects_what_it_cannot_show(tmp_path):
+    with pytest.raises(webmap.ViewError, match="not found"):
+        webmap.view([tmp_path / "missing.tif"])
+    odd = _geotiff(tmp_path / "int.tif", np.zeros((1, 8, 8), np.int16))
+    with pytest.raises(webmap.ViewError, match="neither a farslip class map"):
+        webmap.view([odd], tmp_path / "x.html", image=odd)
