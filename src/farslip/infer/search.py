@@ -1,7 +1,15 @@
-"""``farslip search``: embed a folder of images once (cached, incremental), then query it by text or by image.
+"""``farslip search``: embed images -- or the chips of large rasters -- once (cached, incremental), then query them
+by text or by image.
 
     farslip.search.index("tiles/", checkpoint="model.pt")                 # writes tiles/.farslip-index/
     hits = farslip.search.query("a harbour with ships", index="tiles/", checkpoint="model.pt", top=20)
+    farslip.search.index("scene.tif", checkpoint="model.pt", chip=224, stride=112)  # scene.tif.farslip-index/
+    hits = farslip.search.query("a harbour", index="scene.tif", checkpoint="model.pt")  # hits with footprints
+    farslip.search.write_geojson(hits, "hits.geojson")
+
+A chip is a ``chip x chip`` window of the raster at its own resolution, every ``stride`` pixels (the last one in
+a row or column shifted back to end at the border, as the sliding windows of the segmentation); chips without a
+valid pixel are not indexed. Each hit on a chip knows its window and its footprint in the raster's CRS.
 """
 from __future__ import annotations
 
@@ -15,7 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..engine import model_input_size
+from ..engine import model_input_size, window_spans
 from ..models.precision import Amp, autocast_for
 from .classify import load_image
 from .common import load_for_inference
@@ -28,10 +36,18 @@ INDEX_DIR = ".farslip-index"
 class Hit:
     path: str
     score: float
+    window: tuple[int, int, int, int] | None = None   # (col, row, width, height) of a chip; None: the whole image
+    crs: str | None = None                            # the raster's CRS (WKT) when georeferenced
+    footprint: list[list[float]] | None = None        # the chip's corners in that CRS (closed ring)
 
 
-def _index_paths(folder: Path, index_dir: Path | None) -> tuple[Path, Path]:
-    d = index_dir or folder / INDEX_DIR
+def index_dir_for(source: Path) -> Path:
+    """Where the index of a folder (inside it) or of one raster (beside it) lives."""
+    return source / INDEX_DIR if source.is_dir() else source.with_name(f"{source.name}{INDEX_DIR}")
+
+
+def _index_paths(source: Path, index_dir: Path | None) -> tuple[Path, Path]:
+    d = index_dir or index_dir_for(source)
     return d / "embeddings.safetensors", d / "index.json"
 
 
@@ -40,72 +56,132 @@ def _model_id(checkpoint) -> str:
     return f"{p.resolve()}:{p.stat().st_mtime_ns}" if p.is_file() else str(checkpoint)
 
 
-def index(folder: str | Path, *, checkpoint: str | Path | None = None, model=None, preprocess=None,
+def _images(source: Path) -> tuple[Path, list[Path]]:
+    """The folder paths are relative to, and the images to index."""
+    if source.is_dir():
+        files = sorted(p for p in source.rglob("*")
+                       if p.suffix.lower() in IMAGE_SUFFIXES and INDEX_DIR not in p.parts and p.is_file())
+        return source, files
+    if source.is_file():
+        return source.parent, [source]
+    raise FileNotFoundError(f"image folder or raster not found: {source}")
+
+
+def chip_windows(path: Path, chip: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """``(col, row, width, height)`` of the chips of a raster that hold a valid pixel."""
+    from .raster import Window, open_raster, read_valid
+
+    r = open_raster(path)
+    try:
+        wins = [(x0, y0, x1 - x0, y1 - y0) for y0, y1 in window_spans(r.height, chip, stride)
+                for x0, x1 in window_spans(r.width, chip, stride)]
+        if r.all_valid:
+            return wins
+        return [w for w in wins if read_valid(r, Window(*w)).any()]
+    finally:
+        r.close()
+
+
+def load_chip(path: Path, window: Sequence[int] | None, side: int):
+    """The image, or its chip ``window``, as an RGB PIL image (chips at full resolution)."""
+    if window is None:
+        return load_image(path, side)
+    from PIL import Image
+
+    from .raster import Window, open_raster, read_rgb
+
+    r = open_raster(path)
+    try:
+        return Image.fromarray(read_rgb(r, Window(*window)).transpose(1, 2, 0))
+    finally:
+        r.close()
+
+
+def index(source: str | Path, *, checkpoint: str | Path | None = None, model=None, preprocess=None,
           arch: str | None = None, device: str = "auto", index_dir: str | Path | None = None,
+          chip: int | None = None, stride: int | None = None,
           batch_size: int = 32, progress: bool = True, amp: Amp = None) -> dict:
-    """Embed every image under ``folder`` (recursively). Files already embedded with the same model and unchanged
-    (size, mtime) are reused; removed files are dropped. Returns counts. ``amp`` as in the evaluation (None: float16
-    autocast on CUDA, fp32 on CPU; ``"bf16"``: bfloat16 on any device)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder not found: {folder}")
-    emb_path, meta_path = _index_paths(folder, Path(index_dir) if index_dir else None)
+    """Embed every image under a folder (recursively), or one raster; with ``chip``, every ``chip`` px window of
+    each image every ``stride`` px (default: half a chip). Items already embedded with the same model from an
+    unchanged file (size, mtime) and the same window are reused; removed files are dropped. Returns counts.
+    ``amp`` as in the evaluation (None: float16 autocast on CUDA, fp32 on CPU; ``"bf16"``: bfloat16)."""
+    source = Path(source)
+    root, files = _images(source)
+    if chip is not None and chip < 8:
+        raise ValueError(f"chip size {chip} is too small (at least 8 pixels)")
+    stride = stride or (chip // 2 if chip else None)
+    emb_path, meta_path = _index_paths(source, Path(index_dir) if index_dir else None)
     if model is None:
         model, preprocess, _ = load_for_inference(checkpoint, arch, device)
     mid = _model_id(checkpoint) if checkpoint is not None else getattr(model, "farslip_arch", "model")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and INDEX_DIR not in p.parts)
-    old = {}
-    if meta_path.exists() and emb_path.exists():
-        meta = json.loads(meta_path.read_text())
-        if meta.get("model") == mid:
-            emb = load_file(str(emb_path))["embeddings"]
-            old = {e["path"]: (e["size"], e["mtime"], emb[i]) for i, e in enumerate(meta["entries"])}
-    entries, vectors, todo = [], [], []
+    old = _previous(emb_path, meta_path, mid)
+    entries, vectors, todo, failed = [], [], [], []
     for p in files:
-        rel, st = str(p.relative_to(folder)), p.stat()
-        hit = old.get(rel)
-        if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
-            entries.append({"path": rel, "size": st.st_size, "mtime": st.st_mtime_ns})
-            vectors.append(hit[2])
-        else:
-            todo.append((rel, st))
-    failed = []
+        rel, st = str(p.relative_to(root)), p.stat()
+        try:
+            windows = chip_windows(p, chip, stride) if chip else [None]
+        except (OSError, ValueError) as exc:
+            failed.append({"path": rel, "error": str(exc)})
+            continue
+        for win in windows:
+            entry = {"path": rel, "size": st.st_size, "mtime": st.st_mtime_ns, "window": win}
+            hit = old.get((rel, tuple(win) if win else None))
+            if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
+                entries.append(entry)
+                vectors.append(hit[2])
+            else:
+                todo.append(entry)
     device_ = next(model.parameters()).device
     side = 2 * model_input_size(model)
     for start in tqdm(range(0, len(todo), batch_size), desc="index", unit="batch", disable=not progress):
         chunk, ims = [], []
-        for rel, st in todo[start:start + batch_size]:
+        for e in todo[start:start + batch_size]:
             try:
-                ims.append(preprocess(load_image(folder / rel, side)))
-                chunk.append((rel, st))
+                ims.append(preprocess(load_chip(root / e["path"], e["window"], side)))
+                chunk.append(e)
             except (OSError, ValueError) as exc:
-                failed.append({"path": rel, "error": str(exc)})
+                failed.append({"path": e["path"], "window": e["window"], "error": str(exc)})
         if not ims:
             continue
         with torch.no_grad(), autocast_for(model, amp):
             f = model.encode_image(torch.stack(ims).to(device_)).float()
         f = (f / f.norm(dim=-1, keepdim=True)).cpu()
-        for (rel, st), v in zip(chunk, f):
-            entries.append({"path": rel, "size": st.st_size, "mtime": st.st_mtime_ns})
-            vectors.append(v)
+        entries += chunk
+        vectors += list(f)
     emb_path.parent.mkdir(parents=True, exist_ok=True)
     matrix = torch.stack(vectors) if vectors else torch.zeros(0, 1)
     save_file({"embeddings": matrix.contiguous()}, str(emb_path))
-    meta_path.write_text(json.dumps({"model": mid, "folder": str(folder.resolve()), "entries": entries,
-                                     "failed": failed}, indent=1))
-    return {"images": len(entries), "embedded": len(todo) - len(failed), "reused": len(entries) - len(todo) + len(failed),
-            "failed": len(failed), "index": str(emb_path.parent)}
+    meta_path.write_text(json.dumps({"model": mid, "source": str(source.resolve()), "root": str(root.resolve()),
+                                     "chip": chip, "stride": stride, "entries": entries, "failed": failed},
+                                    indent=1))
+    embedded = len(todo) - sum(1 for f in failed if "window" in f)
+    return {"images": len({e["path"] for e in entries}), "items": len(entries), "embedded": embedded,
+            "reused": len(entries) - embedded, "failed": len(failed), "index": str(emb_path.parent)}
+
+
+def _previous(emb_path: Path, meta_path: Path, model_id: str) -> dict:
+    """``(path, window) -> (size, mtime, vector)`` of an existing index made by the same model."""
+    if not (meta_path.exists() and emb_path.exists()):
+        return {}
+    meta = json.loads(meta_path.read_text())
+    if meta.get("model") != model_id:
+        return {}
+    emb = load_file(str(emb_path))["embeddings"]
+    return {(e["path"], tuple(e["window"]) if e.get("window") else None): (e["size"], e["mtime"], emb[i])
+            for i, e in enumerate(meta["entries"])}
 
 
 def query(q: str | Path, *, index: str | Path, checkpoint: str | Path | None = None, model=None, preprocess=None,
           tokenizer=None, arch: str | None = None, device: str = "auto", top: int = 20,
           index_dir: str | Path | None = None, amp: Amp = None) -> list[Hit]:
-    """Rank the indexed images by cosine similarity to a text, or to an image when ``q`` is an image file."""
-    folder = Path(index)
-    emb_path, meta_path = _index_paths(folder, Path(index_dir) if index_dir else None)
+    """Rank the indexed images (or chips) by cosine similarity to a text, or to an image when ``q`` is an image
+    file. Hits on chips of georeferenced rasters carry their footprint."""
+    source = Path(index)
+    emb_path, meta_path = _index_paths(source, Path(index_dir) if index_dir else None)
     if not meta_path.exists():
-        raise FileNotFoundError(f"no index in {emb_path.parent}: run `farslip search index {folder}` first")
+        raise FileNotFoundError(f"no index in {emb_path.parent}: run `farslip search index {source}` first")
     meta = json.loads(meta_path.read_text())
+    root = Path(meta["root"]) if "root" in meta else source
     if model is None:
         model, preprocess, tokenizer = load_for_inference(checkpoint, arch, device)
     device_ = next(model.parameters()).device
@@ -118,9 +194,41 @@ def query(q: str | Path, *, index: str | Path, checkpoint: str | Path | None = N
     emb = load_file(str(emb_path))["embeddings"]
     if emb.shape[0] == 0:
         return []
-    scores = emb @ v
-    vals, idx = scores.topk(min(top, len(scores)))
-    return [Hit(str(folder / meta["entries"][i]["path"]), round(float(s), 4)) for s, i in zip(vals.tolist(), idx.tolist())]
+    vals, idx = (emb @ v).topk(min(top, emb.shape[0]))
+    return [_hit(root, meta["entries"][i], s) for s, i in zip(vals.tolist(), idx.tolist())]
+
+
+def _hit(root: Path, entry: dict, score: float) -> Hit:
+    path = root / entry["path"]
+    window = tuple(entry["window"]) if entry.get("window") else None
+    if window is None:
+        return Hit(str(path), round(float(score), 4))
+    import rasterio
+
+    with rasterio.open(path) as src:
+        crs = src.crs.to_wkt() if src.crs else None
+        x, y, w, h = window
+        ring = [list(src.transform @ (c, r)) for c, r in ((x, y), (x + w, y), (x + w, y + h), (x, y + h), (x, y))]
+    return Hit(str(path), round(float(score), 4), window, crs, ring)
+
+
+def write_geojson(hits: Sequence[Hit], out: str | Path) -> Path:
+    """The hits as a GeoJSON FeatureCollection (RFC 7946: WGS84): each chip's footprint with rank, score, source
+    raster and pixel window. Hits without a georeference (plain pictures, whole images) have a null geometry."""
+    from rasterio.warp import transform_geom
+
+    feats = []
+    for rank, h in enumerate(hits, 1):
+        geom = None
+        if h.footprint is not None and h.crs is not None:
+            geom = transform_geom(h.crs, "EPSG:4326", {"type": "Polygon", "coordinates": [h.footprint]})
+        feats.append({"type": "Feature", "geometry": geom,
+                      "properties": {"rank": rank, "score": h.score, "source": h.path,
+                                     "window": list(h.window) if h.window else None}})
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"type": "FeatureCollection", "features": feats}, indent=1))
+    return out
 
 
 def contact_sheet(hits: Sequence[Hit], out: str | Path, title: str = "", thumb: int = 160, cols: int = 5) -> Path:
@@ -136,8 +244,9 @@ def contact_sheet(hits: Sequence[Hit], out: str | Path, title: str = "", thumb: 
         ax.axis("off")
     for i, h in enumerate(hits):
         ax = axes.ravel()[i]
-        ax.imshow(load_image(Path(h.path), thumb))
-        ax.set_title(f"{i + 1}. {Path(h.path).name}\n{h.score:.3f}", fontsize=7)
+        ax.imshow(load_chip(Path(h.path), h.window, thumb))
+        where = f" @{h.window[0]},{h.window[1]}" if h.window else ""
+        ax.set_title(f"{i + 1}. {Path(h.path).name}{where}\n{h.score:.3f}", fontsize=7)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
