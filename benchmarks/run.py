@@ -3,7 +3,7 @@
 
     .venv/bin/python benchmarks/run.py                 # everything, CPU defaults (make bench)
     .venv/bin/python benchmarks/run.py --quick         # smaller sizes, fewer repeats (a smoke run)
-    .venv/bin/python benchmarks/run.py --only train    # one part: train, data, ovss, retrieval, segment
+    .venv/bin/python benchmarks/run.py --only train    # one part: train, data, ovss, retrieval, segment, maps
     .venv/bin/python benchmarks/run.py --device cuda   # GPU: ViT-B-16, batch 40 for the training step
 
 Each part reports medians of several repeats after warm-up and the ratio project / baseline. Results go to
@@ -23,7 +23,7 @@ sys.path.insert(0, str(HERE))
 
 from common import fmt, load_snapshot, machine_info  # noqa: E402
 
-PARTS = ("train", "data", "ovss", "retrieval", "segment")
+PARTS = ("train", "data", "ovss", "retrieval", "segment", "maps")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--segment-size", type=int, default=None, help="raster side in pixels (default 8000; 20000 is "
                                                                   "the issue's memory goal)")
     g.add_argument("--segment-arch", default="FarSLIP-Tiny")
+    g.add_argument("--maps-size", type=int, default=None, help="raster side for locate and the vector export "
+                                                               "(default 8000; 20000 for the memory goal)")
+    g.add_argument("--maps-arch", default="FarSLIP-Tiny")
+    g.add_argument("--maps-valid", type=int, default=None,
+                   help="only an N x N square of the scene valid, the rest nodata (encodes N^2 pixels)")
     return p
 
 
@@ -72,6 +77,9 @@ def config(args) -> dict:
         # segment
         "segment_arch": args.segment_arch,
         "segment_sizes": [args.segment_size or (2048 if q else 8000)],
+        # locate and vectors
+        "maps_arch": args.maps_arch, "maps_size": args.maps_size or (2048 if q else 8000),
+        "maps_valid": args.maps_valid,
     }
     if cuda:
         cfg["precisions"] = (args.precisions or "fp32,bf16").split(",")
@@ -142,6 +150,13 @@ def summary(res: dict) -> str:
             b = s["bf16"]
             lines.append(f"segment --amp bf16: {fmt(b['mpx_per_s'])} Mpx/s ({fmt(b['speedup'])}x), "
                          f"{fmt(100 * b['agreement'])}% of pixels as fp32, peak RSS {fmt(b['peak_rss_mib'])} MiB")
+    mp = res.get("maps")
+    if mp:
+        lo, ve = mp["locate"], mp["vectors"]
+        lines.append(f"locate {mp['size']}x{mp['size']} ({mp['arch']}, {lo['encoded_pixels'] / 1e6:.0f} Mpx encoded): "
+                     f"{fmt(lo['encoded_mpx_per_s'], 3)} encoded Mpx/s, peak RSS {fmt(lo['peak_rss_mib'])} MiB")
+        lines.append(f"vectors {mp['size']}x{mp['size']}: {ve['polygons']} polygons, {fmt(ve['mpx_per_s'])} Mpx/s, "
+                     f"peak RSS {fmt(ve['peak_rss_mib'])} MiB")
     return "\n".join(lines)
 
 
@@ -152,13 +167,14 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.child:
         import bench_data
+        import bench_maps
         import bench_ovss
         import bench_retrieval
         import bench_segment
         import bench_train
 
         children = {**bench_train.CHILDREN, **bench_data.CHILDREN, **bench_ovss.CHILDREN,
-                    **bench_retrieval.CHILDREN, **bench_segment.CHILDREN}
+                    **bench_retrieval.CHILDREN, **bench_segment.CHILDREN, **bench_maps.CHILDREN}
         children[args.child](json.loads(args.params))
         return 0
 
@@ -179,13 +195,14 @@ def main(argv=None) -> int:
            "command": " ".join([Path(sys.executable).name, "benchmarks/run.py"] + (argv or sys.argv[1:])),
            "started": time.strftime("%Y-%m-%d %H:%M:%S")}
     import bench_data
+    import bench_maps
     import bench_ovss
     import bench_retrieval
     import bench_segment
     import bench_train
 
     runners = {"train": bench_train.run, "data": bench_data.run, "ovss": bench_ovss.run,
-               "retrieval": bench_retrieval.run, "segment": bench_segment.run}
+               "retrieval": bench_retrieval.run, "segment": bench_segment.run, "maps": bench_maps.run}
     for part in parts:
         t = time.time()
         res[part] = runners[part](cfg, log)

@@ -33,7 +33,7 @@ from .cog import score_writer
 from .common import load_for_inference, model_input_size, parse_classes
 from .raster import open_raster, read_thumbnail
 from .scene import SceneTiles, tile_logits
-from .vectors import Features, driver_for, heatmap_polygons, write_features
+from .vectors import REGION_FIELDS, Features, driver_for, heatmap_polygons, write_features
 
 #: What a query competes with at each pixel (a query's own names are left out of it).
 BACKGROUND = ("background", "bare land", "grass", "tree", "road", "building", "water", "farmland")
@@ -163,7 +163,7 @@ def _locate_one(path: Path, model, text, owner, queries, slugs, out: Path, opts:
                     d.write(prob[i].astype(np.float32), 1, window=win)
                     if np.isfinite(prob[i]).any():
                         peaks[i] = np.nanmax([peaks[i], np.nanmax(prob[i])])
-        feats, summaries = Features(), []
+        feats, summaries = Features.with_fields(REGION_FIELDS), []
         for q, hp, peak in zip(queries, heat_paths, peaks):
             before = len(feats)
             heatmap_polygons(hp, opts.threshold, query=q, min_area=opts.min_area, simplify=opts.simplify,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -27,8 +28,12 @@ from rasterio.windows import Window
 
 #: Output formats by suffix (OGR driver names).
 DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON"}
-#: Pixels per strip: about 8 million (32 MB per int32 array), in whole rows.
-STRIP_PIXELS = 8 * 2 ** 20
+#: Pixels per strip: about 4 million (16 MB per int32 array; the per-strip work holds about a dozen), whole rows.
+STRIP_PIXELS = 4 * 2 ** 20
+
+
+#: The attributes of a detected region (``locate``).
+REGION_FIELDS = ("query", "score", "max_score", "area", "pixels")
 
 
 class VectorError(ValueError):
@@ -161,6 +166,11 @@ class Features:
     geometries: list = field(default_factory=list)
     columns: dict[str, list] = field(default_factory=dict)
 
+    @classmethod
+    def with_fields(cls, names) -> "Features":
+        """An empty collection whose layer has these fields even if no polygon is added."""
+        return cls(columns={k: [] for k in names})
+
     def add(self, geom, **attrs) -> None:
         self.geometries.append(geom)
         for k, v in attrs.items():
@@ -181,13 +191,15 @@ def write_features(features: Features, path: str | Path, crs, layer: str) -> Pat
     partial = path.with_name(f".{path.stem}.partial{path.suffix}")  # OGR wants the suffix
     multi = any(g.geom_type == "MultiPolygon" for g in features.geometries)
     geoms = [shapely.MultiPolygon([g]) if multi and g.geom_type == "Polygon" else g for g in features.geometries]
-    columns = features.columns or {"id": []}
+    columns = features.columns or {"id": []}  # OGR wants a field even in an empty layer
     try:
-        pyogrio.raw.write(partial, geometry=np.array(shapely.to_wkb(geoms), dtype=object) if geoms else
-                          np.array([], dtype=object),
-                          field_data=[np.asarray(v) for v in columns.values()], fields=list(columns),
-                          crs=crs.to_wkt() if crs is not None else None, driver=driver, layer=layer,
-                          geometry_type="MultiPolygon" if multi else "Polygon")
+        with warnings.catch_warnings():  # pictures without a georeference give layers without a CRS, knowingly
+            warnings.filterwarnings("ignore", "'crs' was not provided")
+            pyogrio.raw.write(partial, geometry=np.array(shapely.to_wkb(geoms), dtype=object) if geoms else
+                              np.array([], dtype=object),
+                              field_data=[np.asarray(v) for v in columns.values()], fields=list(columns),
+                              crs=crs.to_wkt() if crs is not None else None, driver=driver, layer=layer,
+                              geometry_type="MultiPolygon" if multi else "Polygon")
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
@@ -220,7 +232,8 @@ def class_map_polygons(class_map: str | Path, *, confidence: str | Path | None =
         conf = rasterio.open(confidence) if confidence else None
         try:
             scores = (lambda win: conf.read(1, window=win)) if conf is not None else None
-            feats, small = Features(), 0
+            fields = ["class", "class_index", "area", "pixels"] + (["mean_confidence"] if conf is not None else [])
+            feats, small = Features.with_fields(fields), 0
             px_area = pixel_area(src.transform)
             for reg in regions(labels, src.height, src.width, scores):
                 area = reg.pixels * px_area
@@ -243,7 +256,7 @@ def heatmap_polygons(heatmap: str | Path, threshold: float, *, band: int = 1, qu
                      ) -> tuple[Features, int]:
     """Connected areas where a score raster is at least ``threshold`` (band ``band``), with the query, the mean
     and maximum score, area (map units^2) and pixels. Appends to ``features`` when given."""
-    feats, small = features if features is not None else Features(), 0
+    feats, small = features if features is not None else Features.with_fields(REGION_FIELDS), 0
     with rasterio.open(heatmap) as src:
         def labels(win):
             h = src.read(band, window=win)

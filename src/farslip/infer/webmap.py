@@ -152,8 +152,9 @@ def raster_overlay(path: str | Path, grid: Grid) -> list[Overlay]:
         for b in range(1, src.count + 1):
             v = src.read(b, out_shape=shape, resampling=Resampling.bilinear).astype(np.float32)
             v = _to_grid(v[None], src, grid, Resampling.bilinear, nodata=np.nan)[0]
-            label = src.descriptions[b - 1] or f"{Path(path).stem} band {b}"
-            out.append(Overlay(label, _inferno(v), colorbar=_inferno_css()))
+            label = src.descriptions[b - 1] or f"band {b}"
+            kind = src.tags().get("FARSLIP_KIND", Path(path).stem)
+            out.append(Overlay(f"{kind}: {label}", _inferno(v), colorbar=_inferno_css()))
         return out
 
 
