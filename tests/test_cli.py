@@ -17,7 +17,8 @@ def test_version(capsys):
 
 def test_every_command_is_registered():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
-    assert set(sub.choices) == {"data", "train", "eval", "segment", "classify", "search", "quickstart", "model"}
+    assert set(sub.choices) == {"data", "train", "eval", "segment", "locate", "classify", "search", "view", "quickstart",
+                                "model"}
 
 
 def test_no_command_prints_help(capsys):

@@ -10,8 +10,9 @@ from .objectives import FarSLIPObjective
 
 
 def __getattr__(name):
-    # The inference API (farslip.segment / classify / search) imports rasterio and matplotlib: load it on first use.
-    if name in ("segment", "classify", "search"):
+    # The inference API (farslip.segment / classify / search / locate / view) imports rasterio and matplotlib: load
+    # it on first use.
+    if name in ("segment", "classify", "search", "locate", "view"):
         from . import infer
 
         return getattr(infer, name)
@@ -22,5 +23,5 @@ def __getattr__(name):
     raise AttributeError(f"module 'farslip' has no attribute {name!r}")
 
 __version__ = "0.1.0"
-__all__ = ["FarSLIPObjective", "classify", "dense_features", "extend_text_context", "load_model", "objectives",
-           "save_model", "search", "segment"]
+__all__ = ["FarSLIPObjective", "classify", "dense_features", "extend_text_context", "load_model", "locate",
+           "objectives", "save_model", "search", "segment", "view"]

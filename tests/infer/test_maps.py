@@ -15,6 +15,8 @@ import shapely
 from rasterio.features import rasterize
 from rasterio.transform import from_origin
 
+import farslip
+
 from farslip.infer import cog, scene, vectors, webmap
 from farslip.infer.locate import locate, query_probabilities
 
@@ -221,3 +223,63 @@ def test_view_rejects_what_it_cannot_show(tmp_path):
     odd = _geotiff(tmp_path / "int.tif", np.zeros((1, 8, 8), np.int16))
     with pytest.raises(webmap.ViewError, match="neither a farslip class map"):
         webmap.view([odd], tmp_path / "x.html", image=odd)
+
+
+def test_segment_writes_cogs_confidence_probabilities_polygons_and_map(tmp_path, tiny_parts):
+    model, tokenizer = tiny_parts
+    rng = np.random.default_rng(1)
+    arr = rng.integers(1, 255, (3, 150, 170), dtype=np.uint8)
+    arr[:, :64, :96] = 0  # with 64 px tiles, the first tile has no valid pixel at all
+    declared = _geotiff(tmp_path / "scene.tif", arr, nodata=0)
+    kw = dict(model=model, tokenizer=tokenizer, progress=False, block=64)
+    classes = ["water", "forest", "building"]
+    res = farslip.segment(declared, classes, out=tmp_path / "o", probabilities=True, vector="gpkg", html=True,
+                          **kw)[0]
+    for path in (res.geotiff, res.confidence, res.probabilities):
+        assert cog.validate_cog(path) == [], path
+    valid = (arr > 0).all(axis=0)
+    with rasterio.open(res.geotiff) as a, rasterio.open(res.confidence) as c, rasterio.open(res.probabilities) as p:
+        assert (a.crs.to_string(), a.transform) == (CRS, TRANSFORM) == (c.crs.to_string(), c.transform)
+        cls, conf, probs = a.read(1), c.read(1), p.read()
+        assert list(p.descriptions) == classes
+    assert (cls[~valid] == 255).all() and set(np.unique(cls[valid])) <= {0, 1, 2}
+    assert np.isnan(conf[~valid]).all() and np.isnan(probs[:, ~valid]).all()
+    shown = np.take_along_axis(probs, np.minimum(cls, 2)[None].astype(int), 0)[0]
+    assert np.allclose(conf[valid], shown[valid]) and np.allclose(probs[:, valid].sum(0), 1, atol=1e-5)
+    assert (probs[:, valid].argmax(0) == cls[valid]).all()
+    meta, _, geoms, cols = pyogrio.raw.read(res.vectors)
+    burnt = rasterize(((g, v + 1) for g, v in zip(shapely.from_wkb(geoms), cols[meta["fields"].tolist().index(
+        "class_index")])), out_shape=cls.shape, transform=TRANSFORM, dtype="int32")
+    assert (burnt == np.where(cls == 255, 0, cls.astype(np.int32) + 1)).all()
+    assert "L.imageOverlay" in (tmp_path / "o" / "scene.html").read_text()
+    summary = json.loads((tmp_path / "o" / "scene.json").read_text())
+    assert summary["vectors"] == res.vectors and summary["confidence"] == res.confidence
+    # skipping the windows wholly in nodata changed no valid pixel's class
+    plain = farslip.segment(_geotiff(tmp_path / "plain.tif", arr), classes, out=tmp_path / "p", **kw)[0]
+    with rasterio.open(plain.geotiff) as b:
+        assert (b.read(1)[valid] == cls[valid]).all()
+    with pytest.raises(vectors.VectorError, match=".gpkg or .geojson"):
+        farslip.segment(declared, classes, out=tmp_path / "o", vector="out.shp", **kw)
+
+
+def test_cli_locate_and_view(tmp_path, tiny_model, capsys):
+    from farslip.cli import main
+
+    model, _, _ = tiny_model
+    ckpt = farslip.save_model(model, tmp_path / "tiny.pt")
+    image = _geotiff(tmp_path / "scene.tif", np.random.default_rng(2).integers(1, 255, (3, 80, 90), dtype=np.uint8))
+    out = tmp_path / "where"
+    assert main(["locate", "storage tank", "ship", str(image), "--checkpoint", str(ckpt), "--out", str(out),
+                 "--threshold", "0.3", "--vector-format", "geojson", "--html", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "'storage tank'" in printed and "regions" in printed
+    for name in ("scene.storage-tank.tif", "scene.ship.tif", "scene.regions.geojson", "scene.locate.png",
+                 "scene.html"):
+        assert (out / name).stat().st_size > 0, name
+    assert main(["view", str(out / "scene.ship.tif"), str(out / "scene.regions.geojson"), "--out",
+                 str(tmp_path / "ship.html")]) == 0
+    assert "scene.tif" in (tmp_path / "ship.html").read_text()  # found the image from the heatmap's tag
+    capsys.readouterr()
+    assert main(["locate", "ship", "--checkpoint", str(ckpt)]) == 2  # no image: one line, no traceback
+    assert "at least one query and one existing image" in capsys.readouterr().err
+    assert main(["view", str(tmp_path / "nothing.tif")]) == 2

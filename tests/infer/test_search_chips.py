@@ -10,7 +10,7 @@ from PIL import Image
 from rasterio.transform import from_origin
 from rasterio.warp import transform_geom
 
-from farslip.eval.ovss import window_spans
+from farslip.engine import window_spans
 from farslip.infer import search
 
 TRANSFORM = from_origin(500000, 4600000, 2.0, 2.0)

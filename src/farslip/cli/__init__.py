@@ -15,7 +15,7 @@ COMMAND_MODULES = (
     "farslip.cli.data",      # farslip data build|validate|stats|synth|caption
     "farslip.cli.train",     # farslip train
     "farslip.cli.eval",      # farslip eval classification|retrieval|ovss|all
-    "farslip.cli.infer",     # farslip segment|classify|search
+    "farslip.cli.infer",     # farslip segment|locate|classify|search|view
     "farslip.quickstart",    # farslip quickstart
     "farslip.cli.models",    # farslip model info|convert
 )

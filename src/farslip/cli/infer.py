@@ -1,4 +1,4 @@
-"""``farslip segment | classify | search``: FarSLIP on real imagery from the command line."""
+"""``farslip segment | locate | classify | search | view``: FarSLIP on real imagery from the command line."""
 from __future__ import annotations
 
 import argparse
@@ -6,16 +6,23 @@ import json
 import sys
 from pathlib import Path
 
+from ..core.errors import UsageError
+
 SEGMENT_EPILOG = """\
 examples:
   farslip segment scene.tif --checkpoint runs/quickstart/farslip-tiny-stage2.pt \\
       --classes "building,roof,house" road "water,river" "tree,forest" --out maps/
   farslip segment S2_tile.tif --bands 4,3,2 --checkpoint FarSLIP2_ViT-B-16.pt --model ViT-B-16 \\
       --classes-file configs/ovss/cls_openearthmap.txt --threshold 0.1 --scale 0.5
+  farslip segment scene.tif --checkpoint model.pt --classes "building,roof" road water --out maps/ \\
+      --vector gpkg --min-area 20 --simplify 0.5 --html
 
 Each class is one argument; synonyms are joined by commas and a class scores by its best synonym (SegEarth-OV's
-class files). Output: OUT/<name>.tif (uint8 class index, the input's CRS/transform/size, 255 = nodata, class
-names in the metadata and a colour table), OUT/<name>.png (preview with legend), OUT/<name>.json (summary).
+class files). Output (rasters are Cloud-Optimized GeoTIFFs with the input's CRS/transform/size): OUT/<name>.tif
+(uint8 class index, 255 = nodata, class names in the metadata and a colour table), OUT/<name>.confidence.tif
+(float32 probability of the shown class, NaN = nodata), OUT/<name>.png (preview with legend), OUT/<name>.json
+(summary); with --probabilities OUT/<name>.probabilities.tif (a band per class), with --vector the class
+regions as polygons (class, class_index, area, pixels, mean_confidence), with --html OUT/<name>.html.
 16-bit and float inputs are stretched to 8 bits between the 2nd and 98th percentiles."""
 
 
@@ -57,8 +64,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--block", type=int, default=1024,
                    help="output pixels per tile side, rounded to whole window strides (bounds memory; the map does "
                         "not depend on it)")
+    p.add_argument("--no-confidence", action="store_true", help="do not write OUT/<name>.confidence.tif")
+    p.add_argument("--probabilities", action="store_true",
+                   help="also write OUT/<name>.probabilities.tif, every class's probability (a float32 band each)")
+    p.add_argument("--vector", metavar="gpkg|geojson|PATH",
+                   help="polygons of the class regions: gpkg/geojson -> OUT/<name>.<format>; or a .gpkg/.geojson path")
+    _vector_args(p)
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_segment)
+
+    add_map_commands(sub)
 
     p = sub.add_parser("classify", help="zero-shot scene classification of images (top-k table)",
                        description="Zero-shot classification with the paper's prompt ensemble.",
@@ -73,25 +88,34 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run_classify)
 
-    p = sub.add_parser("search", help="text or image search over a folder of images",
-                       description="Index a folder once (cached, incremental), then query it.",
+    p = sub.add_parser("search", help="text or image search over folders of images or inside large rasters",
+                       description="Index a folder or the chips of a raster once (cached, incremental), then query.",
                        epilog="examples:\n  farslip search index tiles/ --checkpoint model.pt\n"
                               "  farslip search query \"a harbour with many ships\" --index tiles/ "
                               "--checkpoint model.pt --top 20\n  farslip search query tiles/a.png --index tiles/ "
-                              "--checkpoint model.pt",
+                              "--checkpoint model.pt\n"
+                              "  farslip search index scene.tif --checkpoint model.pt --chip 224 --stride 112\n"
+                              "  farslip search query \"a harbour\" --index scene.tif --checkpoint model.pt "
+                              "--geojson hits.geojson",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ssub = p.add_subparsers(dest="search_command", metavar="{index,query}")
-    pi = ssub.add_parser("index", help="embed every image under a folder (reuses unchanged files)")
-    pi.add_argument("folder")
+    pi = ssub.add_parser("index", help="embed every image under a folder, or the chips of a raster (reuses "
+                                       "unchanged files)")
+    pi.add_argument("folder", metavar="FOLDER_OR_RASTER")
+    pi.add_argument("--chip", type=int, default=None,
+                    help="index CHIP x CHIP windows of each image at full resolution instead of whole images")
+    pi.add_argument("--stride", type=int, default=None, help="pixels between chips (default: half a chip)")
     _model_args(pi)
     pi.add_argument("--no-progress", action="store_true")
     pi.set_defaults(func=run_index)
     pq = ssub.add_parser("query", help="rank indexed images by a text or an image")
     pq.add_argument("query", help="text, or the path of an image")
-    pq.add_argument("--index", required=True, help="the indexed folder")
+    pq.add_argument("--index", required=True, help="the indexed folder or raster")
     _model_args(pq)
     pq.add_argument("--top", type=int, default=20)
     pq.add_argument("--sheet", default=None, help="contact-sheet PNG path (default: search_results.png)")
+    pq.add_argument("--geojson", default=None,
+                    help="the hits' footprints as GeoJSON (default: search_results.geojson when the hits are chips)")
     pq.set_defaults(func=run_query)
 
 
@@ -116,8 +140,9 @@ def run_segment(args) -> int:
     opts = SegmentOptions(attn=args.attn, cls_lambda=args.cls_lambda, threshold=args.threshold,
                           background_index=args.background_index, scale=args.scale, window=args.window,
                           stride=args.stride, block=args.block, progress=not args.no_progress,
-                          amp=_amp(args),
-                          bands=[int(b) for b in args.bands.split(",")] if args.bands else None)
+                          amp=_amp(args), bands=_bands(args.bands), confidence=not args.no_confidence,
+                          probabilities=args.probabilities, vector=args.vector, min_area=args.min_area,
+                          simplify=args.simplify, html=args.html)
     results = segment(args.images, args.classes, checkpoint=args.checkpoint, classes_file=args.classes_file,
                       out=args.out, arch=args.arch, device=args.device, options=opts)
     for r in results:
@@ -125,6 +150,10 @@ def run_segment(args) -> int:
         top = sorted(r.class_fractions.items(), key=lambda kv: -kv[1])[:5]
         print(f"{r.image} -> {r.geotiff} ({r.pixels / 1e6:.1f} Mpx, {mp:.2f} Mpx/s); preview {r.preview}")
         print("   " + ", ".join(f"{n} {100 * f:.1f}%" for n, f in top))
+        extra = [f"{k} {v}" for k, v in (("confidence", r.confidence), ("probabilities", r.probabilities),
+                                          ("polygons", r.vectors), ("map", r.html)) if v]
+        if extra:
+            print("   " + "; ".join(extra))
     return 0
 
 
@@ -143,21 +172,117 @@ def run_classify(args) -> int:
 def run_index(args) -> int:
     from ..infer.search import index
 
-    summary = index(args.folder, checkpoint=args.checkpoint, arch=args.arch, device=args.device,
-                    progress=not args.no_progress, amp=_amp(args))
+    summary = index(args.folder, checkpoint=args.checkpoint, arch=args.arch, device=args.device, chip=args.chip,
+                    stride=args.stride, progress=not args.no_progress, amp=_amp(args))
     print(json.dumps(summary, indent=2))
     return 0
 
 
 def run_query(args) -> int:
-    from ..infer.search import contact_sheet, query
+    from ..infer.search import contact_sheet, query, write_geojson
 
     hits = query(args.query, index=args.index, checkpoint=args.checkpoint, arch=args.arch, device=args.device,
                  top=args.top, amp=_amp(args))
     width = max((len(h.path) for h in hits), default=4)
-    print(f"{'rank':>4}  {'score':>6}  path")
+    chips = any(h.window for h in hits)
+    print(f"{'rank':>4}  {'score':>6}  path" + ("  window (col, row, width, height)" if chips else ""))
     for i, h in enumerate(hits, 1):
-        print(f"{i:>4}  {h.score:>6.3f}  {h.path:<{width}}")
+        print(f"{i:>4}  {h.score:>6.3f}  {h.path:<{width}}" + (f"  {h.window}" if h.window else ""))
     if hits:
         print(f"contact sheet: {contact_sheet(hits, args.sheet or 'search_results.png', title=str(args.query))}")
+    if hits and (args.geojson or chips):
+        print(f"footprints: {write_geojson(hits, args.geojson or 'search_results.geojson')}")
+    return 0
+
+
+LOCATE_EPILOG = """\
+examples:
+  farslip locate "storage tank" ship scene.tif --checkpoint runs/quickstart/farslip-tiny-stage2.pt --out where/
+  farslip locate "storage tank,oil tank" S2.tif --bands 4,3,2 --checkpoint FarSLIP2_ViT-B-16.pt \\
+      --threshold 0.6 --min-area 50 --vector-format geojson --html
+
+The arguments that name existing files are the images, the others the queries (synonyms joined by commas).
+Output per image and query: OUT/<image>.<query>.tif (float32 COG: the query's probability against the
+background vocabulary, the input's CRS/transform, NaN = nodata); per image: OUT/<image>.regions.gpkg (connected
+areas at or above --threshold: query, score, max_score, area), OUT/<image>.locate.png, OUT/<image>.locate.json."""
+
+VIEW_EPILOG = """\
+examples:
+  farslip view maps/scene.tif maps/scene.gpkg                 # -> maps/scene.html
+  farslip view where/scene.storage-tank.tif where/scene.regions.gpkg --image scene.tif --out tanks.html
+
+One self-contained HTML file (Leaflet inlined: works offline): the image, each raster as a semi-transparent layer
+you switch on and off, legends, the polygons with their attributes. The image is found from the rasters'
+FARSLIP_SOURCE tag unless --image is given."""
+
+
+def _vector_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--min-area", type=float, default=0.0,
+                   help="leave out regions smaller than this, in map units^2 (m^2 in a metric CRS; pixels without one)")
+    p.add_argument("--simplify", type=float, default=0.0, help="polygon simplification tolerance in map units")
+    p.add_argument("--html", action="store_true", help="also write OUT/<image>.html, an offline interactive map")
+
+
+def add_map_commands(sub) -> None:
+    p = sub.add_parser("locate", help="text-to-map: a heatmap and regions per query over whole scenes",
+                       description="Where in each image is each thing you name: FarSLIP's dense features over the "
+                                   "whole raster, tiled exactly as segment.",
+                       epilog=LOCATE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", metavar="QUERY_OR_IMAGE", help="queries, then images (PNG, JPEG, GeoTIFF)")
+    _model_args(p)
+    p.add_argument("--out", default="locate", help="output folder (default: locate/)")
+    p.add_argument("--threshold", type=float, default=0.5, help="probability for a detected region (default 0.5)")
+    p.add_argument("--background", nargs="+", metavar="NAME", default=None,
+                   help="what a query must beat at a pixel (default: background, bare land, grass, tree, road, "
+                        "building, water, farmland)")
+    p.add_argument("--vector-format", default="gpkg", choices=["gpkg", "geojson"])
+    _vector_args(p)
+    p.add_argument("--bands", help="1-based bands for R,G,B of multi-band inputs, e.g. 4,3,2")
+    p.add_argument("--scale", type=float, default=1.0, help="resample the image by this factor before inference")
+    p.add_argument("--window", type=int, default=None, help="sliding-window size (default: the model's input size)")
+    p.add_argument("--stride", type=int, default=None, help="window stride (default: half the window)")
+    p.add_argument("--block", type=int, default=1024, help="output pixels per tile side (bounds memory)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run_locate)
+
+    p = sub.add_parser("view", help="an offline interactive HTML map of farslip outputs",
+                       description="Show class maps, heatmaps and polygons over the image in one HTML file.",
+                       epilog=VIEW_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("outputs", nargs="+", help="farslip rasters (.tif) and vector files (.gpkg, .geojson)")
+    p.add_argument("--image", help="the picture underneath (default: the rasters' source image)")
+    p.add_argument("--bands", help="1-based bands for R,G,B of a multi-band image, e.g. 4,3,2")
+    p.add_argument("--out", help="HTML path (default: beside the first output, .html)")
+    p.add_argument("--max-side", type=int, default=2048, help="pixels of the page's images on their longer side")
+    p.set_defaults(func=run_view)
+
+
+def _bands(text: str | None) -> list[int] | None:
+    return [int(b) for b in text.split(",")] if text else None
+
+
+def run_locate(args) -> int:
+    from ..infer.locate import BACKGROUND, LocateOptions, locate
+
+    images = [a for a in args.inputs if Path(a).is_file()]
+    queries = [a for a in args.inputs if not Path(a).is_file()]
+    if not images or not queries:
+        raise UsageError("locate needs at least one query and one existing image file "
+                         f"(got queries {queries or 'none'}, images {images or 'none'})")
+    opts = LocateOptions(threshold=args.threshold, background=args.background or BACKGROUND,
+                         min_area=args.min_area, simplify=args.simplify, vector_format=args.vector_format,
+                         scale=args.scale, window=args.window, stride=args.stride, block=args.block,
+                         bands=_bands(args.bands), progress=not args.no_progress, amp=_amp(args), html=args.html)
+    for r in locate(queries, images, checkpoint=args.checkpoint, out=args.out, arch=args.arch, device=args.device,
+                    options=opts):
+        print(f"{r.image} ({r.pixels / 1e6:.1f} Mpx, {r.seconds:.1f} s): regions {r.regions}; preview {r.preview}"
+              + (f"; map {r.html}" if r.html else ""))
+        for q in r.queries:
+            print(f"   {q.query!r}: {q.regions} regions, {q.area:.1f} map units^2, max {q.max_score:.3f} -> {q.heatmap}")
+    return 0
+
+
+def run_view(args) -> int:
+    from ..infer.webmap import view
+
+    print(f"wrote {view(args.outputs, args.out, image=args.image, bands=_bands(args.bands), max_side=args.max_side)}")
     return 0

@@ -1,7 +1,10 @@
-"""Inference on real imagery: segment (GeoTIFF in, GeoTIFF out), classify, search."""
+"""Inference on real imagery: segment and locate (GeoTIFF in, COGs and polygons out), classify, search, view."""
 from . import search
 from .classify import Prediction, classify
+from .locate import LocateOptions, LocateResult, locate
 from .raster import RasterError
 from .segmentation import SegmentOptions, SegmentResult, segment
+from .webmap import view
 
-__all__ = ["Prediction", "RasterError", "SegmentOptions", "SegmentResult", "classify", "search", "segment"]
+__all__ = ["LocateOptions", "LocateResult", "Prediction", "RasterError", "SegmentOptions", "SegmentResult", "classify",
+           "locate", "search", "segment", "view"]

@@ -24,6 +24,8 @@ import rasterio
 import rasterio.shutil
 from rasterio.errors import NotGeoreferencedWarning
 
+from ..core.files import atomic_path
+
 #: Internal tile size of every COG (GDAL's default for the COG driver, what web viewers fetch).
 BLOCK = 512
 
@@ -38,10 +40,6 @@ def georeference(src) -> dict:
     return out
 
 
-def _hidden(path: Path, tag: str) -> Path:
-    return path.with_name(f".{path.name}.{tag}")
-
-
 @contextmanager
 def cog_writer(path: str | Path, like, *, count: int = 1, dtype: str = "uint8", nodata: float | None = None,
                resampling: str = "average", tags: dict | None = None, descriptions: Sequence[str] = (),
@@ -51,7 +49,7 @@ def cog_writer(path: str | Path, like, *, count: int = 1, dtype: str = "uint8", 
     ``average`` for scores). On an error nothing is left at ``path`` (an older file there stays untouched)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    stage, partial = _hidden(path, "stage.tif"), _hidden(path, "partial")
+    stage = path.with_name(f".{path.name}.{os.getpid()}.stage.tif")
     profile = {"driver": "GTiff", "height": like.height, "width": like.width, "count": count, "dtype": dtype,
                "nodata": nodata, "tiled": True, "blockxsize": BLOCK, "blockysize": BLOCK,
                "compress": "deflate", "zlevel": 1, "BIGTIFF": "IF_SAFER", **georeference(like)}
@@ -66,13 +64,12 @@ def cog_writer(path: str | Path, like, *, count: int = 1, dtype: str = "uint8", 
                     dst.write_colormap(1, colormap)
                 yield dst
             floating = np.dtype(dtype).kind == "f"
-            rasterio.shutil.copy(stage, partial, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=BLOCK,
-                                 OVERVIEWS="AUTO", RESAMPLING=resampling.upper(), BIGTIFF="IF_SAFER",
-                                 PREDICTOR="YES" if floating else "NO")
-        os.replace(partial, path)
+            with atomic_path(path) as partial:
+                rasterio.shutil.copy(stage, partial, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=BLOCK,
+                                     OVERVIEWS="AUTO", RESAMPLING=resampling.upper(), BIGTIFF="IF_SAFER",
+                                     PREDICTOR="YES" if floating else "NO")
     finally:
-        for p in (stage, partial):
-            p.unlink(missing_ok=True)
+        stage.unlink(missing_ok=True)
 
 
 def class_map_writer(path: str | Path, like, class_names: Sequence[str], palette: np.ndarray, nodata: int = 255,

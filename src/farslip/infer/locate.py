@@ -27,12 +27,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..eval.common import name_embeddings
-from ..eval.ovss import OVSS_TEMPLATES, query_table
+from ..core.errors import UsageError
+from ..core.files import atomic_path, atomic_write
+from ..engine import OVSS_TEMPLATES, model_input_size, name_embeddings, query_table
 from .cog import score_writer
-from .common import load_for_inference, model_input_size, parse_classes
+from .common import load_for_inference, parse_classes
 from .raster import open_raster, read_thumbnail
-from .scene import SceneTiles, tile_logits
+from .scene import SceneTiles, bounded_gdal_cache, tile_logits
 from .vectors import REGION_FIELDS, Features, driver_for, heatmap_polygons, write_features
 
 #: What a query competes with at each pixel (a query's own names are left out of it).
@@ -60,6 +61,7 @@ class LocateOptions:
     progress: bool = True
     gdal_cache_mb: int = 256
     amp: str | None = None
+    html: bool = False                  # OUT/<stem>.html: the offline interactive map
 
 
 @dataclass
@@ -79,6 +81,7 @@ class LocateResult:
     pixels: int
     seconds: float
     queries: list[QueryResult] = field(default_factory=list)
+    html: str | None = None
 
 
 def slug(text: str) -> str:
@@ -91,8 +94,6 @@ def locate(queries: Sequence[str] | str, images: Sequence[str | Path] | str | Pa
            arch: str | None = None, device: str = "auto", options: LocateOptions | None = None,
            **overrides) -> list[LocateResult]:
     """Heatmaps and regions of each query in each image (see the module's description)."""
-    from .segment import _bounded_gdal_cache
-
     opts = options or LocateOptions()
     for k, v in overrides.items():
         setattr(opts, k, v)
@@ -100,14 +101,14 @@ def locate(queries: Sequence[str] | str, images: Sequence[str | Path] | str | Pa
     images = [images] if isinstance(images, (str, Path)) else list(images)
     query_syn = parse_classes(queries)
     if not 0 < opts.threshold <= 1:
-        raise ValueError(f"threshold {opts.threshold} must be in (0, 1]")
+        raise UsageError(f"--threshold {opts.threshold} must be in (0, 1]")
     own = {n.lower() for syn in query_syn for n in syn}
     background = [b for b in opts.background if b.lower() not in own]
     if not background:
-        raise ValueError("the background vocabulary is empty once the queries' own names are left out")
+        raise UsageError("the background vocabulary is empty once the queries' own names are left out")
     slugs = [slug(q[0]) for q in query_syn]
     if len(set(slugs)) != len(slugs):
-        raise ValueError(f"two queries give the same file name: {slugs}")
+        raise UsageError(f"two queries give the same file name: {slugs}")
     driver_for(f"x.{opts.vector_format}")
     if model is None:
         if checkpoint is None:
@@ -117,7 +118,7 @@ def locate(queries: Sequence[str] | str, images: Sequence[str | Path] | str | Pa
     with torch.no_grad():
         text = name_embeddings(model, tokenizer, names + background, OVSS_TEMPLATES, batch_size=64)
     results = []
-    with _bounded_gdal_cache(opts.gdal_cache_mb):
+    with bounded_gdal_cache(opts.gdal_cache_mb):
         for image in images:
             results.append(_locate_one(Path(image), model, text, owner, [q[0] for q in query_syn], slugs,
                                        Path(out), opts))
@@ -178,7 +179,12 @@ def _locate_one(path: Path, model, text, owner, queries, slugs, out: Path, opts:
         r.close()
     result = LocateResult(str(path), str(regions), str(preview), r.height * r.width, time.perf_counter() - t0,
                           summaries)
-    (out / f"{path.stem}.locate.json").write_text(json.dumps(asdict(result), indent=2))
+    if opts.html:
+        from .webmap import write_html
+
+        result.html = str(write_html(out / f"{path.stem}.html", image=path, rasters=heat_paths, vectors=[regions],
+                                     bands=opts.bands))
+    atomic_write(out / f"{path.stem}.locate.json", json.dumps(asdict(result), indent=2))
     return result
 
 
@@ -212,6 +218,7 @@ def write_heat_preview(r, heat_paths, queries, threshold: float, png: Path, max_
             ax.contour(np.nan_to_num(heat, nan=0.0), levels=[threshold], colors="cyan", linewidths=1)
         ax.set_title(f'"{q}"')
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="probability against the background")
-    fig.savefig(png, dpi=100)
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return png

@@ -1,17 +1,18 @@
-"""Windowed raster IO: any size, any band count or bit depth in; georeferenced class maps out.
+"""Windowed raster IO: any size, any band count or bit depth in (the outputs are written by ``cog.py``).
 
 Everything is read and written block by block through rasterio, so a 20,000 x 20,000 scene is never held in
 memory whole. PNG and JPEG go through the same path (GDAL reads them), without a georeference.
 """
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from ..core.errors import FarslipError
 
 try:  # rasterio is a hard dependency; import lazily-friendly for clear errors
     import rasterio
@@ -22,7 +23,7 @@ except ImportError as exc:  # pragma: no cover
     raise ImportError("farslip's inference needs rasterio (pip install rasterio)") from exc
 
 
-class RasterError(ValueError):
+class RasterError(FarslipError, ValueError):
     """An input that is missing, not a raster, or asks for bands it does not have."""
 
 
@@ -116,23 +117,3 @@ def read_thumbnail(r: RasterInput, max_side: int) -> np.ndarray:
     f = max(r.height, r.width) / max_side
     shape = (max(1, round(r.height / f)), max(1, round(r.width / f))) if f > 1 else (r.height, r.width)
     return read_rgb(r, Window(0, 0, r.width, r.height), shape)
-
-
-def class_map_writer(path: Path, like: RasterInput, class_names: Sequence[str], palette: np.ndarray,
-                     nodata: int = 255):
-    """A single-band uint8 GeoTIFF with the input's CRS, transform and size, class names and a colour table."""
-    profile = {"driver": "GTiff", "height": like.height, "width": like.width, "count": 1, "dtype": "uint8",
-               "nodata": nodata, "compress": "deflate", "tiled": True, "blockxsize": 256, "blockysize": 256,
-               "BIGTIFF": "IF_SAFER"}
-    if like.src.crs is not None:
-        profile["crs"] = like.src.crs
-    if not like.src.transform.is_identity:
-        profile["transform"] = like.src.transform
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", NotGeoreferencedWarning)
-        dst = rasterio.open(path, "w", **profile)
-    dst.update_tags(CLASS_NAMES=json.dumps(list(class_names)), SOFTWARE="farslip")
-    dst.set_band_description(1, "class index; " + ", ".join(f"{i}={n}" for i, n in enumerate(class_names)))
-    dst.write_colormap(1, {i: tuple(int(c) for c in palette[i]) + (255,) for i in range(len(class_names))})
-    return dst

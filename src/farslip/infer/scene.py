@@ -14,8 +14,7 @@ import numpy as np
 import torch
 from rasterio.enums import Resampling
 
-from ..eval.ovss import sliding_window_logits
-from .common import normaliser
+from ..engine import normaliser, sliding_window_logits
 from .raster import RasterInput, Window, read_rgb, read_valid
 from .tiling import AxisTile, axis_tiles, tile_boxes, tile_step
 
@@ -83,6 +82,20 @@ class SceneTiles:
     def valid(self, tile: Tile) -> np.ndarray | None:
         """``[h, w]`` validity of the tile's output pixels (None: all valid)."""
         return read_valid(self.r, tile.window)
+
+
+def bounded_gdal_cache(megabytes: int):
+    """GDAL's block cache capped at ``megabytes`` while we read and write (unless GDAL_CACHEMAX is set by the
+    user). By default GDAL may cache up to 5% of the machine's RAM of raster blocks, which on a 20,000 x 20,000
+    scene is most of the process's peak memory; the blockwise loops read and write each block once, so a small
+    cache costs nothing."""
+    import os
+
+    import rasterio
+
+    if "GDAL_CACHEMAX" in os.environ or not megabytes:
+        return rasterio.Env()
+    return rasterio.Env(GDAL_CACHEMAX=int(megabytes))
 
 
 def tile_logits(scene: SceneTiles, tile: Tile, model, text: torch.Tensor, *, attn: str, cls_lambda: float,

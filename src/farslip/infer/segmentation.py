@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -18,11 +19,13 @@ import torch
 from tqdm.auto import tqdm
 
 from ..engine.colours import palette as make_palette
-from ..engine import (OVSS_TEMPLATES, class_scores, model_input_size, name_embeddings, normaliser, predict_classes,
-                      query_table, sliding_window_logits)
+from ..core.files import atomic_path, atomic_write
+from ..engine import OVSS_TEMPLATES, class_scores, model_input_size, name_embeddings, predict_classes, query_table
 from .common import load_for_inference, parse_classes
-from .raster import Window, class_map_writer, open_raster, read_rgb, read_thumbnail, read_valid
-from .tiling import AxisTile, axis_tiles, tile_boxes, tile_step
+from .cog import class_map_writer, score_writer
+from .raster import open_raster, read_thumbnail
+from .scene import SceneTiles, bounded_gdal_cache, tile_logits
+from .vectors import driver_for, vectorize_class_map
 
 NODATA = 255
 
@@ -45,6 +48,12 @@ class SegmentOptions:
     progress: bool = True
     gdal_cache_mb: int = 256            # GDAL block cache; its default (5% of RAM) is what grows on huge rasters
     amp: str | None = None              # None: fp16 autocast on CUDA, fp32 on CPU; "bf16": ~3x on bf16 CPUs; "off"
+    confidence: bool = True             # OUT/<stem>.confidence.tif: the shown class's probability
+    probabilities: bool = False         # OUT/<stem>.probabilities.tif: every class's probability, a band each
+    vector: str | None = None           # "gpkg" | "geojson" -> OUT/<stem>.<format>; or a .gpkg/.geojson path
+    min_area: float = 0.0               # polygons: regions under this many map units^2 are left out
+    simplify: float = 0.0               # polygons: simplification tolerance in map units
+    html: bool = False                  # OUT/<stem>.html: the offline interactive map
 
 
 @dataclass
@@ -56,14 +65,19 @@ class SegmentResult:
     pixels: int
     seconds: float
     class_fractions: dict[str, float] = field(default_factory=dict)
+    confidence: str | None = None
+    probabilities: str | None = None
+    vectors: str | None = None
+    html: str | None = None
 
 
 def segment(images: Sequence[str | Path] | str | Path, classes: Sequence[str] | None = None, *,
             checkpoint: str | Path | None = None, model=None, tokenizer=None, classes_file: str | Path | None = None,
             out: str | Path = "segmentations", arch: str | None = None, device: str = "auto",
             options: SegmentOptions | None = None, **overrides) -> list[SegmentResult]:
-    """Segment each image into ``classes`` (``"building,roof"`` = one class with synonyms); write
-    ``OUT/<stem>.tif`` (class indexes, input georeference kept, 255 = nodata) and ``OUT/<stem>.png`` (preview)."""
+    """Segment each image into ``classes`` (``"building,roof"`` = one class with synonyms); write the COGs
+    ``OUT/<stem>.tif`` (class indexes, input georeference kept, 255 = nodata) and ``OUT/<stem>.confidence.tif``,
+    ``OUT/<stem>.png`` (preview), and as asked the per-class probabilities, polygons and an HTML map."""
     opts = options or SegmentOptions()
     for k, v in overrides.items():
         setattr(opts, k, v)
@@ -72,6 +86,8 @@ def segment(images: Sequence[str | Path] | str | Path, classes: Sequence[str] | 
     names = [c[0] for c in class_syn]
     if not 0 <= opts.background_index < len(names):
         raise ValueError(f"background index {opts.background_index} outside the {len(names)} classes")
+    targets = [vector_path(opts.vector, Path(i), Path(out), len(images) > 1) if opts.vector else None
+               for i in images]  # checked before any work
     if model is None:
         if checkpoint is None:
             raise ValueError("segment needs a checkpoint (or a model and tokenizer)")
@@ -82,81 +98,87 @@ def segment(images: Sequence[str | Path] | str | Path, classes: Sequence[str] | 
         # for ViT-B) under the peak the tiles reach
         text = name_embeddings(model, tokenizer, queries, OVSS_TEMPLATES, batch_size=64)
     results = []
-    with _bounded_gdal_cache(opts.gdal_cache_mb):
-        for image in images:
-            results.append(_segment_one(Path(image), model, text, query_to_class, names, Path(out), opts))
+    with bounded_gdal_cache(opts.gdal_cache_mb):
+        for image, target in zip(images, targets):
+            results.append(_segment_one(Path(image), model, text, query_to_class, names, Path(out), target, opts))
     return results
 
 
-def _bounded_gdal_cache(megabytes: int):
-    """GDAL's block cache capped at ``megabytes`` while we read and write (unless GDAL_CACHEMAX is set by the
-    user). By default GDAL may cache up to 5% of the machine's RAM of raster blocks, which on a 20,000 x 20,000
-    scene is most of the process's peak memory; the blockwise loop reads and writes each block once, so a small
-    cache costs nothing."""
-    import os
-
-    import rasterio
-
-    if "GDAL_CACHEMAX" in os.environ or not megabytes:
-        return rasterio.Env()
-    return rasterio.Env(GDAL_CACHEMAX=int(megabytes))
-
-
-def _segment_one(path: Path, model, text, query_to_class, names, out: Path, opts: SegmentOptions) -> SegmentResult:
+def _segment_one(path: Path, model, text, query_to_class, names, out: Path, vector: Path | None,
+                 opts: SegmentOptions) -> SegmentResult:
     t0 = time.perf_counter()
     r = open_raster(path, opts.bands, opts.percentiles)
     window = opts.window or model_input_size(model)
-    stride = opts.stride or window // 2
-    H, W = r.height, r.width
-    Hs, Ws = max(1, round(H * opts.scale)), max(1, round(W * opts.scale))  # the grid the windows slide on
-    step = tile_step(opts.block, stride, opts.scale)
-    row_tiles = axis_tiles(H, Hs, window, stride, step)
-    col_tiles = axis_tiles(W, Ws, window, stride, step)
+    scene = SceneTiles(r, window, opts.stride or window // 2, opts.scale, opts.block)
     colours = _class_colours(names)
     tif = out / f"{path.stem}.tif"
+    conf_tif = out / f"{path.stem}.confidence.tif" if opts.confidence else None
+    prob_tif = out / f"{path.stem}.probabilities.tif" if opts.probabilities else None
     counts = np.zeros(len(names), np.int64)
     try:
-        dst = class_map_writer(tif, r, names, colours, NODATA)
-        with dst, tqdm(total=len(row_tiles) * len(col_tiles), desc=f"segment {path.name}", unit="tile",
-                       disable=not opts.progress) as bar:
-            for rows in row_tiles:
-                for cols in col_tiles:
-                    (y0, y1), (x0, x1) = rows.out, cols.out
-                    write_win = Window(x0, y0, x1 - x0, y1 - y0)
-                    pred = _tile_classes(r, (Hs, Ws), rows, cols, model, text, query_to_class, len(names), window,
-                                         stride, opts)
-                    valid = read_valid(r, write_win)
-                    if valid is not None:
-                        pred[~valid] = NODATA
-                    dst.write(pred[None], window=write_win)
-                    counts += np.bincount(pred[pred != NODATA].ravel(), minlength=len(names))[:len(names)]
-                    bar.update(1)
+        with ExitStack() as stack:
+            dst = stack.enter_context(class_map_writer(tif, r.src, names, colours, NODATA, source=path))
+            conf = stack.enter_context(score_writer(conf_tif, r.src, ["confidence"], kind="confidence",
+                                                    source=path, class_names=names)) if conf_tif else None
+            probs = stack.enter_context(score_writer(prob_tif, r.src, names, kind="probability",
+                                                     source=path)) if prob_tif else None
+            for tile in tqdm(scene, total=len(scene), desc=f"segment {path.name}", unit="tile",
+                             disable=not opts.progress):
+                logits = tile_logits(scene, tile, model, text, attn=opts.attn, cls_lambda=opts.cls_lambda,
+                                     amp=opts.amp, window_batch_size=opts.window_batch_size)
+                if logits is None:
+                    continue  # no valid pixel: the rasters keep their nodata there
+                scores = class_scores(logits, query_to_class, len(names), logit_scale=opts.logit_scale)
+                pred = predict_classes(scores, opts.threshold, opts.background_index)
+                valid = scene.valid(tile)
+                pred = pred.cpu().numpy().astype(np.uint8)
+                if valid is not None:
+                    pred[~valid] = NODATA
+                win = tile.window
+                dst.write(pred, 1, window=win)
+                counts += np.bincount(pred[pred != NODATA].ravel(), minlength=len(names))[:len(names)]
+                if conf is not None:
+                    c = scores.gather(0, torch.from_numpy(np.minimum(pred, len(names) - 1)).long()
+                                      .to(scores.device)[None])[0].float().cpu().numpy()
+                    conf.write(_masked(c, valid), 1, window=win)
+                if probs is not None:
+                    probs.write(_masked(scores.float().cpu().numpy(), valid), window=win)
         preview = write_preview(tif, r, names, colours, out / f"{path.stem}.png", opts.preview_size)
     finally:
         r.close()
+    vectors = vectorize_class_map(tif, vector, confidence=conf_tif, min_area=opts.min_area,
+                                  simplify=opts.simplify).path if vector else None
     total = max(1, int(counts.sum()))
     fractions = {n: round(float(c) / total, 4) for n, c in zip(names, counts)}
     result = SegmentResult(str(path), str(tif), str(preview), names, r.height * r.width,
-                           time.perf_counter() - t0, fractions)
-    (out / f"{path.stem}.json").write_text(json.dumps(result.__dict__, indent=2))
+                           time.perf_counter() - t0, fractions, str(conf_tif) if conf_tif else None,
+                           str(prob_tif) if prob_tif else None, vectors)
+    if opts.html:
+        from .webmap import write_html
+
+        result.html = str(write_html(out / f"{path.stem}.html", image=path, bands=opts.bands,
+                                     rasters=[tif] + ([conf_tif] if conf_tif else []),
+                                     vectors=[vectors] if vectors else []))
+    atomic_write(out / f"{path.stem}.json", json.dumps(asdict(result), indent=2))
     return result
 
 
-def _tile_classes(r, scaled: tuple[int, int], rows: AxisTile, cols: AxisTile, model, text, query_to_class,
-                  n_classes: int, window: int, stride: int, opts: SegmentOptions) -> np.ndarray:
-    """uint8 class indexes of one tile's output pixels: read its region, encode the whole raster's windows that
-    fall in it, average them, resample to the output grid, score the classes."""
-    (Hs, Ws), (H, W) = scaled, (r.height, r.width)
-    (ry0, ry1), (rx0, rx1) = rows.region, cols.region
-    # the region in input pixels; fractional when rescaled (GDAL honours it exactly)
-    region = Window(rx0 * W / Ws, ry0 * H / Hs, (rx1 - rx0) * W / Ws, (ry1 - ry0) * H / Hs)
-    x = normaliser(model)(torch.from_numpy(read_rgb(r, region, (ry1 - ry0, rx1 - rx0))))
-    logits = sliding_window_logits(model, [x.to(next(model.parameters()).device)], text, crop=window, stride=stride,
-                                   attn=opts.attn, cls_lambda=opts.cls_lambda, amp=opts.amp,
-                                   window_batch_size=opts.window_batch_size, boxes=[tile_boxes(rows, cols)])[0]
-    logits = cols.take(rows.take(logits, 1), 2)
-    scores = class_scores(logits, query_to_class, n_classes, logit_scale=opts.logit_scale)
-    return predict_classes(scores, opts.threshold, opts.background_index).cpu().numpy().astype(np.uint8)
+def _masked(values: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+    """float32 scores with NaN (the score rasters' nodata) where the input has no data."""
+    values = values.astype(np.float32, copy=False)
+    if valid is not None:
+        values[..., ~valid] = np.nan
+    return values
+
+
+def vector_path(spec: str, image: Path, out: Path, several: bool) -> Path:
+    """Where ``--vector SPEC`` puts an image's polygons: ``gpkg``/``geojson`` -> ``OUT/<stem>.<format>``; a path
+    as given (``PATH.<stem>.<suffix>`` when there are several images)."""
+    if spec.lower() in ("gpkg", "geojson"):
+        return out / f"{image.stem}.{spec.lower()}"
+    p = Path(spec)
+    driver_for(p)
+    return p.with_name(f"{p.stem}.{image.stem}{p.suffix}") if several else p
 
 
 def _class_colours(names: list[str]) -> np.ndarray:
@@ -197,6 +219,7 @@ def write_preview(tif: Path, r, names, colours, png: Path, max_side: int) -> Pat
     fig.legend(handles=[Patch(color=colours[i] / 255, label=n) for i, n in enumerate(names)],
                loc="lower center", ncol=min(len(names), 6), frameon=False)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
-    fig.savefig(png, dpi=100)
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
     return png

@@ -13,7 +13,6 @@ Written through pyogrio (GDAL/OGR): GeoPackage or GeoJSON, chosen by the suffix.
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,9 @@ import torch
 from rasterio.features import rasterize, shapes
 from rasterio.windows import Window
 
+from ..core.errors import FarslipError
+from ..core.files import atomic_path
+
 #: Output formats by suffix (OGR driver names).
 DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON"}
 #: Pixels per strip: about 4 million (16 MB per int32 array; the per-strip work holds about a dozen), whole rows.
@@ -36,7 +38,7 @@ STRIP_PIXELS = 4 * 2 ** 20
 REGION_FIELDS = ("query", "score", "max_score", "area", "pixels")
 
 
-class VectorError(ValueError):
+class VectorError(FarslipError, ValueError):
     """An output path whose format is not known, or a raster that cannot be polygonised."""
 
 
@@ -187,22 +189,17 @@ def write_features(features: Features, path: str | Path, crs, layer: str) -> Pat
 
     path = Path(path)
     driver = driver_for(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.stem}.partial{path.suffix}")  # OGR wants the suffix
     multi = any(g.geom_type == "MultiPolygon" for g in features.geometries)
     geoms = [shapely.MultiPolygon([g]) if multi and g.geom_type == "Polygon" else g for g in features.geometries]
     columns = features.columns or {"id": []}  # OGR wants a field even in an empty layer
-    try:
-        with warnings.catch_warnings():  # pictures without a georeference give layers without a CRS, knowingly
-            warnings.filterwarnings("ignore", "'crs' was not provided")
-            pyogrio.raw.write(partial, geometry=np.array(shapely.to_wkb(geoms), dtype=object) if geoms else
-                              np.array([], dtype=object),
-                              field_data=[np.asarray(v) for v in columns.values()], fields=list(columns),
-                              crs=crs.to_wkt() if crs is not None else None, driver=driver, layer=layer,
-                              geometry_type="MultiPolygon" if multi else "Polygon")
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    with atomic_path(path) as partial, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "'crs' was not provided")  # pictures without georeference: knowingly
+        warnings.filterwarnings("ignore", "The filename extension should be")  # the temporary name; driver given
+        pyogrio.raw.write(partial, geometry=np.array(shapely.to_wkb(geoms), dtype=object) if geoms else
+                          np.array([], dtype=object),
+                          field_data=[np.asarray(v) for v in columns.values()], fields=list(columns),
+                          crs=crs.to_wkt() if crs is not None else None, driver=driver, layer=layer,
+                          geometry_type="MultiPolygon" if multi else "Polygon")
     return path
 
 

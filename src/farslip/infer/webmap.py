@@ -29,6 +29,8 @@ import rasterio
 from rasterio.enums import Resampling
 from rasterio.warp import calculate_default_transform, reproject, transform_bounds, transform_geom
 
+from ..core.errors import FarslipError
+from ..core.files import atomic_write
 from .raster import open_raster, read_thumbnail
 
 MERCATOR = "EPSG:3857"
@@ -36,7 +38,7 @@ MERCATOR = "EPSG:3857"
 MAX_FEATURES = 20000
 
 
-class ViewError(ValueError):
+class ViewError(FarslipError, ValueError):
     """An output that is not a farslip raster or vector file."""
 
 
@@ -216,7 +218,8 @@ def write_html(out: str | Path, *, image: str | Path | None = None, rasters: Seq
                vectors: Sequence[str | Path] = (), title: str | None = None, max_side: int = 2048,
                bands: Sequence[int] | None = None, opacity: float = 0.6) -> Path:
     """One offline HTML page: ``image`` under the ``rasters`` (class maps, confidences, heatmaps) and the
-    ``vectors``, each switchable, with legends. The grid is the first raster's (or the image's)."""
+    ``vectors``, each switchable (the first raster layer is shown, the others start switched off), with legends.
+    The grid is the first raster's (or the image's)."""
     import folium
 
     rasters, vectors = [Path(p) for p in rasters], [Path(p) for p in vectors]
@@ -240,7 +243,7 @@ def write_html(out: str | Path, *, image: str | Path | None = None, rasters: Seq
     for path in rasters:
         for ov in raster_overlay(path, grid):
             folium.raster_layers.ImageOverlay(_data_uri(ov.rgba, "PNG"), grid.bounds_latlon, name=ov.name,
-                                              opacity=opacity, pixelated=True).add_to(m)
+                                              opacity=opacity, pixelated=True, show=not legends).add_to(m)
             colours.update(dict(ov.legend))
             legends.append(ov)
     for path in vectors:
@@ -254,15 +257,7 @@ def write_html(out: str | Path, *, image: str | Path | None = None, rasters: Seq
     folium.LayerControl(collapsed=False).add_to(m)
     m.get_root().html.add_child(folium.Element(_legend_html(legends, title or Path(ref).name)))
     m.fit_bounds(grid.bounds_latlon)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.name}.partial")
-    try:
-        partial.write_text(m.get_root().render(), encoding="utf-8")
-        partial.replace(out)
-    finally:
-        partial.unlink(missing_ok=True)
-    return out
+    return atomic_write(out, m.get_root().render())
 
 
 def _vector_style(feature) -> dict:
