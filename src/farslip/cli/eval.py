@@ -246,9 +246,24 @@ def _default_output(args, kind: str) -> Path:
 
 
 def run_command(args) -> int:
+    from ..eval import distributed
+
+    rank_device = distributed.init_from_env()  # torchrun: join the group, one GPU per local rank
+    if rank_device and args.device in (None, "cuda"):
+        args.device = rank_device
+    rc = _run(args, distributed.is_main())
+    distributed.shutdown()
+    return rc
+
+
+def _run(args, main: bool) -> int:
+    """The evaluation; under torchrun every rank runs it on its share of each dataset and gets the same
+    numbers, and only the first (``main``) prints and writes the report."""
+    from ..eval import distributed
     from ..eval.report import console_report, write_report
     from ..eval.suite import run_custom, run_registered
 
+    log = print if main else (lambda _line: None)
     kind = args.eval_kind
     custom = _custom_mode(args)
     if not custom and not args.data_root and not args.root:
@@ -293,7 +308,7 @@ def run_command(args) -> int:
                                           prob_threshold=args.threshold, background_index=args.bg_idx,
                                           ignore_index=args.ignore_index, reduce_zero_label=args.reduce_zero_label))
         sections[kind] = run_custom(kind, model, tokenizer, preprocess, name, on_error=args.on_error,
-                                    overlay_root=out_dir / "overlays", **kw, **opts)
+                                    overlay_root=out_dir / "overlays", log=log, **kw, **opts)
     else:
         from ..engine import TextEmbeddingCache
 
@@ -304,18 +319,20 @@ def run_command(args) -> int:
             sections[k] = run_registered(k, model, tokenizer, preprocess, data_root=args.data_root, roots=roots,
                                          names=[b.name for b in chosen[k]], on_error=args.on_error, text_cache=cache,
                                          overlay_root=out_dir / "overlays" if k == "ovss" else None,
-                                         **_options(args, k))
+                                         log=log, **_options(args, k))
     report = {"meta": {"checkpoint": args.checkpoint, "model": getattr(model, "farslip_arch", args.model),
                        "device": str(device), "precision": args.precision, "amp": args.amp,
-                       "data_root": args.data_root, "when": _dt.datetime.now().isoformat(timespec="seconds")},
+                       "data_root": args.data_root, "when": _dt.datetime.now().isoformat(timespec="seconds"),
+                       "processes": distributed.world()[1]},
               "sections": sections}
     if "ovss" in sections:
         report["meta"]["ovss"] = {k: getattr(args, k) for k in ("attn", "scale", "crop", "stride", "logit_scale",
                                                                  "cls_lambda", "cls_from")}
-    print()
-    print(console_report(report))
-    paths = write_report(report, out_dir)
-    print(f"wrote {paths['json']} and {paths['markdown']}")
+    if main:
+        print()
+        print(console_report(report))
+        paths = write_report(report, out_dir)
+        print(f"wrote {paths['json']} and {paths['markdown']}")
     evaluated = sum(s["evaluated"] for s in sections.values())
     failed = sum(len(s["failed"]) for s in sections.values())
     if evaluated == 0:

@@ -35,6 +35,7 @@ from ..engine import (OVSS_TEMPLATES, Template, TextEmbeddingCache, class_scores
                       prepare_image, query_table, sliding_window_logits)
 from ..models import ATTENTION_VARIANTS
 from ..models.precision import Amp, model_device
+from . import distributed
 from .common import EvalResult, make_loader, progress, split_bad
 from ..engine.images import read_label_array, read_rgb_array
 from ..core.problems import Problem
@@ -233,29 +234,35 @@ def ovss(model: nn.Module, tokenizer, dataset: OVSSDataset, *, attn: str = "sege
     device = model_device(model)
     queries = name_embeddings(model, tokenizer, names, templates or OVSS_TEMPLATES, amp=amp, cache=text_cache)
     meter = SegmentationMeter(len(classes), class_names, dataset.ignore_index)
-    loader = make_loader(SegmentationSamples(pairs, dataset, scale), batch_size, num_workers, _collate)
+    shard = distributed.batch_shard(len(pairs), batch_size)  # torchrun: this rank's whole batches
+    loader = make_loader(SegmentationSamples(pairs[shard.start:shard.stop], dataset, scale), batch_size,
+                         num_workers, _collate)
     written = []
-    for batch in progress(loader, desc=desc or f"ovss {dataset.name}", enabled=show_progress, unit="batch"):
-        samples, bad = split_bad(batch)
-        for b in bad:
-            errors(b)
-        if not samples:
-            continue
-        logits = sliding_window_logits(model, [s["image"] for s in samples], queries, crop=crop, stride=stride,
-                                       attn=attn, cls_lambda=cls_lambda, cls_from=cls_from,
-                                       window_batch_size=window_batch_size, amp=amp)
-        for s, lg in zip(samples, logits):
-            scores = class_scores(lg, owner, len(classes), out_size=s["ori_size"], logit_scale=logit_scale)
-            pred = predict_classes(scores, dataset.prob_threshold, dataset.background_index)
-            label = s["label"].to(device)
-            meter.update(pred, label)
-            if overlay_dir is not None and len(written) < overlays:
-                from .overlays import save_overlay
+    with distributed.all_or_none():
+        for batch in progress(loader, desc=desc or f"ovss {dataset.name}",
+                              enabled=show_progress and distributed.is_main(), unit="batch"):
+            samples, bad = split_bad(batch)
+            for b in bad:
+                errors(b)
+            if not samples:
+                continue
+            logits = sliding_window_logits(model, [s["image"] for s in samples], queries, crop=crop, stride=stride,
+                                           attn=attn, cls_lambda=cls_lambda, cls_from=cls_from,
+                                           window_batch_size=window_batch_size, amp=amp)
+            for s, lg in zip(samples, logits):
+                scores = class_scores(lg, owner, len(classes), out_size=s["ori_size"], logit_scale=logit_scale)
+                pred = predict_classes(scores, dataset.prob_threshold, dataset.background_index)
+                label = s["label"].to(device)
+                meter.update(pred, label)
+                if overlay_dir is not None and len(written) < overlays and distributed.is_main():
+                    from .overlays import save_overlay
 
-                out = Path(overlay_dir) / f"{Path(s['path']).stem}.png"
-                save_overlay(out, s["path"], pred.cpu(), s["label"], len(classes), dataset.ignore_index,
-                             class_names=class_names)
-                written.append(str(out))
+                    out = Path(overlay_dir) / f"{Path(s['path']).stem}.png"
+                    save_overlay(out, s["path"], pred.cpu(), s["label"], len(classes), dataset.ignore_index,
+                                 class_names=class_names)
+                    written.append(str(out))
+    distributed.sum_meter(meter)  # intersections and unions of every rank
+    errors = distributed.merge_errors(errors)
     if meter.images == 0:
         raise EvalDataError(f"OVSS dataset {dataset.name!r}: no image could be evaluated ({errors.count} skipped)")
     res = EvalResult(meter.compute())

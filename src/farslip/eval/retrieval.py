@@ -18,6 +18,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..models.precision import Amp, autocast_for, model_device, model_dtype
+from . import distributed
 from .common import EvalResult, make_loader, progress, split_bad
 from ..engine.images import open_image
 from ..core.problems import Problem
@@ -79,33 +80,43 @@ def read_pairs(csv_path, image_root, caption_key: str = "title", prefix: str = "
 
 @torch.no_grad()
 def _image_features(model, preprocess, paths, where, *, batch_size, num_workers, amp, errors, show_progress, desc):
+    """Normalised features of the readable images among ``paths`` and their indexes, in ``paths`` order; under
+    torchrun each rank encodes its whole batches and every rank gets all of them."""
     device = model_device(model)
-    loader = make_loader(ImageDataset(paths, preprocess, where), batch_size, num_workers, _collate,
-                         pin=device.type == "cuda")
+    shard = distributed.batch_shard(len(paths), batch_size)
+    loader = make_loader(ImageDataset([paths[i] for i in shard], preprocess, where), batch_size, num_workers,
+                         _collate, pin=device.type == "cuda")
     feats, kept = [], []
-    for images, idx, bad in progress(loader, desc=f"{desc} images", enabled=show_progress):
-        for b in bad:
-            errors(b)
-        if images is None:
-            continue
-        with autocast_for(model, amp):
-            f = model.encode_image(images.to(device, dtype=model_dtype(model), non_blocking=True), normalize=True)
-        feats.append(f.cpu())
-        kept.append(idx)
-    if not feats:
+    with distributed.all_or_none():
+        for images, idx, bad in progress(loader, desc=f"{desc} images",
+                                         enabled=show_progress and distributed.is_main()):
+            for b in bad:
+                errors(b)
+            if images is None:
+                continue
+            with autocast_for(model, amp):
+                f = model.encode_image(images.to(device, dtype=model_dtype(model), non_blocking=True),
+                                       normalize=True)
+            feats.append(f.cpu())
+            kept.append(idx + shard.start)
+    parts = [p for p in distributed.gather((feats, kept)) if p[0]]
+    if not parts:
         raise EvalDataError("no image could be read")
-    return torch.cat(feats), torch.cat(kept)
+    return torch.cat([f for fs, _ in parts for f in fs]), torch.cat([k for _, ks in parts for k in ks])
 
 
 @torch.no_grad()
 def _text_features(model, tokenizer, texts, *, batch_size, amp, show_progress, desc):
     device = model_device(model)
+    shard = distributed.batch_shard(len(texts), batch_size)
     feats = []
-    for i in progress(range(0, len(texts), batch_size), desc=f"{desc} texts", enabled=show_progress):
-        tokens = tokenizer(list(texts[i:i + batch_size])).to(device)
-        with autocast_for(model, amp):
-            feats.append(model.encode_text(tokens, normalize=True).cpu())
-    return torch.cat(feats)
+    with distributed.all_or_none():
+        for i in progress(range(shard.start, shard.stop, batch_size), desc=f"{desc} texts",
+                          enabled=show_progress and distributed.is_main()):
+            tokens = tokenizer(list(texts[i:i + batch_size])).to(device)
+            with autocast_for(model, amp):
+                feats.append(model.encode_text(tokens, normalize=True).cpu())
+    return torch.cat([f for part in distributed.gather(feats) for f in part])
 
 
 def rank_queries(queries: torch.Tensor, gallery: torch.Tensor, positives: list[list[int]], *,
@@ -252,9 +263,14 @@ def retrieval(model: nn.Module, tokenizer, preprocess, csv_path, image_root=None
         txt2img[txt_index[text]].add(j)
     text_queries = [i for i, s in enumerate(txt2img) if s]  # texts whose images were all unreadable drop out
     dev = rank_device or model_device(model)
-    t_ranks, i_ranks = rank_both_ways(txt_feats, img_feats, [sorted(txt2img[i]) for i in text_queries],
-                                      [sorted(s) for s in img2txt], text_queries=text_queries, ties=ties,
-                                      device=dev, ks=ks)
+    ranks = None
+    with distributed.all_or_none():  # all features are on every rank: rank 0 ranks them once, as one process
+        if distributed.is_main():
+            ranks = rank_both_ways(txt_feats, img_feats, [sorted(txt2img[i]) for i in text_queries],
+                                   [sorted(s) for s in img2txt], text_queries=text_queries, ties=ties,
+                                   device=dev, ks=ks)
+    t_ranks, i_ranks = distributed.gather(ranks)[0]
+    errors = distributed.merge_errors(errors)
     res = EvalResult()
     for name, ranks in (("text2img", t_ranks), ("img2text", i_ranks)):
         rec = recall_from_ranks(ranks, ks)

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 
 from ..engine import SCENE_TEMPLATES, Template, TextEmbeddingCache, name_embeddings
 from ..models.precision import Amp, autocast_for, model_device, model_dtype
+from . import distributed
 from .common import EvalResult, make_loader, progress, split_bad
 from ..engine.images import open_image
 from ..core.problems import Problem
@@ -141,21 +142,28 @@ def zero_shot_classification(model: nn.Module, tokenizer, preprocess, csv_path, 
     device = model_device(model)
     classifier = name_embeddings(model, tokenizer, classnames, templates or SCENE_TEMPLATES, amp=False,
                                  cache=text_cache)
-    loader = make_loader(ImageLabelDataset(records, preprocess), batch_size, num_workers, _collate,
+    # torchrun: this rank's whole batches; the counts are summed over ranks below
+    shard = [records[i] for i in distributed.batch_shard(len(records), batch_size)]
+    loader = make_loader(ImageLabelDataset(shard, preprocess), batch_size, num_workers, _collate,
                          pin=device.type == "cuda")
     correct1 = correct5 = n = 0
-    for images, labels, bad in progress(loader, desc=desc or "classification", enabled=show_progress):
-        for b in bad:
-            errors(b)
-        if images is None:
-            continue
-        images = images.to(device, dtype=model_dtype(model), non_blocking=True)
-        labels = labels.to(device)
-        with autocast_for(model, amp):
-            feats = F.normalize(model.encode_image(images), dim=-1)
-            logits = 100.0 * feats @ classifier.t().to(feats.dtype)
-        c1, c5 = topk_correct(logits, labels, (1, 5), ties=ties)
-        correct1, correct5, n = correct1 + c1, correct5 + c5, n + images.shape[0]
+    with distributed.all_or_none():
+        for images, labels, bad in progress(loader, desc=desc or "classification",
+                                            enabled=show_progress and distributed.is_main()):
+            for b in bad:
+                errors(b)
+            if images is None:
+                continue
+            images = images.to(device, dtype=model_dtype(model), non_blocking=True)
+            labels = labels.to(device)
+            with autocast_for(model, amp):
+                feats = F.normalize(model.encode_image(images), dim=-1)
+                logits = 100.0 * feats @ classifier.t().to(feats.dtype)
+            c1, c5 = topk_correct(logits, labels, (1, 5), ties=ties)
+            correct1, correct5, n = correct1 + c1, correct5 + c5, n + images.shape[0]
+    totals = distributed.sum_tensors([torch.tensor([correct1, correct5, n])])[0]
+    correct1, correct5, n = (int(v) for v in totals)
+    errors = distributed.merge_errors(errors)
     if n == 0:
         raise EvalDataError(f"{csv_path}: no image could be read ({errors.count} skipped)")
     info = {"n": n, "classes": len(classnames), "correct_top1": correct1, "correct_top5": correct5,
