@@ -126,8 +126,45 @@ def test_csvs_and_ovss(world):
     assert len(seen) >= 8
     w = json.loads((out / "world.json").read_text())
     assert w == s and w["seed"] == 7 and w["paths"]["rs5m"] == ["rs5m/shard-000000.tar", "rs5m/shard-000001.tar"]
-    for key in ("mgrs", "captions_csv", "cls_csv", "cls_classnames", "retrieval_csv", "ovss_classes"):
+    for key in ("mgrs", "captions_csv", "cls_csv", "cls_classnames", "retrieval_csv", "regions_csv",
+                "regions_classnames", "ovss_classes"):
         assert (out / w["paths"][key]).is_file()
+
+
+def test_global_captions_say_what_not_where(world):
+    """The paper's setting: global captions name the scene, objects and main land covers, never a position."""
+    from farslip.dataprep.captions import _POSITIONS
+    from farslip.dataprep.synth import land_cover_fractions
+
+    out, _ = world
+    with open(out / "retrieval" / "test.csv", newline="") as f:
+        globals_ = [r["title"] for r in list(csv.DictReader(f))[::2]]
+    positions = [p for row in _POSITIONS for p in row]
+    for i, caption in enumerate(globals_):
+        assert not any(p in caption for p in positions), caption
+        with Image.open(out / "ovss" / "ann_dir" / "val" / f"{i:06d}.png") as im:
+            fractions = land_cover_fractions(np.asarray(im))
+        for name, frac in fractions.items():  # every land cover over a third of the image is named
+            if frac > 1 / 3:
+                assert name in caption, (name, frac, caption)
+
+
+def test_region_crops(world):
+    """Held-out object crops for stage 2's zero-shot region-category accuracy: one per category per image."""
+    from farslip.dataprep import OBJECT_CATEGORIES
+
+    out, s = world
+    assert (out / "regions" / "classnames.txt").read_text().splitlines() == list(OBJECT_CATEGORIES)
+    with open(out / "regions" / "test.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["filepath", "label"] and len(rows) == sum(s["test_region_counts"].values()) > 8
+    assert len({int(r["label"]) for r in rows}) >= 4
+    per_image = defaultdict(list)
+    for r in rows:
+        per_image[r["filepath"].split("-")[0]].append(int(r["label"]))
+        with Image.open(out / "regions" / r["filepath"]) as im:
+            assert im.size == (64, 64) and im.mode == "RGB"
+    assert all(len(v) == len(set(v)) for v in per_image.values())
 
 
 def test_project_readers_read_the_world(world):

@@ -13,10 +13,12 @@ court, building, swimming pool). Everything is vectorised numpy plus PIL polygon
     OUT/captions.csv                                   filepath,title (training images, paths relative to OUT)
     OUT/cls/test.csv, classnames.txt, images/          scene classification (held-out images)
     OUT/retrieval/test.csv, images/                    image-text retrieval (held-out images, 2 captions each)
+    OUT/regions/test.csv, classnames.txt, images/      region-category classification (held-out object crops)
     OUT/ovss/img_dir/val, ann_dir/val, classes.txt     open-vocabulary segmentation (held-out images)
     OUT/world.json                                     what was written
 
-The same ``seed`` gives byte-identical files.
+Global captions name the scene, the objects (counted) and the main land covers, never where they are; the
+detailed captions say where (a 3 x 3 grid). The same ``seed`` gives byte-identical files.
 """
 from .labels import (
            LAND_COVER_NAMES,

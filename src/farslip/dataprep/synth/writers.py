@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..captions import TemplateCaptioner
+from ..captions import TemplateCaptioner, join_words
 from ..mgrs import mgrs_record, write_mgrs_json
 from ..names import assign_category_ids
 from .labels import OBJECT_CATEGORIES, OVSS_CLASSES, SCENES
@@ -65,11 +65,41 @@ def _scene_order(n: int, rng: np.random.Generator) -> list[str]:
     return [SCENES[i] for i in order]
 
 
+def _captions(captioner: TemplateCaptioner, objs: list[dict], lab: np.ndarray, scene: str, key: str) -> dict:
+    """The template captions, with the global caption also naming the land covers that fill at least 5% of the
+    image -- what is there, never where: the caption a web-scale CLIP learns from. The OVSS classes' words thereby
+    occur in the training text, so a model can be asked for them at all; where they are it must work out itself."""
+    size = lab.shape[0]
+    fractions = land_cover_fractions(lab)
+    caps = captioner(objs, size, size, scene=scene, land_cover=fractions, key=key)
+    cover = [name for name, frac in sorted(fractions.items(), key=lambda kv: (-kv[1], kv[0])) if frac >= 0.05]
+    cover = [name for name in cover[:3] if name not in caps["global_caption"]]  # "a forest; forest in view"
+    if cover:
+        caps["global_caption"] = caps["global_caption"][:-1] + f"; {join_words(cover)} in view."
+    return caps
+
+
+def _object_crops(rgb: np.ndarray, objs: list[dict], min_side: int, side: int = 64) -> list[tuple[str, np.ndarray]]:
+    """One crop per object category present (the first object of each with a box of at least ``min_side**2``
+    px), cut tight to the box and squashed to ``side`` x ``side`` as stage 2's region views are."""
+    crops, seen = [], set()
+    for o in objs:
+        x1, y1, x2, y2 = o["box"]
+        if o["category"] in seen or (x2 - x1) * (y2 - y1) < min_side ** 2:
+            continue
+        seen.add(o["category"])
+        crop = Image.fromarray(rgb[y1:y2, x1:x2]).resize((side, side), Image.BICUBIC)
+        crops.append((o["category"], np.asarray(crop)))
+    return crops
+
+
 def synth_world(out: str | Path, n: int = 512, seed: int = 0, size: int = 224, n_test: int | None = None,
-                shard_size: int = 1000, overwrite: bool = False, progress: bool = True) -> dict:
+                shard_size: int = 1000, overwrite: bool = False, progress: bool = True,
+                min_region_side: int = 8) -> dict:
     """Write a synthetic RS world to ``out`` (see the module doc for the layout); return the summary that is also
     written to ``out/world.json``. ``n`` training images, ``n_test`` held-out images (default: max(24, n // 4))
-    for classification, retrieval and OVSS."""
+    for classification, retrieval, OVSS and region-category classification (one crop per object category per image,
+    boxes of at least ``min_region_side**2`` px: the objects stage 2 trains on)."""
     from tqdm.auto import tqdm
 
     if n < 1:
@@ -78,13 +108,13 @@ def synth_world(out: str | Path, n: int = 512, seed: int = 0, size: int = 224, n
         raise ValueError(f"size must be >= 64 px, got {size}")
     n_test = max(3 * len(SCENES), n // 4) if n_test is None else n_test
     out = Path(out)
-    parts = ("mgrs", "rs5m", "cls", "retrieval", "ovss", "captions.csv", "world.json")
+    parts = ("mgrs", "rs5m", "cls", "retrieval", "regions", "ovss", "captions.csv", "world.json")
     existing = [p for p in parts if (out / p).exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{out} already holds {', '.join(existing)}; pass overwrite=True (--overwrite)")
     for p in existing:
         shutil.rmtree(out / p) if (out / p).is_dir() else (out / p).unlink()
-    for d in ("mgrs/global_imgs", "rs5m", "cls/images", "retrieval/images", "ovss/img_dir/val", "ovss/ann_dir/val"):
+    for d in ("mgrs/global_imgs", "rs5m", "cls/images", "retrieval/images", "regions/images", "ovss/img_dir/val", "ovss/ann_dir/val"):
         (out / d).mkdir(parents=True, exist_ok=True)
 
     cat_ids = assign_category_ids(OBJECT_CATEGORIES)
@@ -102,7 +132,7 @@ def synth_world(out: str | Path, n: int = 512, seed: int = 0, size: int = 224, n
                                              unit="img", disable=not progress)):
             rgb, lab, objs = render_scene(scene, size, np.random.default_rng(ss))
             name = f"{i:06d}.jpg"
-            caps = captioner(objs, size, size, scene=scene, land_cover=land_cover_fractions(lab), key=name)
+            caps = _captions(captioner, objs, lab, scene, name)
             data = _jpeg(rgb)
             (out / "mgrs/global_imgs" / name).write_bytes(data)
             for o in objs:
@@ -117,7 +147,7 @@ def synth_world(out: str | Path, n: int = 512, seed: int = 0, size: int = 224, n
     write_mgrs_json(records, out / "mgrs/text_info.json")
     _write_csv(out / "captions.csv", ("filepath", "title"), cap_rows)
 
-    cls_rows, ret_rows = [], []
+    cls_rows, ret_rows, region_rows = [], [], []
     ovss_counts = np.zeros(len(OVSS_CLASSES), np.int64)
     for i, (scene, ss) in enumerate(tqdm(list(zip(test_scenes, test_ss.spawn(n_test))), desc="synth test",
                                          unit="img", disable=not progress)):
@@ -129,13 +159,18 @@ def synth_world(out: str | Path, n: int = 512, seed: int = 0, size: int = 224, n
         (out / "ovss/img_dir/val" / f"{stem}.png").write_bytes(_png(rgb))
         (out / "ovss/ann_dir/val" / f"{stem}.png").write_bytes(_png(lab))
         ovss_counts += np.bincount(lab.ravel(), minlength=len(OVSS_CLASSES))
-        caps = captioner(objs, size, size, scene=scene, land_cover=land_cover_fractions(lab), key=f"test-{stem}")
+        caps = _captions(captioner, objs, lab, scene, f"test-{stem}")
+        for k, (category, crop) in enumerate(_object_crops(rgb, objs, min_region_side)):
+            (out / "regions/images" / f"{stem}-{k}.png").write_bytes(_png(crop))
+            region_rows.append((f"images/{stem}-{k}.png", OBJECT_CATEGORIES.index(category)))
         cls_rows.append((f"images/{stem}.jpg", SCENES.index(scene)))
         ret_rows.append((f"images/{stem}.jpg", caps["global_caption"]))
         ret_rows.append((f"images/{stem}.jpg", caps["detailed_caption"]))
     _write_csv(out / "cls/test.csv", ("filepath", "label"), cls_rows)
     (out / "cls/classnames.txt").write_text("\n".join(SCENES) + "\n", encoding="utf-8")
     _write_csv(out / "retrieval/test.csv", ("filepath", "title"), ret_rows)
+    _write_csv(out / "regions/test.csv", ("filepath", "label"), region_rows)
+    (out / "regions/classnames.txt").write_text("\n".join(OBJECT_CATEGORIES) + "\n", encoding="utf-8")
     (out / "ovss/classes.txt").write_text("\n".join(",".join(c) for c in OVSS_CLASSES) + "\n", encoding="utf-8")
 
     summary = {
@@ -144,6 +179,7 @@ def synth_world(out: str | Path, n: int = 512, seed: int = 0, size: int = 224, n
         "scenes": list(SCENES),
         "train_scene_counts": {s: train_scenes.count(s) for s in SCENES},
         "test_scene_counts": {s: test_scenes.count(s) for s in SCENES},
+        "test_region_counts": {c: sum(r[1] == i for r in region_rows) for i, c in enumerate(OBJECT_CATEGORIES)},
         "categories": cat_ids,
         "ovss_classes": [list(c) for c in OVSS_CLASSES],
         "ovss_background_index": 0,
@@ -155,6 +191,7 @@ def synth_world(out: str | Path, n: int = 512, seed: int = 0, size: int = 224, n
             "captions_csv": "captions.csv",
             "cls_csv": "cls/test.csv", "cls_classnames": "cls/classnames.txt",
             "retrieval_csv": "retrieval/test.csv",
+            "regions_csv": "regions/test.csv", "regions_classnames": "regions/classnames.txt",
             "ovss_images": "ovss/img_dir/val", "ovss_labels": "ovss/ann_dir/val", "ovss_classes": "ovss/classes.txt",
         },
         "notes": "Objects are 5-90 px at 224 px; FarSLIP stage 2's default 64x64 px minimum region area drops most "
