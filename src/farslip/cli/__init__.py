@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 
-from ..core.errors import FarslipError
+from ..core.errors import FarslipError, user_error_message
 
 # Rooms that contribute sub-commands, in the order --help lists them. Each module defines
 # ``add_commands(subparsers)`` and sets ``func`` on its parsers.
@@ -28,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "inference on stock open_clip.")
     parser.add_argument("--version", action="version", version=_versions(),
                         help="farslip's version and those of the libraries it runs on (for bug reports)")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of a user error too (as FARSLIP_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_commands(sub)
@@ -52,14 +55,36 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
+    debug = args.debug or bool(os.environ.get("FARSLIP_DEBUG"))
+    previous = _exit_cleanly_on_sigterm()
     try:
         return int(args.func(args) or 0)
-    except FarslipError as exc:
-        # A user's mistake: one line naming the file, record or option. FARSLIP_DEBUG=1 shows the traceback.
-        if os.environ.get("FARSLIP_DEBUG"):
+    except Exception as exc:
+        # A user's mistake (farslip's own errors, a missing or unreadable file, a YAML syntax error): one line
+        # naming the file, record or option, exit status 2. Anything else is a bug and keeps its traceback.
+        message = user_error_message(exc)
+        if message is None or debug:
             raise
-        print(f"farslip: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        print(f"farslip: error: {message}", file=sys.stderr)
+        return getattr(exc, "exit_code", 2)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_cleanly_on_sigterm():
+    """SIGTERM (a scheduler's or a user's kill) raises SystemExit(143) instead of ending the process on the spot,
+    so ``finally`` blocks run and temporary ``.partial`` files are removed; nothing half-written is left behind.
+    Returns the previous handler (None when not in the main thread, where handlers cannot be set)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def _terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    return signal.signal(signal.SIGTERM, _terminate)
 
 
 if __name__ == "__main__":

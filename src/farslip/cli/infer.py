@@ -158,8 +158,10 @@ def run_segment(args) -> int:
 
 
 def run_classify(args) -> int:
-    from ..infer.classify import classify, table, write_predictions
+    from ..infer.classify import check_predictions_path, classify, table, write_predictions
 
+    if args.out:
+        check_predictions_path(Path(args.out), args.images)
     preds = classify(args.images, args.classes, checkpoint=args.checkpoint, classes_file=args.classes_file,
                      top_k=args.top_k, arch=args.arch, device=args.device, progress=not args.no_progress,
                      amp=_amp(args))
@@ -257,7 +259,9 @@ def add_map_commands(sub) -> None:
 
 
 def _bands(text: str | None) -> list[int] | None:
-    return [int(b) for b in text.split(",")] if text else None
+    from ..infer.common import parse_bands
+
+    return parse_bands(text)
 
 
 def run_locate(args) -> int:

@@ -45,8 +45,10 @@ def run_info(args) -> int:
 
 
 def run_convert(args) -> int:
+    from ..core.files import refuse_overwriting_inputs
     from ..models.loading import load_model, save_model
 
+    refuse_overwriting_inputs([args.output], [args.checkpoint], hint="give the converted checkpoint another name")
     model, *_ = load_model(args.arch, args.checkpoint, quick_gelu=not args.no_quick_gelu)
     path = save_model(model, args.output)
     print(f"wrote {path} ({model.farslip_arch}, context {model.context_length}); "

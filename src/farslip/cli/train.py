@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 EPILOG = """\
 recipes (configs/):
@@ -42,7 +43,7 @@ def run(args) -> int:
     from ..train.config import load_config
     from ..train.loop import train
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = _load_config_or_usage_error(args.config, args.overrides, load_config)
     validate = None
     if cfg.run.val_csv and cfg.run.val_every:
         from ..eval.validation import retrieval_validator
@@ -50,3 +51,46 @@ def run(args) -> int:
         validate = retrieval_validator(cfg.run.val_csv, cfg.run.val_image_root)
     train(cfg, resume=args.resume, validate=validate)
     return 0
+
+
+def _load_config_or_usage_error(path: str, overrides: list[str], load_config):
+    """The recipe, or a one-line UsageError naming the file (YAML syntax, not a mapping) or the value at fault
+    (train.config raises plain ValueError/KeyError messages that already name ``--set KEY`` or ``FILE: KEY``)."""
+    import yaml
+
+    from ..core.errors import UsageError
+
+    _check_yaml_chain(Path(path))
+    try:
+        return load_config(path, overrides)
+    except yaml.YAMLError as exc:  # a --set value that is not YAML
+        raise UsageError(f"--set: not a YAML value ({getattr(exc, 'problem', None) or exc})") from exc
+    except (KeyError, ValueError) as exc:
+        raise UsageError(exc.args[0] if exc.args else str(exc)) from exc
+
+
+def _check_yaml_chain(path: Path) -> None:
+    """Each recipe of a ``base:`` chain parses as a YAML mapping; otherwise one line naming the file."""
+    import yaml
+
+    from ..core.errors import UsageError
+
+    seen = set()
+    while path.is_file() and path.resolve() not in seen:
+        seen.add(path.resolve())
+        try:
+            values = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+            raise UsageError(f"{where}: YAML syntax error: {getattr(exc, 'problem', None) or exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"{path}: not a UTF-8 text file (is it a YAML recipe?)") from exc
+        if values is None:
+            return
+        if not isinstance(values, dict):
+            raise UsageError(f"{path}: a recipe must be a YAML mapping of sections, got a {type(values).__name__}")
+        base = values.get("base")
+        if not base:
+            return
+        path = path.parent / str(base)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator, Sequence
+
+from .errors import UsageError
 
 
 def partial_name(path: Path) -> Path:
@@ -43,3 +45,52 @@ def atomic_write(path: str | os.PathLike, data: str | bytes, encoding: str = "ut
         else:
             tmp.write_bytes(data)
     return Path(path)
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name one file: equal once resolved, or the same inode (hard links, bind mounts)."""
+    a, b = Path(a), Path(b)
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist yet: not the same file
+        return False
+
+
+def refuse_overwriting_inputs(outputs: Iterable[str | os.PathLike], inputs: Iterable[str | os.PathLike],
+                              hint: str = "choose another --out") -> None:
+    """Raise :class:`UsageError` when any output would be written over an input (resolved path or same inode),
+    or when two outputs are one file; ``hint`` says how the user avoids it."""
+    inputs = [Path(p) for p in inputs]
+    seen: dict[Path, Path] = {}
+    for out in (Path(p) for p in outputs):
+        for src in inputs:
+            if same_file(out, src):
+                raise UsageError(f"{out}: would be written over the input {src}; {hint}")
+        key = out.resolve()
+        if key in seen:
+            raise UsageError(f"{out}: two outputs would be written to one file; {hint}")
+        seen[key] = out
+
+
+def distinct_stems(paths: Sequence[str | os.PathLike]) -> list[str]:
+    """An output stem per input, predictable and distinct: the file's stem where no other input shares it;
+    otherwise its path below the inputs' common folder with ``/`` as ``_`` (``a/x.tif``, ``b/x.tif`` -> ``a_x``,
+    ``b_x``), and the suffix appended when that is still not enough (``x.png``, ``x.tif`` -> ``x_png``, ``x_tif``)."""
+    paths = [Path(p) for p in paths]
+    stems = [p.stem for p in paths]
+    clash = {s for s in stems if stems.count(s) > 1}
+    if not clash:
+        return stems
+    resolved = [p.resolve() for p in paths]
+    root = Path(os.path.commonpath([str(r.parent) for r in resolved]))
+    out = []
+    for p, r in zip(paths, resolved):
+        if p.stem not in clash:
+            out.append(p.stem)
+            continue
+        rel = r.relative_to(root)
+        out.append("_".join(rel.parent.parts + (rel.stem,)))
+    again = {s for s in out if out.count(s) > 1}
+    return [f"{s}_{p.suffix.lstrip('.').lower()}" if s in again and p.suffix else s for s, p in zip(out, paths)]

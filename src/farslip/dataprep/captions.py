@@ -30,6 +30,8 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from ..core.errors import FarslipError
+
 # ------------------------------------------------------------------------------------------------ language
 
 _NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
@@ -203,7 +205,7 @@ def _round_metres(v: float) -> int | float:
 
 # ------------------------------------------------------------------------------------------------ MLLM client
 
-class MLLMError(RuntimeError):
+class MLLMError(FarslipError, RuntimeError):
     """The endpoint refused a request, or kept failing after all retries."""
 
 

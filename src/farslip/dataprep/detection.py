@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from ..core.errors import FarslipError
 from ..core.problems import Problem
 
 FORMATS = ("dota", "dior", "fair1m", "coco")
@@ -41,7 +42,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 LABEL_EXTENSIONS = {"dota": (".txt",), "dior": (".xml",), "fair1m": (".xml",), "coco": (".json",)}
 
 
-class LabelFileError(ValueError):
+class LabelFileError(FarslipError, ValueError):
     """A label file that cannot be read at all (not UTF-8, not XML/JSON, wrong root)."""
 
 
@@ -138,6 +139,11 @@ def read_dota(path: str | Path) -> LabelFile:
             continue
         if not _finite(coords):
             out.problems.append(Problem("bad-record", str(path), "coordinate is not finite", rec))
+            continue
+        if _is_number(tokens[8]):  # 'x1 y1 ... y4 0': the category is missing and the flag took its place
+            out.problems.append(Problem("bad-record", str(path), f"category is missing (field 9 is the number "
+                                        f"{tokens[8]!r}; expected 8 coordinates, a category, an optional difficult "
+                                        "flag)", rec, "category"))
             continue
         difficult = False
         if len(tokens) == 10:
@@ -353,6 +359,11 @@ def read_coco(path: str | Path) -> CocoDataset:
         rec = f"annotation id {ann.get('id', i)}" if isinstance(ann, dict) else f"annotations[{i}]"
         if not isinstance(ann, dict):
             problems.append(Problem("bad-record", str(path), "annotation is not an object", rec))
+            continue
+        missing = [k for k in ("image_id", "category_id") if k not in ann]
+        if missing:
+            problems.append(Problem("bad-record", str(path), f"annotation has no {' or '.join(map(repr, missing))}",
+                                    rec, missing[0]))
             continue
         im = images.get(ann.get("image_id"))
         if im is None:

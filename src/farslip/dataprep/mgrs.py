@@ -41,6 +41,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..core.errors import FarslipError
 from .captions import MLLMCaptioner, TemplateCaptioner
 from .chips import (chip_windows, clip_polygon, convex_hull, image_size, load_rgb, objects_in_window,
                     polygon_area)
@@ -55,7 +56,7 @@ BBOX_KEYS = ("x1", "y1", "x2", "y2", "width", "height")
 MAX_REPORTED_PROBLEMS = 2000
 
 
-class BuildError(RuntimeError):
+class BuildError(FarslipError, RuntimeError):
     """The build cannot start or go on (bad options, an output folder that belongs to another build)."""
 
 

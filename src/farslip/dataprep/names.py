@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import unicodedata
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -80,22 +81,34 @@ DEFAULT_CATEGORY_MAP: dict[str, str] = {
     "intersection": "intersection",
 }
 
-_SQUASH = re.compile(r"[^0-9a-z]+")
 _CAMEL = re.compile(r"(?<=[a-z])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 
 
+def nfc(name: str) -> str:
+    """Unicode NFC: one spelling of 'Gebäude' whether the file stored 'ä' as one code point or as 'a' + a
+    combining diaeresis."""
+    return unicodedata.normalize("NFC", str(name))
+
+
+def _is_word_char(ch: str) -> bool:
+    """Letters, digits and combining marks of any script (the vowel signs of Devanagari are marks, not letters)."""
+    return unicodedata.category(ch)[0] in "LNM"
+
+
 def squash(name: str) -> str:
-    """The lookup key of a name: lower case, letters and digits only (``Storage-Tank`` -> ``storagetank``)."""
-    return _SQUASH.sub("", str(name).lower())
+    """The lookup key of a name: case-folded, letters and digits only, in any script (``Storage-Tank`` ->
+    ``storagetank``, ``储罐`` -> ``储罐``)."""
+    return "".join(ch for ch in nfc(name).casefold() if _is_word_char(ch))
 
 
 def clean_name(name: str) -> str:
-    """Generic cleaning for names no map knows: split camelCase, punctuation to words, lower case."""
-    s = _CAMEL.sub(" ", str(name).strip())
+    """Generic cleaning for names no map knows: split camelCase, punctuation to words, lower case. Letters and
+    digits of every script are kept ('Gebäude' -> 'gebäude', '储罐' stays)."""
+    s = _CAMEL.sub(" ", nfc(name).strip())
     s = re.sub(r"\bw/\s*", "with ", s, flags=re.IGNORECASE)
     s = s.replace("&", " and ").replace("/", " or ")
     s = re.sub(r"[_\-.,;:()\[\]{}'\"]+", " ", s)
-    s = re.sub(r"[^0-9A-Za-z ]+", "", s)
+    s = "".join(ch for ch in s if _is_word_char(ch) or ch == " ")
     return re.sub(r"\s+", " ", s).strip().lower()
 
 
@@ -189,16 +202,16 @@ def load_category_ids(path: str | Path) -> dict[str, int]:
     if path.suffix.lower() == ".json":
         data = json.loads(text)
         if isinstance(data, list):
-            data = {str(n): i for i, n in enumerate(data)}
+            data = {nfc(n): i for i, n in enumerate(data)}
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a JSON object {{name: id}} or a list of names")
         out = {}
         for k, v in data.items():
             if isinstance(v, bool) or not isinstance(v, int):
                 raise ValueError(f"{path}: id of {k!r} must be an integer, got {v!r}")
-            out[str(k)] = v
+            out[nfc(k)] = v
     else:
-        out = {line.strip(): i for i, line in enumerate(l for l in text.splitlines() if l.strip())}
+        out = {nfc(line.strip()): i for i, line in enumerate(l for l in text.splitlines() if l.strip())}
     if len(set(out.values())) != len(out):
         raise ValueError(f"{path}: two names share one id")
     return out

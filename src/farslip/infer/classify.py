@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -11,10 +12,12 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..core.errors import UsageError
+from ..core.files import atomic_path, refuse_overwriting_inputs
 from ..engine import SCENE_TEMPLATES, model_input_size, name_embeddings
 from ..models.precision import Amp, autocast_for
 from .common import load_for_inference, parse_classes
-from .raster import open_raster, read_thumbnail
+from .raster import RasterError, open_raster, read_thumbnail
 
 
 @dataclass
@@ -42,11 +45,13 @@ def classify(images: Sequence[str | Path] | str | Path, classes: Sequence[str] |
     evaluation (None: float16 autocast on CUDA, fp32 on CPU; ``"bf16"``: bfloat16 on any device)."""
     images = [images] if isinstance(images, (str, Path)) else list(images)
     if not images:
-        raise ValueError("no images given")
+        raise UsageError("no images given")
+    if top_k < 1:
+        raise UsageError(f"--top-k must be at least 1, got {top_k}")
     class_syn = parse_classes(classes, classes_file)
     if model is None:
         if checkpoint is None:
-            raise ValueError("classify needs a checkpoint (or a model, preprocess and tokenizer)")
+            raise UsageError("classify needs a checkpoint (or a model, preprocess and tokenizer)")
         model, preprocess, tokenizer = load_for_inference(checkpoint, arch, device)
     device_ = next(model.parameters()).device
     flat = [s for syn in class_syn for s in syn]
@@ -54,10 +59,19 @@ def classify(images: Sequence[str | Path] | str | Path, classes: Sequence[str] |
     with torch.no_grad():
         text = name_embeddings(model, tokenizer, flat, templates).to(device_)
     side = 2 * model_input_size(model)
-    out = []
+    out, skipped = [], []
     for start in tqdm(range(0, len(images), batch_size), desc="classify", unit="batch", disable=not progress):
-        chunk = [Path(p) for p in images[start:start + batch_size]]
-        x = torch.stack([preprocess(load_image(p, side)) for p in chunk]).to(device_)
+        chunk, pixels = [], []
+        for p in (Path(p) for p in images[start:start + batch_size]):
+            try:
+                pixels.append(preprocess(load_image(p, side)))
+                chunk.append(p)
+            except (RasterError, OSError) as exc:  # one unreadable image is reported, not the end of the run
+                skipped.append(f"{exc}")
+                tqdm.write(f"skipped: {exc}", file=sys.stderr)
+        if not chunk:
+            continue
+        x = torch.stack(pixels).to(device_)
         with torch.no_grad(), autocast_for(model, amp):
             feats = model.encode_image(x)
             feats = feats / feats.norm(dim=-1, keepdim=True)
@@ -68,21 +82,36 @@ def classify(images: Sequence[str | Path] | str | Path, classes: Sequence[str] |
         vals, idx = per_class.topk(k, dim=1)
         for p, v, i in zip(chunk, vals.tolist(), idx.tolist()):
             out.append(Prediction(str(p), [(class_syn[j][0], round(pv, 4)) for j, pv in zip(i, v)]))
+    if not out:
+        raise UsageError(f"none of the {len(images)} image(s) could be read (first: {skipped[0]})")
     return out
 
 
+PREDICTION_SUFFIXES = (".csv", ".json")
+
+
+def check_predictions_path(path: Path, images: Sequence[str | Path]) -> None:
+    """Refuse, before any work, an output that is not .csv/.json or that is one of the images."""
+    if Path(path).suffix.lower() not in PREDICTION_SUFFIXES:
+        raise UsageError(f"--out {path}: predictions are written as .csv or .json; name the file accordingly")
+    refuse_overwriting_inputs([path], images, hint="choose another --out file")
+
+
 def write_predictions(preds: list[Prediction], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".json":
-        path.write_text(json.dumps([{"image": p.image, "top": [{"class": c, "prob": s} for c, s in p.top]}
-                                    for p in preds], indent=2))
-    else:
-        k = max(len(p.top) for p in preds)
-        with open(path, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["image"] + [x for i in range(1, k + 1) for x in (f"class_{i}", f"prob_{i}")])
-            for p in preds:
-                w.writerow([p.image] + [x for c, s in p.top for x in (c, s)])
+    """The predictions as CSV (one row per image) or JSON, by the suffix; written atomically."""
+    path = Path(path)
+    check_predictions_path(path, [p.image for p in preds])
+    with atomic_path(path) as tmp:
+        if path.suffix.lower() == ".json":
+            tmp.write_text(json.dumps([{"image": p.image, "top": [{"class": c, "prob": s} for c, s in p.top]}
+                                       for p in preds], indent=2), encoding="utf-8")
+        else:
+            k = max(len(p.top) for p in preds)
+            with open(tmp, "w", newline="", encoding="utf-8") as f:
+                w = csv.writer(f)
+                w.writerow(["image"] + [x for i in range(1, k + 1) for x in (f"class_{i}", f"prob_{i}")])
+                for p in preds:
+                    w.writerow([p.image] + [x for c, s in p.top for x in (c, s)])
     return path
 
 

@@ -1,11 +1,13 @@
 """What every inference command shares: loading the model once, parsing class lists, normalising pixels."""
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
+from ..core.errors import UsageError
 from ..models.loading import load_model
 
 
@@ -19,20 +21,48 @@ def load_for_inference(checkpoint: str | Path, arch: str | None = None, device: 
 
 
 def parse_classes(classes: Sequence[str] | None = None, classes_file: str | Path | None = None) -> list[list[str]]:
-    """One entry per class, synonyms joined by commas (SegEarth-OV's class-file convention)."""
-    lines: list[str] = []
+    """One entry per class, synonyms joined by commas (SegEarth-OV's class-file convention); names Unicode
+    NFC-normalised. A name given to two classes is refused (the text encoder lower-cases, so case does not make two
+    names): the maps and the fractions would otherwise disagree about which class a pixel is."""
+    lines: list[tuple[str, str]] = []  # (where, line)
     if classes_file:
         path = Path(classes_file)
         if not path.is_file():
-            raise FileNotFoundError(f"class file not found: {path}")
-        lines += [ln for ln in path.read_text().splitlines() if ln.strip()]
-    lines += list(classes or [])
-    parsed = [[s.strip() for s in ln.split(",") if s.strip()] for ln in lines]
-    parsed = [p for p in parsed if p]
+            raise UsageError(f"{path}: class file not found")
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError:
+            raise UsageError(f"{path}: not a UTF-8 text file (a class file has one class per line)") from None
+        lines += [(f"{path}:{i}", ln) for i, ln in enumerate(text.splitlines(), 1) if ln.strip()]
+    lines += [(f"--classes {c!r}", c) for c in classes or []]
+    parsed, owner = [], {}
+    for place, line in lines:
+        synonyms = list(dict.fromkeys(unicodedata.normalize("NFC", s.strip()) for s in line.split(",") if s.strip()))
+        if not synonyms:
+            continue
+        for name in synonyms:
+            key = name.casefold()
+            if key in owner:
+                raise UsageError(f"class name {name!r} is given twice ({owner[key]} and {place}); name each class "
+                                 "once and join synonyms with commas, e.g. --classes \"tree,forest\" road")
+            owner[key] = place
+        parsed.append(synonyms)
     if not parsed:
-        raise ValueError("no classes given: pass --classes NAME [NAME ...] or --classes-file FILE")
+        raise UsageError("no classes given: pass --classes NAME [NAME ...] or --classes-file FILE")
     return parsed
 
 
-
-
+def parse_bands(text: str | Sequence[int] | None) -> list[int] | None:
+    """``--bands``: one band (shown as grey) or three (R,G,B), 1-based integers, e.g. ``4,3,2``."""
+    if text is None or text == "":
+        return None
+    parts = [p.strip() for p in text.split(",")] if isinstance(text, str) else list(text)
+    try:
+        bands = [int(p) for p in parts]
+    except (TypeError, ValueError):
+        raise UsageError(f"--bands {text}: expected 1-based band numbers separated by commas, e.g. 4,3,2") from None
+    if len(bands) not in (1, 3):
+        raise UsageError(f"--bands {text}: give three bands (R,G,B, e.g. 4,3,2) or one (grey), not {len(bands)}")
+    if any(b < 1 for b in bands):
+        raise UsageError(f"--bands {text}: band numbers start at 1")
+    return bands

@@ -63,9 +63,10 @@ def open_raster(path: str | Path, bands: Sequence[int] | None = None,
         raise RasterError(f"{path}: not a raster image GDAL can read ({exc})") from None
     if bands:
         bad = [b for b in bands if not 1 <= b <= src.count]
-        if bad:
+        if bad or len(bands) not in (1, 3):
             src.close()
-            raise RasterError(f"{path}: has {src.count} band(s); --bands asks for {bad}")
+            raise RasterError(f"{path}: has {src.count} band(s); --bands asks for {bad}" if bad else
+                              f"{path}: --bands takes three bands (R,G,B) or one (grey), got {list(bands)}")
         chosen = list(bands) if len(bands) == 3 else [bands[0]] * 3
     else:
         chosen = [1, 2, 3] if src.count >= 3 else [1, 1, 1]

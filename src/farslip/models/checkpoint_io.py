@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from ..core.errors import FarslipError
+
 META_KEY = "farslip_meta"
 
 # Keys that appear in some checkpoints but are not CLIP parameters: TorchScript attributes of OpenAI archives,
@@ -30,7 +32,7 @@ META_KEY = "farslip_meta"
 NON_PARAMETER_KEYS = {"input_resolution", "context_length", "vocab_size", "mask1", "mask2"}
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(FarslipError, RuntimeError):
     """A checkpoint could not be read or does not fit the requested model."""
 
 
@@ -43,13 +45,29 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
-    if path.suffix == ".safetensors":
-        state, meta = _read_safetensors(path)
-    elif _is_torchscript_archive(path):
-        state, meta = _read_torchscript(path), {}
-    else:
-        state, meta = _read_torch_pickle(path)
+    form = "safetensors"
+    try:
+        if path.suffix == ".safetensors":
+            state, meta = _read_safetensors(path)
+        elif _is_torchscript_archive(path):
+            form = "TorchScript archive"
+            state, meta = _read_torchscript(path), {}
+        else:
+            form = "torch"
+            state, meta = _read_torch_pickle(path)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # truncated or corrupt files raise whatever the format's reader meets first
+        raise CheckpointError(f"{path}: not a readable {form} checkpoint, truncated or corrupt "
+                              f"({type(exc).__name__}: {_gist(exc)})") from exc
     return clean_state_dict(state, source=str(path)), meta
+
+
+def _gist(exc: BaseException, limit: int = 240) -> str:
+    """The informative line of a reader's (often multi-paragraph) error message, shortened for one line."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
+    line = next((ln for ln in lines if "Unsupported global" in ln), lines[0])
+    return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
 def clean_state_dict(state: dict[str, Any], source: str = "checkpoint") -> dict[str, torch.Tensor]:
@@ -73,7 +91,7 @@ def _read_torch_pickle(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for bad / unsafe pickles
         raise CheckpointError(
-            f"{path}: cannot be read with torch.load(weights_only=True) ({type(exc).__name__}: {exc}). "
+            f"{path}: cannot be read with torch.load(weights_only=True) ({type(exc).__name__}: {_gist(exc)}). "
             "farslip never executes pickled code; re-save the weights as a plain state dict or safetensors."
         ) from exc
     if not isinstance(obj, dict):

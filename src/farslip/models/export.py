@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.errors import FarslipError
 from .dense import ATTENTION_VARIANTS, dense_features, encode_views, interpolate_pos_embed
 
 HF_CONFIG = "open_clip_config.json"
@@ -28,7 +29,7 @@ HF_WEIGHTS = "open_clip_model.safetensors"
 FORMATS = ("open_clip-hub", "onnx")
 
 
-class ExportError(RuntimeError):
+class ExportError(FarslipError, RuntimeError):
     """The model cannot be written in the requested format, or the written file does not reproduce it."""
 
 

@@ -21,6 +21,7 @@ import open_clip
 import torch
 from torch import nn
 
+from ..core.errors import UsageError
 from .checkpoint_io import CheckpointError, read_checkpoint, write_checkpoint
 from .hub import fetch_weights
 from .long_text import KEEP_ROWS, LONG_CONTEXT, fold_long_text_state, freeze_leading_text_rows
@@ -159,14 +160,14 @@ def load_model(arch: str | None = None, checkpoint: str | os.PathLike | None = N
     quick_gelu = True if quick_gelu is None else quick_gelu
     if arch is None:
         if state is None:
-            raise ValueError("load_model needs an architecture name unless the checkpoint describes itself")
+            raise UsageError("load_model needs an architecture name unless the checkpoint describes itself")
         fitting = architectures_fitting(state)
         if not fitting:
             raise CheckpointError(f"{checkpoint}: no registered architecture fits these weights "
                                   f"({describe_state_dict(state)})")
         arch = fitting[0]
     if open_clip.get_model_config(arch) is None:
-        raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(open_clip.list_models())}")
+        raise UsageError(f"unknown architecture {arch!r}; known: {', '.join(open_clip.list_models())}")
 
     facts = describe_state_dict(state) if state is not None else {}
     ctx = context_length or facts.get("context_length")
@@ -221,7 +222,7 @@ def _set_precision(model: nn.Module, precision: str) -> nn.Module:
         return model
     dtypes = {"bf16": torch.bfloat16, "pure_bf16": torch.bfloat16, "fp16": torch.float16, "pure_fp16": torch.float16}
     if precision not in dtypes:
-        raise ValueError(f"precision must be one of fp32, bf16, fp16, amp, amp_bf16; got {precision!r}")
+        raise UsageError(f"precision must be one of fp32, bf16, fp16, amp, amp_bf16; got {precision!r}")
     return model.to(dtypes[precision])
 
 

@@ -19,10 +19,12 @@ from typing import Any
 
 import yaml
 
+from ..core.errors import FarslipError
+
 ENV_REGISTRY = "FARSLIP_MODEL_REGISTRY"
 
 
-class RegistryError(ValueError):
+class RegistryError(FarslipError, ValueError):
     """A registry file or entry is malformed, or a name is not in the registry."""
 
 
