@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, get_worker_info
 
 from ..core.problems import BadInput
 from .records import CaptionCSVRecords, MGRSRecords, Record, open_rgb
@@ -101,11 +101,18 @@ class RecordDataset(Dataset):
 
 
 class EpochBatchSampler:
-    """Per-epoch seeded shuffle, split evenly over ranks, cut into batches; can start mid-epoch."""
+    """The official order of a map-style set, cut into full batches; can start mid-epoch.
+
+    open_clip_train/data.py (``get_json_dataset``, ``get_csv_dataset``) samples with torch's DistributedSampler --
+    a shuffle seeded by seed + epoch, padded to a multiple of the ranks, rank r taking every world-th index -- and
+    drops the last partial batch. With the same seed (the official sampler's is 0, farslip's ``run.seed`` default)
+    each rank sees the official run's samples in the official order. (On one GPU the official code shuffles with
+    torch's global generator instead, which no other program reproduces.)
+    """
 
     def __init__(self, n: int, batch_size: int, rank: int, world: int, seed: int):
-        self.n, self.batch_size, self.rank, self.world, self.seed = n, batch_size, rank, world, seed
-        self.epoch, self.start = 0, 0
+        self.sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=seed)
+        self.batch_size, self.epoch, self.start = batch_size, 0, 0
         if len(self) == 0:
             raise ValueError(f"{n} samples are fewer than one batch of {batch_size} x {world} ranks")
 
@@ -113,13 +120,11 @@ class EpochBatchSampler:
         self.epoch, self.start = epoch, start_batch
 
     def __len__(self):
-        return self.n // (self.batch_size * self.world)
+        return self.sampler.num_samples // self.batch_size
 
     def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(self.n, generator=g).tolist()
-        per_rank = len(self) * self.batch_size
-        mine = order[self.rank * per_rank:(self.rank + 1) * per_rank]
+        self.sampler.set_epoch(self.epoch)
+        mine = list(self.sampler)
         for b in range(self.start, len(self)):
             yield [(self.epoch, i) for i in mine[b * self.batch_size:(b + 1) * self.batch_size]]
 

@@ -1,4 +1,4 @@
-"""Which caption an MGRS record trains on, and which records are skipped, under each caption rule."""
+"""MGRS records: which caption each trains on and which are skipped, under each caption rule; the map-style order."""
 from __future__ import annotations
 
 import pytest
@@ -56,3 +56,23 @@ def test_the_other_rules(quirky):
     assert brief[0] == "scene 0" and brief[16] == "detailed only 16"
     with pytest.raises(ValueError, match="caption must be one of"):
         MGRSRecords(quirky, caption="longest")
+
+
+def test_map_style_order_is_the_official_distributed_samplers():
+    """get_json_dataset: DistributedSampler(dataset) (seed 0, set_epoch), DataLoader(drop_last=True)."""
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from farslip.data.loader import EpochBatchSampler
+
+    n, batch = 23, 4
+    for world in (1, 2, 3):
+        for rank in range(world):
+            ours = EpochBatchSampler(n, batch, rank, world, seed=0)
+            official = DistributedSampler(list(range(n)), num_replicas=world, rank=rank)
+            for epoch in (0, 1):
+                ours.set_epoch(epoch)
+                official.set_epoch(epoch)
+                expected = [b.tolist() for b in DataLoader(list(range(n)), batch, sampler=official, drop_last=True)]
+                assert [[i for _, i in b] for b in ours] == expected
+                ours.set_epoch(epoch, start_batch=1)  # a resumed epoch: the same batches from the second on
+                assert [[i for _, i in b] for b in ours] == expected[1:]
