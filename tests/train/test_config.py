@@ -41,3 +41,15 @@ def test_a_bad_recipe_value_names_the_recipe(tmp_path):
     recipe.write_text(f"base: {RECIPE}\noptim:\n  batch_size: 0\n")
     with pytest.raises(ValueError, match=r"r\.yaml: optim\.batch_size: must be at least 1, got 0"):
         load_config(recipe)
+
+
+def test_num_crops_of_a_regions_recipe_is_read_as_max_regions_with_a_message(tmp_path):
+    from farslip.train import load_config
+
+    # a stage-2 recipe written before the rename (the shipped one, with the old key)
+    old = tmp_path / "old.yaml"
+    text = (REPO / "configs" / "stage2_vitb16_mgrs.yaml").read_text()
+    old.write_text(text.replace("max_regions: 4", "num_crops: 3").replace("base: ", f"base: {REPO / 'configs'}/"))
+    with pytest.warns(FutureWarning, match="data.num_crops with views: regions is now data.max_regions"):
+        cfg = load_config(old)
+    assert cfg.data.max_regions == 3 and cfg.data.num_crops == 4

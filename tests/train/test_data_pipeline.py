@@ -74,7 +74,7 @@ def test_regions_select_clip_pad_and_mask():
                RegionObject((50, 50, 50, 90), "plane", 0),          # degenerate
                RegionObject((20, 20, 60, 60), None, -1, "a pier")]  # caption only
     notes = []
-    maker = ViewMaker(ViewConfig(size=16, views="regions", num_crops=4, min_region_size=8, max_region_size=None))
+    maker = ViewMaker(ViewConfig(size=16, views="regions", max_regions=4, min_region_size=8, max_region_size=None))
     out = maker.regions(torch.zeros(3, 100, 200, dtype=torch.uint8), objects, seed=0, source="r", notes=notes)
     valid = out["region_valid"]
     assert valid.tolist().count(True) == 3 and out["region_images"].shape == (4, 3, 16, 16)
@@ -86,7 +86,7 @@ def test_regions_select_clip_pad_and_mask():
     assert out["region_labels"][~valid].tolist() == [-1]
     assert {n["message"].split()[0] for n in notes} == {"box", "degenerate"}
     # At most K; shuffled by seed.
-    few = ViewMaker(ViewConfig(size=16, views="regions", num_crops=1, min_region_size=8))
+    few = ViewMaker(ViewConfig(size=16, views="regions", max_regions=1, min_region_size=8))
     picks = {few.regions(torch.zeros(3, 100, 200, dtype=torch.uint8), objects, s, "r", [])["region_texts"][0]
              for s in range(20)}
     assert len(picks) > 1

@@ -21,7 +21,7 @@ def test_official_hyperparameters():
     assert (s1.data.views, s1.data.num_crops, s1.data.crop_scale, s1.data.num_samples) == ("crops", 4, [0.3, 0.7], 5070186)
     s2 = load_config(REPO / "configs" / "stage2_vitb16_mgrs.yaml")
     assert (s2.optim.lr, s2.optim.warmup, s2.optim.epochs, s2.model.long_text) == (4e-9, 250, 10, True)
-    assert (s2.data.views, s2.data.num_crops, s2.data.min_region_size, s2.data.max_region_size) == ("regions", 4, 64, 1024)
+    assert (s2.data.views, s2.data.max_regions, s2.data.min_region_size, s2.data.max_region_size) == ("regions", 4, 64, 1024)
     b32 = load_config(REPO / "configs" / "stage2_vitb32_mgrs.yaml")
     assert (b32.model.arch, b32.model.long_text, b32.optim.lr) == ("ViT-B-32", False, 4e-9)
 

@@ -26,7 +26,8 @@ from .records import Record, RegionObject
 class ViewConfig:
     size: int = 224                              # S
     views: str = "none"                          # none | crops | grids | regions
-    num_crops: int = 4                           # K (crops, grid cells or regions)
+    num_crops: int = 4                           # K crops or grid cells (stage 1)
+    max_regions: int = 4                         # K object regions (stage 2)
     crop_scale: tuple[float, float] = (0.3, 0.7)
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
     min_region_size: float = 64                  # skip objects with area under min^2 px
@@ -104,7 +105,7 @@ class ViewMaker:
                 key: str = ""):
         """Shuffle the objects, keep those within the area limits, at most K; pad and mask the rest."""
         H, W = pixels.shape[-2:]
-        S, K = self.cfg.size, self.cfg.num_crops
+        S, K = self.cfg.size, self.cfg.max_regions
         lo, hi = self.cfg.min_region_size, self.cfg.max_region_size
         order = list(range(len(objects)))
         random.Random(seed).shuffle(order)

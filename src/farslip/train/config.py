@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,8 @@ class DataSection:
     csv_sep: str = ","
     num_samples: int | None = None
     views: str = "crops"                   # none | crops | grids | regions
-    num_crops: int = 4                     # K crops / grid cells / regions per image
+    num_crops: int = 4                     # K crops or grid cells per image (stage 1)
+    max_regions: int = 4                   # K object regions per image (stage 2; official --max-boxes)
     crop_scale: list = field(default_factory=lambda: [0.3, 0.7])
     crop_ratio: list = field(default_factory=lambda: [3 / 4, 4 / 3])
     min_region_size: float = 64
@@ -127,8 +129,9 @@ def _build(cls, values: dict, source, section: str = ""):
 
 # Smallest sensible value of numeric fields ("section.field"); anything else is a typo that would train nonsense.
 MINIMUM = {
-    "data.num_samples": 1, "data.num_crops": 1, "data.workers": 0, "data.shuffle_buffer": 1, "data.shuffle_initial": 1,
-    "data.min_region_size": 0, "data.max_region_size": 1, "data.max_bad_samples": 0, "data.max_bad_fraction": 0,
+    "data.num_samples": 1, "data.num_crops": 1, "data.max_regions": 1, "data.workers": 0, "data.shuffle_buffer": 1,
+    "data.shuffle_initial": 1, "data.min_region_size": 0, "data.max_region_size": 1, "data.max_bad_samples": 0,
+    "data.max_bad_fraction": 0,
     "objective.global_weight": 0, "objective.distill_weight": 0, "objective.region_weight": 0,
     "objective.ema_momentum": 0,
     "optim.lr": 0, "optim.weight_decay": 0, "optim.beta1": 0, "optim.beta2": 0, "optim.eps": 0, "optim.warmup": 0,
@@ -245,12 +248,23 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
         values = _read_yaml_chain(Path(path))
     extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides or [])
     values = _merge(values, extra)
+    _read_deprecated_keys(values, path)
     overridden = set(_dotted_keys(extra))
 
     def source(key: str) -> str:
         return f"--set {key}" if key in overridden or path is None else f"{path}: {key}"
 
     return _build(TrainConfig, values, source)
+
+
+def _read_deprecated_keys(values: dict, path) -> None:
+    """Old spellings still read, with a message saying the new one."""
+    data = values.get("data")
+    if isinstance(data, dict) and data.get("views") == "regions" and "num_crops" in data and "max_regions" not in data:
+        warnings.warn(f"{path or '--set'}: data.num_crops with views: regions is now data.max_regions (the number of "
+                      f"object regions per image); reading it as max_regions={data['num_crops']!r}", FutureWarning,
+                      stacklevel=3)
+        data["max_regions"] = data.pop("num_crops")
 
 
 def _dotted_keys(values: dict, prefix: str = ""):

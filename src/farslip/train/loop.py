@@ -129,7 +129,7 @@ def build_loader(cfg: TrainConfig, model: nn.Module, tokenizer, ctx) -> TrainLoa
     """The recipe's data section, with the model's input size and normalisation."""
     d, visual = cfg.data, model.visual
     size = visual.image_size[0] if isinstance(visual.image_size, (tuple, list)) else visual.image_size
-    views = ViewConfig(size=size, views=d.views, num_crops=d.num_crops, crop_scale=tuple(d.crop_scale),
+    views = ViewConfig(size=size, views=d.views, num_crops=d.num_crops, max_regions=d.max_regions, crop_scale=tuple(d.crop_scale),
                        crop_ratio=tuple(d.crop_ratio), min_region_size=d.min_region_size,
                        max_region_size=d.max_region_size,
                        mean=tuple(getattr(visual, "image_mean", None) or ViewConfig.mean),
