@@ -16,7 +16,11 @@ examples:
       --classes-file configs/ovss/cls_openearthmap.txt --threshold 0.1 --scale 0.5
   farslip segment scene.tif --checkpoint model.pt --classes "building,roof" road water --out maps/ \\
       --vector gpkg --min-area 20 --simplify 0.5 --html
+  farslip segment "scenes/*.tif" @more_scenes.txt --checkpoint model.pt --classes road water --out maps/
+  torchrun --nproc_per_node=4 -m farslip segment items.json --stac-asset visual --checkpoint model.pt \
+      --classes road water --out maps/       # STAC ItemCollection, files dealt to 4 GPUs
 
+A rerun skips the inputs whose outputs are complete (recorded in OUT/.farslip-done/; --redo to redo them).
 Each class is one argument; synonyms are joined by commas and a class scores by its best synonym (SegEarth-OV's
 class files). Output (rasters are Cloud-Optimized GeoTIFFs with the input's CRS/transform/size): OUT/<name>.tif
 (uint8 class index, 255 = nodata, class names in the metadata and a colour table), OUT/<name>.confidence.tif
@@ -44,13 +48,28 @@ def _class_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes-file", help="one class per line, synonyms separated by commas")
 
 
+def _input_args(p: argparse.ArgumentParser, many: bool = True) -> None:
+    g = p.add_argument_group("many inputs (also under torchrun: files dealt to the processes)")
+    g.add_argument("--inputs-from", metavar="LIST", help="a text file of input paths, one a line (same as @LIST)")
+    g.add_argument("--stac-asset", metavar="KEY",
+                   help="asset of each item of a STAC ItemCollection JSON input (default: visual, image or data)")
+    if many:
+        g.add_argument("--redo", action="store_true",
+                       help="redo inputs whose outputs are already complete (default: skip them)")
+
+
+def _expanded_many(p_help: str) -> str:
+    return (p_help + "; also glob patterns (quoted), @LIST text files of paths, STAC ItemCollection .json files")
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("segment", help="open-vocabulary segmentation of images/rasters of any size (GeoTIFF out)",
                        description="Segment images into the classes you name, with FarSLIP's dense features.",
                        epilog=SEGMENT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("images", nargs="+", help="PNG, JPEG, TIFF or GeoTIFF files")
+    p.add_argument("images", nargs="*", help=_expanded_many("PNG, JPEG, TIFF or GeoTIFF files"))
     _model_args(p)
     _class_args(p)
+    _input_args(p)
     p.add_argument("--out", default="segmentations", help="output folder (default: segmentations/)")
     p.add_argument("--bands", help="1-based bands for R,G,B of multi-band inputs, e.g. 4,3,2")
     p.add_argument("--threshold", type=float, default=0.0, help="best-class probability under this -> background")
@@ -80,9 +99,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                        epilog="example:\n  farslip classify tiles/*.png --checkpoint model.pt --classes airport "
                               "harbor farmland forest --top-k 3 --out predictions.csv",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("images", nargs="+")
+    p.add_argument("images", nargs="*", help=_expanded_many("image or raster files"))
     _model_args(p)
     _class_args(p)
+    _input_args(p, many=False)
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--out", help="write predictions as .csv or .json")
     p.add_argument("--no-progress", action="store_true")
@@ -105,6 +125,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     pi.add_argument("--chip", type=int, default=None,
                     help="index CHIP x CHIP windows of each image at full resolution instead of whole images")
     pi.add_argument("--stride", type=int, default=None, help="pixels between chips (default: half a chip)")
+    pi.add_argument("--batch-size", type=int, default=32, help="images (or chips) per encoder batch")
     _model_args(pi)
     pi.add_argument("--no-progress", action="store_true")
     pi.set_defaults(func=run_index)
@@ -131,7 +152,8 @@ def _amp(args) -> str | None:
 
 def run_segment(args) -> int:
     from ..models.precision import cpu_has_native_bf16
-    from ..infer.segmentation import SegmentOptions, segment
+    from ..infer.distributed import segment_many
+    from ..infer.segmentation import SegmentOptions
 
     on_cpu = args.device == "cpu" or (args.device == "auto" and not _cuda())
     if on_cpu and args.amp == "auto" and cpu_has_native_bf16():
@@ -143,40 +165,57 @@ def run_segment(args) -> int:
                           amp=_amp(args), bands=_bands(args.bands), confidence=not args.no_confidence,
                           probabilities=args.probabilities, vector=args.vector, min_area=args.min_area,
                           simplify=args.simplify, html=args.html)
-    results = segment(args.images, args.classes, checkpoint=args.checkpoint, classes_file=args.classes_file,
-                      out=args.out, arch=args.arch, device=args.device, options=opts)
-    for r in results:
-        mp = r.pixels / max(r.seconds, 1e-9) / 1e6
-        top = sorted(r.class_fractions.items(), key=lambda kv: -kv[1])[:5]
-        print(f"{r.image} -> {r.geotiff} ({r.pixels / 1e6:.1f} Mpx, {mp:.2f} Mpx/s); preview {r.preview}")
-        print("   " + ", ".join(f"{n} {100 * f:.1f}%" for n, f in top))
-        extra = [f"{k} {v}" for k, v in (("confidence", r.confidence), ("probabilities", r.probabilities),
-                                          ("polygons", r.vectors), ("map", r.html)) if v]
-        if extra:
-            print("   " + "; ".join(extra))
-    return 0
+    summary = segment_many(args.images, args.classes, checkpoint=args.checkpoint, classes_file=args.classes_file,
+                           out=args.out, arch=args.arch, device=args.device, options=opts, redo=args.redo,
+                           inputs_from=args.inputs_from, stac_asset=args.stac_asset)
+    return _report_many("segment", summary, Path(args.out))
+
+
+def _report_many(command: str, summary: dict, out: Path | None) -> int:
+    """The one summary of a run over many inputs (printed by the first process), its JSON record in OUT."""
+    from ..eval.distributed import is_main, shutdown
+    from ..infer.distributed import summary_line, write_summary
+
+    if is_main() and (summary["inputs"] > 1 or summary["processes"] > 1 or summary["complete"]):
+        print(summary_line(command, summary))
+        for path, error in summary["failures"].items():
+            print(f"   failed: {path}: {error}")
+        if out is not None:
+            print(f"   run record: {write_summary(out, command, summary)}")
+    shutdown()
+    return 1 if summary["failed"] else 0
 
 
 def run_classify(args) -> int:
-    from ..infer.classify import check_predictions_path, classify, table, write_predictions
+    from ..eval.distributed import is_main
+    from ..infer.classify import check_predictions_path, table, write_predictions
+    from ..infer.distributed import classify_many
+    from ..infer.inputs import expand_inputs
 
+    images = expand_inputs(args.images, inputs_from=args.inputs_from, stac_asset=args.stac_asset)
     if args.out:
-        check_predictions_path(Path(args.out), args.images)
-    preds = classify(args.images, args.classes, checkpoint=args.checkpoint, classes_file=args.classes_file,
-                     top_k=args.top_k, arch=args.arch, device=args.device, progress=not args.no_progress,
-                     amp=_amp(args))
-    print(table(preds))
-    if args.out:
-        print(f"wrote {write_predictions(preds, Path(args.out))}")
-    return 0
+        check_predictions_path(Path(args.out), images)
+    preds, summary = classify_many(images, args.classes, checkpoint=args.checkpoint,
+                                   classes_file=args.classes_file, top_k=args.top_k, arch=args.arch,
+                                   device=args.device, progress=not args.no_progress, amp=_amp(args))
+    if is_main() and preds:
+        print(table(preds))
+        if args.out:
+            print(f"wrote {write_predictions(preds, Path(args.out))}")
+    return _report_many("classify", summary, None)
 
 
 def run_index(args) -> int:
+    from ..eval.distributed import init_from_env, is_main, shutdown
     from ..infer.search import index
 
-    summary = index(args.folder, checkpoint=args.checkpoint, arch=args.arch, device=args.device, chip=args.chip,
-                    stride=args.stride, progress=not args.no_progress, amp=_amp(args))
-    print(json.dumps(summary, indent=2))
+    rank_device = init_from_env()  # torchrun: the images to embed are split between the processes
+    device = rank_device if rank_device and args.device in ("auto", "cuda") else args.device
+    summary = index(args.folder, checkpoint=args.checkpoint, arch=args.arch, device=device, chip=args.chip,
+                    stride=args.stride, batch_size=args.batch_size, progress=not args.no_progress, amp=_amp(args))
+    if is_main():
+        print(json.dumps(summary, indent=2))
+    shutdown()
     return 0
 
 
@@ -230,8 +269,10 @@ def add_map_commands(sub) -> None:
                        description="Where in each image is each thing you name: FarSLIP's dense features over the "
                                    "whole raster, tiled exactly as segment.",
                        epilog=LOCATE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("inputs", nargs="+", metavar="QUERY_OR_IMAGE", help="queries, then images (PNG, JPEG, GeoTIFF)")
+    p.add_argument("inputs", nargs="+", metavar="QUERY_OR_IMAGE",
+                   help=_expanded_many("queries, then images (PNG, JPEG, GeoTIFF)"))
     _model_args(p)
+    _input_args(p)
     p.add_argument("--out", default="locate", help="output folder (default: locate/)")
     p.add_argument("--threshold", type=float, default=0.5, help="probability for a detected region (default 0.5)")
     p.add_argument("--background", nargs="+", metavar="NAME", default=None,
@@ -265,24 +306,23 @@ def _bands(text: str | None) -> list[int] | None:
 
 
 def run_locate(args) -> int:
-    from ..infer.locate import BACKGROUND, LocateOptions, locate
+    from ..infer.distributed import locate_many
+    from ..infer.inputs import names_input
+    from ..infer.locate import BACKGROUND, LocateOptions
 
-    images = [a for a in args.inputs if Path(a).is_file()]
-    queries = [a for a in args.inputs if not Path(a).is_file()]
-    if not images or not queries:
+    images = [a for a in args.inputs if names_input(a)]
+    queries = [a for a in args.inputs if not names_input(a)]
+    if not (images or args.inputs_from) or not queries:
         raise UsageError("locate needs at least one query and one existing image file "
                          f"(got queries {queries or 'none'}, images {images or 'none'})")
     opts = LocateOptions(threshold=args.threshold, background=args.background or BACKGROUND,
                          min_area=args.min_area, simplify=args.simplify, vector_format=args.vector_format,
                          scale=args.scale, window=args.window, stride=args.stride, block=args.block,
                          bands=_bands(args.bands), progress=not args.no_progress, amp=_amp(args), html=args.html)
-    for r in locate(queries, images, checkpoint=args.checkpoint, out=args.out, arch=args.arch, device=args.device,
-                    options=opts):
-        print(f"{r.image} ({r.pixels / 1e6:.1f} Mpx, {r.seconds:.1f} s): regions {r.regions}; preview {r.preview}"
-              + (f"; map {r.html}" if r.html else ""))
-        for q in r.queries:
-            print(f"   {q.query!r}: {q.regions} regions, {q.area:.1f} map units^2, max {q.max_score:.3f} -> {q.heatmap}")
-    return 0
+    summary = locate_many(queries, images, checkpoint=args.checkpoint, out=args.out, arch=args.arch,
+                          device=args.device, options=opts, redo=args.redo, inputs_from=args.inputs_from,
+                          stac_asset=args.stac_asset)
+    return _report_many("locate", summary, Path(args.out))
 
 
 def run_view(args) -> int:

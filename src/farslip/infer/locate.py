@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ..core.errors import UsageError
 from ..core.files import atomic_path, atomic_write
-from ..engine import OVSS_TEMPLATES, model_input_size, name_embeddings, query_table
+from ..engine import OVSS_TEMPLATES, TextEmbeddingCache, model_input_size, name_embeddings, query_table
 from .cog import score_writer
 from .common import load_for_inference, parse_classes
 from .raster import open_raster, read_thumbnail
@@ -92,7 +92,7 @@ def slug(text: str) -> str:
 def locate(queries: Sequence[str] | str, images: Sequence[str | Path] | str | Path, *,
            checkpoint: str | Path | None = None, model=None, tokenizer=None, out: str | Path = "locate",
            arch: str | None = None, device: str = "auto", options: LocateOptions | None = None,
-           **overrides) -> list[LocateResult]:
+           text_cache: TextEmbeddingCache | None = None, **overrides) -> list[LocateResult]:
     """Heatmaps and regions of each query in each image (see the module's description)."""
     opts = options or LocateOptions()
     for k, v in overrides.items():
@@ -116,7 +116,8 @@ def locate(queries: Sequence[str] | str, images: Sequence[str | Path] | str | Pa
         model, _, tokenizer = load_for_inference(checkpoint, arch, device)
     names, owner = query_table(query_syn)
     with torch.no_grad():
-        text = name_embeddings(model, tokenizer, names + background, OVSS_TEMPLATES, batch_size=64)
+        text = name_embeddings(model, tokenizer, names + background, OVSS_TEMPLATES, batch_size=64,
+                               cache=text_cache)
     results = []
     with bounded_gdal_cache(opts.gdal_cache_mb):
         for image in images:

@@ -26,6 +26,8 @@ from tqdm.auto import tqdm
 from ..engine import model_input_size, window_spans
 from ..models.precision import Amp, autocast_for
 from .classify import load_image
+from ..core.files import atomic_path, atomic_write
+from ..eval.distributed import batch_shard, gather, world
 from .common import load_for_inference
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".jp2"}
@@ -133,27 +135,34 @@ def index(source: str | Path, *, checkpoint: str | Path | None = None, model=Non
                 todo.append(entry)
     device_ = next(model.parameters()).device
     side = 2 * model_input_size(model)
-    for start in tqdm(range(0, len(todo), batch_size), desc="index", unit="batch", disable=not progress):
+    shard = batch_shard(len(todo), batch_size)  # torchrun: this rank's whole batches, gathered below in order
+    new_entries, new_vectors, new_failed = [], [], []
+    for start in tqdm(range(shard.start, shard.stop, batch_size), desc="index", unit="batch",
+                      disable=not progress or world()[0] != 0):
         chunk, ims = [], []
-        for e in todo[start:start + batch_size]:
+        for e in todo[start:min(start + batch_size, shard.stop)]:
             try:
                 ims.append(preprocess(load_chip(root / e["path"], e["window"], side)))
                 chunk.append(e)
             except (OSError, ValueError) as exc:
-                failed.append({"path": e["path"], "window": e["window"], "error": str(exc)})
+                new_failed.append({"path": e["path"], "window": e["window"], "error": str(exc)})
         if not ims:
             continue
         with torch.no_grad(), autocast_for(model, amp):
             f = model.encode_image(torch.stack(ims).to(device_)).float()
         f = (f / f.norm(dim=-1, keepdim=True)).cpu()
-        entries += chunk
-        vectors += list(f)
-    emb_path.parent.mkdir(parents=True, exist_ok=True)
-    matrix = torch.stack(vectors) if vectors else torch.zeros(0, 1)
-    save_file({"embeddings": matrix.contiguous()}, str(emb_path))
-    meta_path.write_text(json.dumps({"model": mid, "source": str(source.resolve()), "root": str(root.resolve()),
-                                     "chip": chip, "stride": stride, "entries": entries, "failed": failed},
-                                    indent=1))
+        new_entries += chunk
+        new_vectors += list(f)
+    for part_entries, part_vectors, part_failed in gather((new_entries, new_vectors, new_failed)):
+        entries, vectors, failed = entries + part_entries, vectors + part_vectors, failed + part_failed
+    if world()[0] == 0:  # one writer; the others wait for it below
+        matrix = torch.stack(vectors) if vectors else torch.zeros(0, 1)
+        with atomic_path(emb_path) as tmp:
+            save_file({"embeddings": matrix.contiguous()}, str(tmp))
+        atomic_write(meta_path, json.dumps({"model": mid, "source": str(source.resolve()), "root": str(root.resolve()),
+                                            "chip": chip, "stride": stride, "entries": entries, "failed": failed},
+                                           indent=1))
+    gather(None)
     embedded = len(todo) - sum(1 for f in failed if "window" in f)
     return {"images": len({e["path"] for e in entries}), "items": len(entries), "embedded": embedded,
             "reused": len(entries) - embedded, "failed": len(failed), "index": str(emb_path.parent)}

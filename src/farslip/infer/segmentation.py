@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 
 from ..engine.colours import palette as make_palette
 from ..core.files import atomic_path, atomic_write
-from ..engine import OVSS_TEMPLATES, class_scores, model_input_size, name_embeddings, predict_classes, query_table
+from ..engine import (OVSS_TEMPLATES, TextEmbeddingCache, class_scores, model_input_size, name_embeddings,
+                      predict_classes, query_table)
 from .common import load_for_inference, parse_classes
 from .cog import class_map_writer, score_writer
 from .raster import open_raster, read_thumbnail
@@ -74,10 +75,12 @@ class SegmentResult:
 def segment(images: Sequence[str | Path] | str | Path, classes: Sequence[str] | None = None, *,
             checkpoint: str | Path | None = None, model=None, tokenizer=None, classes_file: str | Path | None = None,
             out: str | Path = "segmentations", arch: str | None = None, device: str = "auto",
-            options: SegmentOptions | None = None, **overrides) -> list[SegmentResult]:
+            options: SegmentOptions | None = None, text_cache: TextEmbeddingCache | None = None,
+            **overrides) -> list[SegmentResult]:
     """Segment each image into ``classes`` (``"building,roof"`` = one class with synonyms); write the COGs
     ``OUT/<stem>.tif`` (class indexes, input georeference kept, 255 = nodata) and ``OUT/<stem>.confidence.tif``,
-    ``OUT/<stem>.png`` (preview), and as asked the per-class probabilities, polygons and an HTML map."""
+    ``OUT/<stem>.png`` (preview), and as asked the per-class probabilities, polygons and an HTML map.
+    ``text_cache`` keeps the class embeddings across calls (one call per raster, as the batch runs make)."""
     opts = options or SegmentOptions()
     for k, v in overrides.items():
         setattr(opts, k, v)
@@ -96,7 +99,8 @@ def segment(images: Sequence[str | Path] | str | Path, classes: Sequence[str] | 
     with torch.no_grad():
         # once per run, in fp32 whatever amp; 64 prompts a batch keeps the text tower's activations (~0.6 GB at 256
         # for ViT-B) under the peak the tiles reach
-        text = name_embeddings(model, tokenizer, queries, OVSS_TEMPLATES, batch_size=64)
+        text = name_embeddings(model, tokenizer, queries, OVSS_TEMPLATES, batch_size=64,
+                               cache=text_cache)
     results = []
     with bounded_gdal_cache(opts.gdal_cache_mb):
         for image, target in zip(images, targets):
