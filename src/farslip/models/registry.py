@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,7 @@ class ModelEntry:
             return f"hf://{self.hub.repo}/{self.hub.file}@{self.hub.revision[:7]}"
         if self.open_clip_tag:
             return f"open_clip:{self.arch}/{self.open_clip_tag}"
-        return f"manual download: {self.url}"
+        return "manual download (farslip model info NAME)"
 
     @property
     def downloadable(self) -> bool:
@@ -177,15 +178,24 @@ def get_entry(name: str) -> ModelEntry:
 def format_table(entries: dict[str, ModelEntry] | None = None) -> str:
     """The registry as a Markdown table (pasteable into an issue or a README)."""
     entries = all_entries() if entries is None else entries
-    rows = [("name", "arch", "act.", "text", "weights", "licence", "paper")]
+    rows = [("name", "arch", "act.", "text", "weights", "confirmed", "licence", "paper")]
     for e in entries.values():
         paper = ", ".join(f"{k} {v:g}" for k, v in e.paper.items()) or "-"
+        confirmed = "+".join(k for k in ("file", "revision") if e.confirmed.get(k)) or "no"
         rows.append((e.name, e.arch, "QuickGELU" if e.quick_gelu else "GELU", str(e.context_length or "?"),
-                     e.source, e.license.split(" (")[0], paper))
+                     e.source, confirmed, e.license.split(" (")[0], paper))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
     return "\n".join(lines)
+
+
+def _follow(entry: ModelEntry, text_of) -> str:
+    """A text field of the entry with the registry's "as <other entry> ..." shorthand spelt out."""
+    text = str(text_of(entry))
+    ref = re.match(r"as ([\w.-]+)(.*)$", text, re.S)
+    other = all_entries().get(ref[1]) if ref else None
+    return f"{_follow(other, text_of)}{ref[2]}" if other is not None and other is not entry else text
 
 
 def describe(entry: ModelEntry) -> str:
@@ -209,9 +219,9 @@ def describe(entry: ModelEntry) -> str:
     if entry.confirmed:
         c = entry.confirmed
         lines.append(f"  confirmed     file name: {'yes' if c.get('file') else 'no'}, revision: "
-                     f"{'yes' if c.get('revision') else 'no'} -- {c.get('how', '')}")
+                     f"{'yes' if c.get('revision') else 'no'} -- {_follow(entry, lambda e: e.confirmed.get('how', ''))}")
     if entry.notes:
-        lines.append(f"  notes         {entry.notes}")
+        lines.append(f"  notes         {_follow(entry, lambda e: e.notes)}")
     if entry.downloadable:
         lines.append(f"  use           farslip.load_model({entry.name!r}) / --checkpoint {entry.name}")
     if entry.citation:
