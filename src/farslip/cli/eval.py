@@ -20,21 +20,21 @@ A missing dataset is reported with the paths that were expected and the others s
 EXAMPLES = {
     "classification": """\
 examples:
-  farslip eval classification --checkpoint FarSLIP2_ViT-B-16.pt --model ViT-B-16 --data-root /data/rs-bench
+  farslip eval classification --checkpoint farslip2-vit-b-16 --data-root /data/rs-bench
   farslip eval classification --checkpoint ckpt.pt --data-root /data/rs-bench --datasets aid eurosat
   farslip eval classification --checkpoint ckpt.pt --model ViT-B-32 \\
       --csv my/test.csv --classnames my/classnames.txt --images my/ --name my-scenes
 """,
     "retrieval": """\
 examples:
-  farslip eval retrieval --checkpoint FarSLIP2_ViT-B-16.pt --model ViT-B-16 --data-root /data/rs-bench
+  farslip eval retrieval --checkpoint farslip2-vit-b-16 --data-root /data/rs-bench
   farslip eval retrieval --checkpoint ckpt.pt --data-root /data/rs-bench --datasets rsicd ucm
   farslip eval retrieval --checkpoint ckpt.pt --csv my/pairs.csv --images my/ --caption-key title \\
       --prefix "a satellite image. "
 """,
     "ovss": """\
 examples:
-  farslip eval ovss --checkpoint FarSLIP2_ViT-B-16.pt --model ViT-B-16 --data-root /data/rs-bench
+  farslip eval ovss --checkpoint farslip2-vit-b-16 --data-root /data/rs-bench
   farslip eval ovss --checkpoint ckpt.pt --data-root /data/rs-bench --datasets loveda potsdam --attn sclip
   farslip eval ovss --checkpoint ckpt.pt --img-dir my/img --ann-dir my/ann --classes-file my/classes.txt \\
       --img-suffix .tif --ann-suffix .png --threshold 0.3 --bg-idx 0 --reduce-zero-label
@@ -42,7 +42,7 @@ examples:
 """,
     "all": """\
 examples:
-  farslip eval all --checkpoint FarSLIP2_ViT-B-16.pt --model ViT-B-16 --data-root /data/rs-bench
+  farslip eval all --checkpoint farslip2-vit-b-16 --data-root /data/rs-bench
   farslip eval all --checkpoint ckpt.pt --data-root /data/rs-bench --datasets aid rsicd loveda --limit 50
 """,
 }
@@ -51,7 +51,8 @@ examples:
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--checkpoint", "--pretrained", dest="checkpoint", default=None,
-                   help="checkpoint file (any form load_model reads: DDP state dict, FarSLIP long-text, OpenAI, "
+                   help="a released model's name (farslip model list) or a checkpoint file (any form load_model reads: "
+                        "DDP state dict, FarSLIP long-text, OpenAI, "
                         "safetensors, farslip's own) or an open_clip pretrained tag such as 'openai'")
     g.add_argument("--model", default=None, help="open_clip architecture (ViT-B-16, ViT-B-32, ...); optional when the "
                                                  "checkpoint identifies it")
@@ -142,7 +143,8 @@ def _add_ovss_args(p: argparse.ArgumentParser, own: bool = True) -> None:
         o = p.add_argument_group("own data (instead of --data-root)")
         o.add_argument("--img-dir", default=None)
         o.add_argument("--ann-dir", default=None)
-        o.add_argument("--classes-file", default=None, help="one class a line in label order, synonyms with commas")
+        o.add_argument("--classes-file", default=None, help="one class a line in label order, synonyms with commas; or a shipped "
+                                                             "set by name (openearthmap, loveda, ...)")
         o.add_argument("--img-suffix", default=".png")
         o.add_argument("--ann-suffix", default=".png")
         o.add_argument("--threshold", type=float, default=0.0, help="score under which a pixel is background")
@@ -202,7 +204,7 @@ def _load(args):
     if args.model is None and args.checkpoint is None:
         raise SystemExit("give --checkpoint and/or --model")
     model, _, preprocess, tokenizer = farslip.load_model(
-        args.model, args.checkpoint, device=device, precision=args.precision, quick_gelu=not args.no_quick_gelu,
+        args.model, args.checkpoint, device=device, precision=args.precision, quick_gelu=False if args.no_quick_gelu else None,
         context_length=args.context_length)
     model.eval()
     if str(device) == "cpu" and args.amp == "auto" and args.eval_kind in ("ovss", "all"):
@@ -301,9 +303,11 @@ def _run(args, main: bool) -> int:
             kw = dict(csv_path=args.csv, image_root=args.images, caption_key=args.caption_key, prefix=args.prefix,
                       csv_img_key=args.csv_img_key, csv_separator=args.csv_separator)
         else:
+            from ..engine.class_files import resolve_class_file
             from ..eval.ovss import OVSSDataset
 
-            kw = dict(dataset=OVSSDataset(args.img_dir, args.ann_dir, args.classes_file, name=name,
+            class_file = str(resolve_class_file(args.classes_file))  # a file, or a shipped set by name
+            kw = dict(dataset=OVSSDataset(args.img_dir, args.ann_dir, class_file, name=name,
                                           img_suffix=args.img_suffix, ann_suffix=args.ann_suffix,
                                           prob_threshold=args.threshold, background_index=args.bg_idx,
                                           ignore_index=args.ignore_index, reduce_zero_label=args.reduce_zero_label))

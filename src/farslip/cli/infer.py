@@ -12,8 +12,8 @@ SEGMENT_EPILOG = """\
 examples:
   farslip segment scene.tif --checkpoint runs/quickstart/farslip-tiny-stage2.pt \\
       --classes "building,roof,house" road "water,river" "tree,forest" --out maps/
-  farslip segment S2_tile.tif --bands 4,3,2 --checkpoint FarSLIP2_ViT-B-16.pt --model ViT-B-16 \\
-      --classes-file configs/ovss/cls_openearthmap.txt --threshold 0.1 --scale 0.5
+  farslip segment S2_tile.tif --bands 4,3,2 --checkpoint farslip2-vit-b-16 \\
+      --classes-file openearthmap --threshold 0.1 --scale 0.5
   farslip segment scene.tif --checkpoint model.pt --classes "building,roof" road water --out maps/ \\
       --vector gpkg --min-area 20 --simplify 0.5 --html
   farslip segment "scenes/*.tif" @more_scenes.txt --checkpoint model.pt --classes road water --out maps/
@@ -22,8 +22,9 @@ examples:
 
 A rerun skips the inputs whose outputs are complete (recorded in OUT/.farslip-done/; --redo to redo them).
 Each class is one argument; synonyms are joined by commas and a class scores by its best synonym (SegEarth-OV's
-class files). Output (rasters are Cloud-Optimized GeoTIFFs with the input's CRS/transform/size): OUT/<name>.tif
-(uint8 class index, 255 = nodata, class names in the metadata and a colour table), OUT/<name>.confidence.tif
+class files; --classes-file also takes a shipped set by name: openearthmap, loveda, isaid, potsdam, vaihingen,
+uavid, udd5, vdd). --checkpoint takes a file or a released model's name (farslip model list). Output (rasters
+are Cloud-Optimized GeoTIFFs with the input's CRS/transform/size): OUT/<name>.tif (uint8 class index, 255 = nodata, class names in the metadata and a colour table), OUT/<name>.confidence.tif
 (float32 probability of the shown class, NaN = nodata), OUT/<name>.png (preview with legend), OUT/<name>.json
 (summary); with --probabilities OUT/<name>.probabilities.tif (a band per class), with --vector the class
 regions as polygons (class, class_index, area, pixels, mean_confidence), with --html OUT/<name>.html.
@@ -33,7 +34,8 @@ regions as polygons (class, class_index, area, pixels, mean_confidence), with --
 def _model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--checkpoint", required=True,
-                   help="any checkpoint load_model reads (FarSLIP, RemoteCLIP, GeoRSCLIP, SkyCLIP, OpenAI, farslip's own)")
+                   help="a released model's name (farslip model list: downloaded and cached) or any checkpoint file "
+                        "load_model reads (FarSLIP, RemoteCLIP, GeoRSCLIP, SkyCLIP, OpenAI, farslip's own)")
     g.add_argument("--model", dest="arch", default=None,
                    help="open_clip architecture (not needed for farslip checkpoints or when the shapes tell)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1")
@@ -45,7 +47,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 def _class_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", nargs="+", metavar="CLASS", help='class names; "a,b" makes synonyms of one class')
-    p.add_argument("--classes-file", help="one class per line, synonyms separated by commas")
+    p.add_argument("--classes-file", help="one class per line, synonyms separated by commas; or a shipped set by "
+                                          "name: openearthmap, loveda, isaid, potsdam, vaihingen, uavid, udd5, vdd")
 
 
 def _input_args(p: argparse.ArgumentParser, many: bool = True) -> None:

@@ -8,6 +8,7 @@ from typing import Sequence
 import torch
 
 from ..core.errors import UsageError
+from ..engine.class_files import resolve_class_file
 from ..models.loading import load_model
 
 
@@ -26,9 +27,7 @@ def parse_classes(classes: Sequence[str] | None = None, classes_file: str | Path
     names): the maps and the fractions would otherwise disagree about which class a pixel is."""
     lines: list[tuple[str, str]] = []  # (where, line)
     if classes_file:
-        path = Path(classes_file)
-        if not path.is_file():
-            raise UsageError(f"{path}: class file not found")
+        path = resolve_class_file(classes_file)  # a file, or a shipped set's name (openearthmap, loveda, ...)
         try:
             text = path.read_text(encoding="utf-8-sig")
         except UnicodeDecodeError:

@@ -159,6 +159,9 @@ def load_model(arch: str | None = None, checkpoint: str | os.PathLike | None = N
         quick_gelu = meta.get("quick_gelu", quick_gelu)
     quick_gelu = True if quick_gelu is None else quick_gelu
     if arch is None:
+        if pretrained_tag is not None:
+            raise CheckpointError(f"{pretrained_tag}: not a file and not a released model's name (farslip model "
+                                  "list); an open_clip pretrained tag also needs the architecture (--model)")
         if state is None:
             raise UsageError("load_model needs an architecture name unless the checkpoint describes itself")
         fitting = architectures_fitting(state)
@@ -168,6 +171,10 @@ def load_model(arch: str | None = None, checkpoint: str | os.PathLike | None = N
         arch = fitting[0]
     if open_clip.get_model_config(arch) is None:
         raise UsageError(f"unknown architecture {arch!r}; known: {', '.join(open_clip.list_models())}")
+    if pretrained_tag is not None and pretrained_tag not in open_clip.list_pretrained_tags_by_model(arch):
+        raise CheckpointError(f"{pretrained_tag}: not a file, not a released model's name (farslip model list) and "
+                              f"not an open_clip pretrained tag of {arch} "
+                              f"({', '.join(open_clip.list_pretrained_tags_by_model(arch)) or 'it has none'})")
 
     facts = describe_state_dict(state) if state is not None else {}
     ctx = context_length or facts.get("context_length")

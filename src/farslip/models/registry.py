@@ -20,12 +20,12 @@ from typing import Any
 
 import yaml
 
-from ..core.errors import FarslipError
+from ..core.errors import UsageError
 
 ENV_REGISTRY = "FARSLIP_MODEL_REGISTRY"
 
 
-class RegistryError(FarslipError, ValueError):
+class RegistryError(UsageError):
     """A registry file or entry is malformed, or a name is not in the registry."""
 
 
