@@ -8,6 +8,7 @@ import open_clip
 import pytest
 import torch
 
+from farslip.core.errors import user_error_message
 from farslip.data import ViewConfig
 from farslip.data.loader import LoaderConfig, ShardStream, TrainLoader
 from farslip.data.shards import expand_shards
@@ -127,5 +128,6 @@ def test_an_epoch_reads_the_shards_about_once(shards, tok):
 
 
 def test_too_little_data_for_the_roles_is_refused_with_advice(shards, tok):
-    with pytest.raises(ValueError, match="too few.*data.workers to"):
+    with pytest.raises(ValueError, match="too few.*data.workers to") as caught:
         loader(shards, tok, workers=8, world=2)
+    assert user_error_message(caught.value) == str(caught.value)  # the CLI prints it as one line, exit 2

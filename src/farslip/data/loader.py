@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, get_worker_info
 
 from ..core.problems import BadInput
-from .records import CaptionCSVRecords, MGRSRecords, Record, open_rgb
+from .records import CaptionCSVRecords, MGRSRecords, Record, TrainDataError, open_rgb
 from .shards import (
     SAMPLE_SHUFFLE_INITIAL,
     SAMPLE_SHUFFLE_SIZE,
@@ -97,7 +97,7 @@ class RecordDataset(Dataset):
                 last = exc
                 if attempt == 0:  # a stand-in that is bad too is reported when its own index comes up
                     skipped.append(exc.problem.to_dict())
-        raise RuntimeError(f"{MAX_CONSECUTIVE_BAD} consecutive unusable records from index {index}; last: {last}")
+        raise TrainDataError(f"{MAX_CONSECUTIVE_BAD} consecutive unusable records from index {index}; last: {last}")
 
 
 class EpochBatchSampler:
@@ -114,7 +114,7 @@ class EpochBatchSampler:
         self.sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=seed)
         self.batch_size, self.epoch, self.start = batch_size, 0, 0
         if len(self) == 0:
-            raise ValueError(f"{n} samples are fewer than one batch of {batch_size} x {world} ranks")
+            raise TrainDataError(f"{n} samples are fewer than one batch of {batch_size} x {world} ranks")
 
     def set_epoch(self, epoch: int, start_batch: int = 0):
         self.epoch, self.start = epoch, start_batch
@@ -184,7 +184,7 @@ class _PassReader:
             source = self._from(current, next_number, rest=reader)
         missing = [n for n in buffered if n not in got]
         if missing:
-            raise ValueError(f"the shards changed since the checkpoint: item {missing[0]} of this pass is gone")
+            raise TrainDataError(f"the shards changed since the checkpoint: item {missing[0]} of this pass is gone")
         return [(n, got[n]) for n in buffered], source
 
 
@@ -216,7 +216,7 @@ class ShardStream(IterableDataset):
                 len(shards), world * w, sum(self.sizes.values()), num_samples, [self.sizes[u] for u in shards]))
                 >= world * w), default=0)
             hint = f"set data.workers to {fit} or fewer" if fit else "use more or larger shards, or fewer ranks"
-            raise ValueError(f"{len(shards)} shards ({num_samples} samples) are too few to give each of {roles} "
+            raise TrainDataError(f"{len(shards)} shards ({num_samples} samples) are too few to give each of {roles} "
                              f"loader roles ({world} ranks x {self.workers} workers) its own data: {hint}")
         self.epoch, self.start, self.cursors = 0, 0, {}
 
@@ -237,7 +237,7 @@ class ShardStream(IterableDataset):
     def _draws(self, role: int, roles: int, cursor: dict | None):
         """(pass, draws so far, reader, item number, record), draw after draw, pass after pass."""
         if cursor is not None and not isinstance(cursor, dict):
-            raise ValueError(f"loader cursor {cursor!r} is from an older farslip; resume from a checkpoint of this "
+            raise TrainDataError(f"loader cursor {cursor!r} is from an older farslip; resume from a checkpoint of this "
                              "version or start the epoch again")
         pass_no = cursor["pass"] if cursor else 0
         while True:
@@ -258,7 +258,7 @@ class ShardStream(IterableDataset):
                 usable += isinstance(rec, Record)
                 yield pass_no, drawn, reader, number, rec
             if usable == 0 and started_at == 0:
-                raise RuntimeError(f"loader role {role}: no usable record in its pieces of "
+                raise TrainDataError(f"loader role {role}: no usable record in its pieces of "
                                    f"{[p.url for p in reader.pieces[:3]]}...")
             pass_no, cursor = pass_no + 1, None
 
@@ -285,7 +285,7 @@ class ShardStream(IterableDataset):
                 skipped.append(exc.problem.to_dict())
                 bad_run += 1
                 if bad_run >= MAX_CONSECUTIVE_BAD:
-                    raise RuntimeError(f"{MAX_CONSECUTIVE_BAD} consecutive unusable records; last: {exc}") from None
+                    raise TrainDataError(f"{MAX_CONSECUTIVE_BAD} consecutive unusable records; last: {exc}") from None
                 continue
             if len(samples) == self.batch_size:
                 samples[0]["skipped"] = skipped
@@ -331,11 +331,11 @@ class TrainLoader:
             self.num_samples = cfg.num_samples or count_shard_samples(shards)
             self.steps_per_epoch = self.num_samples // (batch_size * world)
             if self.steps_per_epoch == 0:
-                raise ValueError(f"{self.num_samples} samples are fewer than one batch of {batch_size} x {world}")
+                raise TrainDataError(f"{self.num_samples} samples are fewer than one batch of {batch_size} x {world}")
             self.dataset = ShardStream(shards, views, tokenizer, batch_size, self.steps_per_epoch, rank, world, seed,
                                        cfg.workers, self.num_samples, cfg.shuffle_buffer, cfg.shuffle_initial)
         else:
-            raise ValueError(f"data.kind must be mgrs, csv or webdataset; got {cfg.kind!r}")
+            raise TrainDataError(f"data.kind must be mgrs, csv or webdataset; got {cfg.kind!r}")
         self._state = {"epoch": 0, "batch_in_epoch": 0, "cursors": {}, "skipped_records": 0, "object_fixes": 0}
 
     # -- position ----------------------------------------------------------------------------------------------

@@ -16,7 +16,12 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
+from ..core.errors import FarslipError
 from ..core.problems import BadInput
+
+
+class TrainDataError(FarslipError, ValueError):
+    """Training data that cannot be read as given (the file, shard or option is named); one line on the CLI."""
 
 
 def bad_record(source: str, key: str | None, field_name: str, reason: str) -> BadInput:
@@ -101,15 +106,15 @@ class MGRSRecords:
                  caption: str = "official"):
         self.json_path = Path(json_path)
         if caption not in CAPTION_CHOICES:
-            raise ValueError(f"caption must be one of {sorted(CAPTION_CHOICES)}, got {caption!r}")
+            raise TrainDataError(f"caption must be one of {sorted(CAPTION_CHOICES)}, got {caption!r}")
         try:
             items = json.loads(self.json_path.read_text())
         except FileNotFoundError:
             raise FileNotFoundError(f"MGRS annotation file not found: {self.json_path}") from None
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{self.json_path}: not valid JSON ({exc})") from exc
+            raise TrainDataError(f"{self.json_path}: not valid JSON ({exc})") from exc
         if not isinstance(items, list):
-            raise ValueError(f"{self.json_path}: expected a JSON list of records, found {type(items).__name__}")
+            raise TrainDataError(f"{self.json_path}: expected a JSON list of records, found {type(items).__name__}")
         self.items = items
         self.category_ids = self._category_ids(items)
         self.roots = [Path(image_root)] if image_root else [self.json_path.parent, self.json_path.parent / "global_imgs"]
@@ -186,7 +191,7 @@ class CaptionCSVRecords:
             reader = csv.DictReader(f, delimiter=sep)
             missing = {image_key, caption_key} - set(reader.fieldnames or [])
             if missing:
-                raise ValueError(f"{self.csv_path}: missing column(s) {sorted(missing)}; has {reader.fieldnames}")
+                raise TrainDataError(f"{self.csv_path}: missing column(s) {sorted(missing)}; has {reader.fieldnames}")
             self.rows = [(r[image_key], r[caption_key]) for r in reader]
 
     def __len__(self) -> int:
