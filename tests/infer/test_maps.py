@@ -144,7 +144,8 @@ def test_locate_heatmaps_regions_and_nodata_windows(tmp_path, tiny_parts, monkey
     real = scene.sliding_window_logits
     monkeypatch.setattr(scene, "sliding_window_logits",
                         lambda *a, boxes, **k: encoded.append(len(boxes[0])) or real(*a, boxes=boxes, **k))
-    kw = dict(model=model, tokenizer=tokenizer, progress=False, block=64, threshold=0.2)
+    # one background name keeps the text tower's work (names x 80 prompts) small on a test CPU
+    kw = dict(model=model, tokenizer=tokenizer, progress=False, block=64, threshold=0.2, background=["background"])
     res = locate(["storage tank,oil tank", "ship"], declared, out=tmp_path / "o", **kw)[0]
     n_declared, encoded[:] = sum(encoded), []
     plain = locate(["storage tank,oil tank", "ship"], undeclared, out=tmp_path / "p", **kw)[0]
@@ -270,7 +271,8 @@ def test_cli_locate_and_view(tmp_path, tiny_model, capsys):
     image = _geotiff(tmp_path / "scene.tif", np.random.default_rng(2).integers(1, 255, (3, 80, 90), dtype=np.uint8))
     out = tmp_path / "where"
     assert main(["locate", "storage tank", "ship", str(image), "--checkpoint", str(ckpt), "--out", str(out),
-                 "--threshold", "0.3", "--vector-format", "geojson", "--html", "--no-progress"]) == 0
+                 "--threshold", "0.3", "--vector-format", "geojson", "--html", "--no-progress",
+                 "--background", "background"]) == 0
     printed = capsys.readouterr().out
     assert "'storage tank'" in printed and "regions" in printed
     for name in ("scene.storage-tank.tif", "scene.ship.tif", "scene.regions.geojson", "scene.locate.png",
