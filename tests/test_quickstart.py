@@ -20,6 +20,14 @@ def test_quickstart_tiny(tmp_path):
     for picture in ("loss_curves.png", "retrieval_example.png"):
         assert (tmp_path / "qs" / picture).stat().st_size > 0 and picture in text
     assert list((tmp_path / "qs" / "overlays").glob("**/*.png"))
+    # the maps of the georeferenced scene: COGs, polygons, the offline maps, and their pictures in the report
+    maps = tmp_path / "qs" / "maps"
+    for name in ("scene.tif", "scene.confidence.tif", "scene.gpkg", "scene.html", "scene.storage-tank.tif",
+                 "scene.regions.gpkg", "scene.locate.html"):
+        assert (maps / name).stat().st_size > 0, name
+    assert "![segment](maps/scene.png)" in text and "![locate](maps/scene.locate.png)" in text
+    with rasterio.open(maps / "scene.tif") as a, rasterio.open(tmp_path / "qs" / "world" / "scene" / "scene.tif") as b:
+        assert (a.crs, a.transform) == (b.crs, b.transform) and b.crs.to_epsg() == 32633
     results = json.loads((tmp_path / "qs" / "results.json").read_text())["results"]
     assert 0 <= results["FarSLIP stage 2"]["classification"]["top1"] <= 100
 

@@ -19,8 +19,9 @@ import torch
 
 SIZES = {
     # n training images, image side, epochs of (pretrain, stage 1, stage 2), max steps per run (None = all)
-    "full": {"n": 1024, "image": 96, "epochs": (8, 2, 2), "max_steps": None, "batch": None, "overlays": 3},
-    "tiny": {"n": 48, "image": 64, "epochs": (1, 1, 1), "max_steps": 2, "batch": 8, "overlays": 1},
+    "full": {"n": 1024, "image": 96, "epochs": (8, 2, 2), "max_steps": None, "batch": None, "overlays": 3,
+             "map_grid": 4},
+    "tiny": {"n": 48, "image": 64, "epochs": (1, 1, 1), "max_steps": 2, "batch": 8, "overlays": 1, "map_grid": 2},
 }
 ARCH = "FarSLIP-Tiny"
 REAL_RECIPES = """\
@@ -109,9 +110,13 @@ def run_quickstart(out: str | Path = "runs/quickstart", size: str = "full", seed
         overlays = spec["overlays"] if i in (0, len(models) - 1) else 0
         results[name] = timed(f"evaluate {name}", evaluate, ckpt, world, out / "overlays" / f"model{i}", overlays)
 
+    _say("maps: segment and locate on a georeferenced scene of the world with the final model (COGs, polygons, HTML)")
+    maps = timed("maps", maps_example, final, world, out / "maps", tile=spec["image"], grid=spec["map_grid"],
+                 seed=seed)
+
     _say("6/6 writing the report")
     report = write_report(out, summary, models, results, timings, time.perf_counter() - t_start, final, schedules,
-                          seed)
+                          seed, maps=maps)
     print(f"\n[quickstart] done in {time.perf_counter() - t_start:.0f} s. Report: {report}\n"
           f"[quickstart] final model: {final}  (try: farslip segment IMAGE.tif --checkpoint {final} "
           f"--classes water forest building)")
@@ -206,6 +211,52 @@ def dense_metrics(model, tokenizer, dataset) -> dict:
             "crop_agreement": round(sum(agreement) / max(1, len(agreement)), 4)}
 
 
+def maps_example(checkpoint: Path, world: Path, out: Path, tile: int, grid: int, seed: int = 0) -> dict:
+    """A georeferenced mosaic of the world's scenes, segmented into the OVSS classes (class map, confidence,
+    polygons, HTML map) and searched for storage tanks and ships with ``locate``, at the evaluation's scale (the
+    tiles resized to 2S as in the OVSS protocol); the class map's agreement with the scene's truth."""
+    import numpy as np
+    import rasterio
+
+    from .dataprep.synth.geoscene import write_georeferenced_scene
+    from .infer import locate, segment
+    from .infer.common import load_for_inference
+
+    scene = write_georeferenced_scene(world / "scene", tile=tile, grid=grid, seed=seed)
+    model, _, tokenizer = load_for_inference(checkpoint, device="cpu")
+    S = model.visual.image_size[0] if isinstance(model.visual.image_size, tuple) else model.visual.image_size
+    common = dict(model=model, tokenizer=tokenizer, out=out, scale=2 * S / tile, progress=False, html=True)
+    seg = segment(scene["image"], classes_file=world / "ovss" / "classes.txt", vector="gpkg", min_area=4.0,
+                  **common)[0]
+    loc = locate(["storage tank", "ship"], scene["image"], threshold=0.5, **common)[0]
+    with rasterio.open(seg.geotiff) as a, rasterio.open(scene["labels"]) as b:
+        agreement = float(np.mean(a.read(1) == b.read(1)))
+    return {"scene": scene, "segment": seg, "locate": loc, "agreement": agreement}
+
+
+def _maps_section(out: Path, maps: dict | None) -> str:
+    if not maps:
+        return ""
+    seg, loc, scene = maps["segment"], maps["locate"], maps["scene"]
+    rel = lambda p: Path(p).relative_to(out)  # noqa: E731
+    found = ", ".join(f"{q.query}: {q.regions} regions ({q.area:.0f} m², max {q.max_score:.2f})" for q in loc.queries)
+    return f"""## Maps of a georeferenced scene
+
+`{rel(scene['image'])}`: {scene['size']} x {scene['size']} px at {scene['gsd_m']} m in {scene['crs']}, a mosaic of
+the world's scene types. `farslip segment` (class map and confidence as Cloud-Optimized GeoTIFFs, polygons in
+`{rel(seg.vectors)}`, the interactive map [`{rel(seg.html)}`]({rel(seg.html)})); the class map agrees with the scene's
+truth on {100 * maps['agreement']:.1f}% of its pixels.
+
+![segment]({rel(seg.preview)})
+
+`farslip locate "storage tank" ship` (heatmap COGs, regions in `{rel(loc.regions)}`, map
+[`{rel(loc.html)}`]({rel(loc.html)})): {found}.
+
+![locate]({rel(loc.preview)})
+
+"""
+
+
 def loss_curves(out: Path, png: Path) -> Path:
     import matplotlib
 
@@ -286,7 +337,7 @@ def verdicts(results: dict) -> list[str]:
 
 
 def write_report(out: Path, world_summary: dict, models: dict, results: dict, timings: dict, total: float,
-                 final: Path, schedules: dict | None = None, seed: int = 0) -> Path:
+                 final: Path, schedules: dict | None = None, seed: int = 0, maps: dict | None = None) -> Path:
     from .eval.report import markdown_table
 
     curves = loss_curves(out, out / "loss_curves.png")
@@ -372,7 +423,7 @@ Logs: `runs/<step>/log.jsonl`, TensorBoard in `runs/<step>/tensorboard`, skipped
 
 {chr(10).join(overlay_md) if overlay_md else '(no overlays at this size)'}
 
-## Retrieval example (stage-2 model)
+{_maps_section(out, maps)}## Retrieval example (stage-2 model)
 
 Query: *"{caption}"* -- the true image is `{Path(truth).name}`; top {len(top)}: {', '.join(f'`{t}`' for t in top)}
 ({'found' if Path(truth).name in top else 'not found'} in the top {len(top)}).

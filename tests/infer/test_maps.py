@@ -276,7 +276,7 @@ def test_cli_locate_and_view(tmp_path, tiny_model, capsys):
     printed = capsys.readouterr().out
     assert "'storage tank'" in printed and "regions" in printed
     for name in ("scene.storage-tank.tif", "scene.ship.tif", "scene.regions.geojson", "scene.locate.png",
-                 "scene.html"):
+                 "scene.locate.html"):
         assert (out / name).stat().st_size > 0, name
     assert main(["view", str(out / "scene.ship.tif"), str(out / "scene.regions.geojson"), "--out",
                  str(tmp_path / "ship.html")]) == 0

@@ -248,7 +248,8 @@ examples:
 The arguments that name existing files are the images, the others the queries (synonyms joined by commas).
 Output per image and query: OUT/<image>.<query>.tif (float32 COG: the query's probability against the
 background vocabulary, the input's CRS/transform, NaN = nodata); per image: OUT/<image>.regions.gpkg (connected
-areas at or above --threshold: query, score, max_score, area), OUT/<image>.locate.png, OUT/<image>.locate.json."""
+areas at or above --threshold: query, score, max_score, area), OUT/<image>.locate.png, OUT/<image>.locate.json,
+with --html OUT/<image>.locate.html."""
 
 VIEW_EPILOG = """\
 examples:
@@ -264,7 +265,8 @@ def _vector_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-area", type=float, default=0.0,
                    help="leave out regions smaller than this, in map units^2 (m^2 in a metric CRS; pixels without one)")
     p.add_argument("--simplify", type=float, default=0.0, help="polygon simplification tolerance in map units")
-    p.add_argument("--html", action="store_true", help="also write OUT/<image>.html, an offline interactive map")
+    p.add_argument("--html", action="store_true",
+                   help="also write an offline interactive map (segment: OUT/<image>.html, locate: OUT/<image>.locate.html)")
 
 
 def add_map_commands(sub) -> None:

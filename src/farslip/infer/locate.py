@@ -11,7 +11,8 @@ Queries do not compete with each other (a storage tank on a ship's deck may scor
 
 Per image and query: ``OUT/<stem>.<query>.tif`` (float32 COG, the input's CRS/transform, NaN = nodata); per image:
 ``OUT/<stem>.regions.gpkg`` (connected areas at or above ``threshold``: query, mean and maximum score, area),
-``OUT/<stem>.locate.png`` (the image with each heatmap) and ``OUT/<stem>.locate.json`` (summary).
+``OUT/<stem>.locate.png`` (the image with each heatmap), ``OUT/<stem>.locate.json`` (summary) and, with ``html``,
+``OUT/<stem>.locate.html`` (the offline map).
 """
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ class LocateOptions:
     progress: bool = True
     gdal_cache_mb: int = 256
     amp: str | None = None
-    html: bool = False                  # OUT/<stem>.html: the offline interactive map
+    html: bool = False                  # OUT/<stem>.locate.html: the offline interactive map
 
 
 @dataclass
@@ -183,8 +184,8 @@ def _locate_one(path: Path, model, text, owner, queries, slugs, out: Path, opts:
     if opts.html:
         from .webmap import write_html
 
-        result.html = str(write_html(out / f"{path.stem}.html", image=path, rasters=heat_paths, vectors=[regions],
-                                     bands=opts.bands))
+        result.html = str(write_html(out / f"{path.stem}.locate.html", image=path, rasters=heat_paths,
+                                     vectors=[regions], bands=opts.bands))
     atomic_write(out / f"{path.stem}.locate.json", json.dumps(asdict(result), indent=2))
     return result
 
@@ -204,7 +205,8 @@ def write_heat_preview(r, heat_paths, queries, threshold: float, png: Path, max_
     cols = min(n, 3)
     rows = -(-n // cols)
     aspect = thumb.shape[0] / max(thumb.shape[1], 1)
-    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 5 * rows * aspect + 0.6), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols + 1, 4.5 * rows * aspect + 0.5), squeeze=False,
+                             layout="constrained")
     for ax in axes.ravel():
         ax.axis("off")
     axes[0, 0].imshow(thumb)
