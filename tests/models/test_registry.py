@@ -179,3 +179,31 @@ def test_interrupted_download_resumes(tiny_on_hub, fake_hub, monkeypatch):
     model, *_ = farslip.load_model("tiny-hub")
     assert _same_embeddings(model, original)
     assert fake_hub.ranges == [f"bytes={cut}-"]  # only the rest was asked for again
+
+
+def test_a_resnet_clip_is_described_and_refused_dense_features_in_one_line():
+    """RemoteCLIP RN50 is in the registry: its weights have no ViT positional embedding, and dense features (segment,
+    OVSS) say plainly that they need a ViT."""
+    from torch import nn
+
+    from farslip.core.errors import UsageError
+    from farslip.models import describe_state_dict
+
+    facts = describe_state_dict({"visual.conv1.weight": torch.zeros(32, 3, 3, 3),
+                                 "visual.layer1.0.conv1.weight": torch.zeros(64, 32, 1, 1),
+                                 "token_embedding.weight": torch.zeros(49408, 512),
+                                 "positional_embedding": torch.zeros(77, 512), "text_projection": torch.zeros(512, 1024)})
+    assert facts["context_length"] == 77 and "image_size" not in facts
+
+    class ModifiedResNet(nn.Module):  # what matters: a conv1 but no class embedding or transformer
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 8, 3)
+
+    class ResNetCLIP(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.visual = ModifiedResNet()
+
+    with pytest.raises(UsageError, match="ModifiedResNet .*need a ViT model"):
+        farslip.dense_features(ResNetCLIP(), torch.zeros(1, 3, 32, 32))

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..core.errors import UsageError
+
 ATTENTION_VARIANTS = ("segearth", "sclip", "clearclip", "maskclip", "vanilla")
 
 
@@ -98,12 +100,19 @@ def _project(visual: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x @ visual.proj if visual.proj is not None else x
 
 
+class DenseFeaturesError(UsageError, TypeError):
+    """The model has no dense features of this kind (e.g. a ResNet CLIP such as RemoteCLIP RN50)."""
+
+
 def _check_visual(model: nn.Module) -> nn.Module:
     visual = getattr(model, "visual", model)
-    if not hasattr(visual, "conv1") or getattr(visual, "attn_pool", None) is not None:
-        raise TypeError("dense_features needs an open_clip VisionTransformer without attentional pooling")
+    is_vit = hasattr(visual, "conv1") and hasattr(visual, "class_embedding") and hasattr(visual, "transformer")
+    if not is_vit or getattr(visual, "attn_pool", None) is not None:
+        raise DenseFeaturesError(f"dense features need an open_clip VisionTransformer without attentional pooling; "
+                                 f"this model's image encoder is a {type(visual).__name__} (segmentation and OVSS "
+                                 "need a ViT model; classification and search work with any)")
     if not isinstance(visual.transformer.resblocks[-1].attn, nn.MultiheadAttention):
-        raise TypeError("dense_features needs the default open_clip attention block (nn.MultiheadAttention)")
+        raise DenseFeaturesError("dense features need the default open_clip attention block (nn.MultiheadAttention)")
     return visual
 
 
