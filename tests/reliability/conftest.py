@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import rasterio
-from rasterio.transform import from_origin
+
+from support.hostile import write_geotiff
 
 
 @pytest.fixture(scope="module")
@@ -16,14 +16,6 @@ def tiny_ckpt(tmp_path_factory, tiny_arch):
     torch.manual_seed(0)
     model, *_ = farslip.load_model(tiny_arch)
     return farslip.save_model(model, tmp_path_factory.mktemp("ckpt") / "tiny.pt")
-
-
-def write_geotiff(path, arr: np.ndarray, nodata=None):
-    count, h, w = arr.shape
-    with rasterio.open(path, "w", driver="GTiff", height=h, width=w, count=count, dtype=arr.dtype,
-                       crs="EPSG:32633", transform=from_origin(500000, 4600000, 0.5, 0.5), nodata=nodata) as dst:
-        dst.write(arr)
-    return path
 
 
 @pytest.fixture

@@ -89,3 +89,15 @@ def terminate_when(proc: subprocess.Popen, ready, timeout: float = 120.0) -> tup
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=timeout)
     return proc.returncode, out, err
+
+
+def write_geotiff(path, arr, nodata=None):
+    """A GeoTIFF (UTM 33N, 0.5 m pixels) of ``arr`` ``[bands, h, w]``."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    count, h, w = arr.shape
+    with rasterio.open(path, "w", driver="GTiff", height=h, width=w, count=count, dtype=arr.dtype,
+                       crs="EPSG:32633", transform=from_origin(500000, 4600000, 0.5, 0.5), nodata=nodata) as dst:
+        dst.write(arr)
+    return path

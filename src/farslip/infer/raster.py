@@ -61,6 +61,8 @@ def open_raster(path: str | Path, bands: Sequence[int] | None = None,
             src = rasterio.open(path)
     except RasterioIOError as exc:
         raise RasterError(f"{path}: not a raster image GDAL can read ({exc})") from None
+    if src.driver in WHOLE_FILE_FORMATS:
+        _check_decodes(src, path)
     if bands:
         bad = [b for b in bands if not 1 <= b <= src.count]
         if bad or len(bands) not in (1, 3):
@@ -73,6 +75,25 @@ def open_raster(path: str | Path, bands: Sequence[int] | None = None,
     stretch = None if src.dtypes[0] == "uint8" else _percentile_stretch(src, chosen, percentiles)
     all_valid = all(src.mask_flag_enums[b - 1] == [MaskFlags.all_valid] for b in chosen)
     return RasterInput(path, src, chosen, stretch, all_valid)
+
+
+# Formats GDAL decodes leniently: a truncated PNG or JPEG reads as an image whose missing rows are filled in, with
+# no error. They are decoded once, strictly, by Pillow (up to this many pixels) so a cut-off download is refused.
+WHOLE_FILE_FORMATS = {"PNG", "JPEG", "GIF", "BMP", "WEBP"}
+STRICT_DECODE_MAX_PIXELS = 64_000_000
+
+
+def _check_decodes(src, path: Path) -> None:
+    if src.width * src.height > STRICT_DECODE_MAX_PIXELS:
+        return
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except (OSError, SyntaxError, ValueError) as exc:
+        src.close()
+        raise RasterError(f"{path}: truncated or corrupt {src.driver} image ({exc})") from None
 
 
 def _percentile_stretch(src, bands, percentiles, max_side: int = 1024):

@@ -16,15 +16,17 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from rasterio.errors import RasterioIOError
 from tqdm.auto import tqdm
 
 from ..engine.colours import palette as make_palette
-from ..core.files import atomic_path, atomic_write
+from ..core.errors import UsageError
+from ..core.files import atomic_path, atomic_write, distinct_stems, refuse_overwriting_inputs
 from ..engine import (OVSS_TEMPLATES, TextEmbeddingCache, class_scores, model_input_size, name_embeddings,
                       predict_classes, query_table)
 from .common import load_for_inference, parse_classes
 from .cog import class_map_writer, score_writer
-from .raster import open_raster, read_thumbnail
+from .raster import RasterError, open_raster, read_thumbnail
 from .scene import SceneTiles, bounded_gdal_cache, tile_logits
 from .vectors import driver_for, vectorize_class_map
 
@@ -88,12 +90,22 @@ def segment(images: Sequence[str | Path] | str | Path, classes: Sequence[str] | 
     class_syn = parse_classes(classes, classes_file)
     names = [c[0] for c in class_syn]
     if not 0 <= opts.background_index < len(names):
-        raise ValueError(f"background index {opts.background_index} outside the {len(names)} classes")
-    targets = [vector_path(opts.vector, Path(i), Path(out), len(images) > 1) if opts.vector else None
-               for i in images]  # checked before any work
+        raise UsageError(f"--background-index {opts.background_index} is outside the {len(names)} classes")
+    if len(names) >= NODATA:
+        raise UsageError(f"{len(names)} classes: a class map holds at most {NODATA} ({NODATA} marks nodata)")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: is a file; segment writes a folder of outputs per image")
+    stems = distinct_stems(images)  # a/x.tif and b/x.tif -> a_x.*, b_x.*
+    targets = [vector_path(opts.vector, stem, out, len(images) > 1) if opts.vector else None
+               for stem in stems]  # checked before any work
+    refuse_overwriting_inputs([p for stem, t in zip(stems, targets) for p in _outputs(stem, out, opts, t)],
+                              images + [p for p in (classes_file, checkpoint) if p and Path(p).is_file()])
+    for image in images:  # a typo in the 10th file name ends the run now, not after nine maps
+        open_raster(image, opts.bands, opts.percentiles).close()
     if model is None:
         if checkpoint is None:
-            raise ValueError("segment needs a checkpoint (or a model and tokenizer)")
+            raise UsageError("segment needs a checkpoint (or a model and tokenizer)")
         model, _, tokenizer = load_for_inference(checkpoint, arch, device)
     queries, query_to_class = query_table(class_syn)
     with torch.no_grad():
@@ -103,21 +115,28 @@ def segment(images: Sequence[str | Path] | str | Path, classes: Sequence[str] | 
                                cache=text_cache)
     results = []
     with bounded_gdal_cache(opts.gdal_cache_mb):
-        for image, target in zip(images, targets):
-            results.append(_segment_one(Path(image), model, text, query_to_class, names, Path(out), target, opts))
+        for image, stem, target in zip(images, stems, targets):
+            results.append(_segment_one(Path(image), stem, model, text, query_to_class, names, out, target, opts))
     return results
 
 
-def _segment_one(path: Path, model, text, query_to_class, names, out: Path, vector: Path | None,
+def _outputs(stem: str, out: Path, opts: SegmentOptions, vector: Path | None) -> list[Path]:
+    """Every file segment writes for one image (checked against the inputs before any work)."""
+    kinds = ["tif", "png", "json"] + ["confidence.tif"] * opts.confidence + ["probabilities.tif"] * opts.probabilities \
+        + ["html"] * opts.html
+    return [out / f"{stem}.{k}" for k in kinds] + ([vector] if vector else [])
+
+
+def _segment_one(path: Path, stem: str, model, text, query_to_class, names, out: Path, vector: Path | None,
                  opts: SegmentOptions) -> SegmentResult:
     t0 = time.perf_counter()
     r = open_raster(path, opts.bands, opts.percentiles)
     window = opts.window or model_input_size(model)
     scene = SceneTiles(r, window, opts.stride or window // 2, opts.scale, opts.block)
     colours = _class_colours(names)
-    tif = out / f"{path.stem}.tif"
-    conf_tif = out / f"{path.stem}.confidence.tif" if opts.confidence else None
-    prob_tif = out / f"{path.stem}.probabilities.tif" if opts.probabilities else None
+    tif = out / f"{stem}.tif"
+    conf_tif = out / f"{stem}.confidence.tif" if opts.confidence else None
+    prob_tif = out / f"{stem}.probabilities.tif" if opts.probabilities else None
     counts = np.zeros(len(names), np.int64)
     try:
         with ExitStack() as stack:
@@ -147,7 +166,10 @@ def _segment_one(path: Path, model, text, query_to_class, names, out: Path, vect
                     conf.write(_masked(c, valid), 1, window=win)
                 if probs is not None:
                     probs.write(_masked(scores.float().cpu().numpy(), valid), window=win)
-        preview = write_preview(tif, r, names, colours, out / f"{path.stem}.png", opts.preview_size)
+        preview = write_preview(tif, r, names, colours, out / f"{stem}.png", opts.preview_size)
+    except RasterioIOError as exc:  # a block that cannot be decoded (cut-off file), or a full disk
+        raise RasterError(f"{path}: a block could not be read (truncated or corrupt file?) or {out} could not be "
+                          f"written ({exc}); its outputs were not written") from None
     finally:
         r.close()
     vectors = vectorize_class_map(tif, vector, confidence=conf_tif, min_area=opts.min_area,
@@ -160,10 +182,10 @@ def _segment_one(path: Path, model, text, query_to_class, names, out: Path, vect
     if opts.html:
         from .webmap import write_html
 
-        result.html = str(write_html(out / f"{path.stem}.html", image=path, bands=opts.bands,
+        result.html = str(write_html(out / f"{stem}.html", image=path, bands=opts.bands,
                                      rasters=[tif] + ([conf_tif] if conf_tif else []),
                                      vectors=[vectors] if vectors else []))
-    atomic_write(out / f"{path.stem}.json", json.dumps(asdict(result), indent=2))
+    atomic_write(out / f"{stem}.json", json.dumps(asdict(result), indent=2))
     return result
 
 
@@ -175,14 +197,14 @@ def _masked(values: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
     return values
 
 
-def vector_path(spec: str, image: Path, out: Path, several: bool) -> Path:
+def vector_path(spec: str, stem: str, out: Path, several: bool) -> Path:
     """Where ``--vector SPEC`` puts an image's polygons: ``gpkg``/``geojson`` -> ``OUT/<stem>.<format>``; a path
     as given (``PATH.<stem>.<suffix>`` when there are several images)."""
     if spec.lower() in ("gpkg", "geojson"):
-        return out / f"{image.stem}.{spec.lower()}"
+        return out / f"{stem}.{spec.lower()}"
     p = Path(spec)
     driver_for(p)
-    return p.with_name(f"{p.stem}.{image.stem}{p.suffix}") if several else p
+    return p.with_name(f"{p.stem}.{stem}{p.suffix}") if several else p
 
 
 def _class_colours(names: list[str]) -> np.ndarray:

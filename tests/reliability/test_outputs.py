@@ -1,0 +1,180 @@
+"""Outputs never touch inputs: every writing command refuses (exit 2, one line) an output that is one of its
+inputs, gives inputs that share a stem distinct outputs, and writes under a temporary name renamed when complete."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from support.hostile import assert_user_error, digest, run_cli, snapshot, write_geotiff
+
+
+def _segment(capsys, *args):
+    return run_cli(capsys, "segment", *args, "--classes", "water", "land", "--no-progress")
+
+
+def _no_partials(folder):
+    left = [p.name for p in folder.rglob(".*") if "partial" in p.name or "stage" in p.name]
+    assert not left, left
+
+
+def test_segment_into_the_input_folder_is_refused(capsys, tmp_path, scene, tiny_ckpt):
+    before = snapshot(scene.parent)
+    line = assert_user_error(_segment(capsys, scene, "--checkpoint", tiny_ckpt, "--out", scene.parent), "scene.tif")
+    assert "input" in line and "--out" in line
+    assert snapshot(scene.parent) == before
+
+
+def test_segment_preview_would_replace_a_png_input(capsys, tmp_path, tiny_ckpt):
+    img = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(img)
+    before = digest(img)
+    assert_user_error(_segment(capsys, img, "--checkpoint", tiny_ckpt, "--out", tmp_path), "photo.png")
+    assert digest(img) == before
+
+
+def test_segment_out_that_is_a_file_is_refused(capsys, tmp_path, scene, tiny_ckpt):
+    target = tmp_path / "maps.txt"
+    target.write_text("keep me")
+    assert_user_error(_segment(capsys, scene, "--checkpoint", tiny_ckpt, "--out", target), "maps.txt")
+    assert target.read_text() == "keep me"
+
+
+def test_segment_inputs_sharing_a_stem_get_distinct_outputs(capsys, tmp_path, tiny_ckpt):
+    rng = np.random.default_rng(2)
+    a = write_geotiff((tmp_path / "a").mkdir() or tmp_path / "a" / "x.tif", rng.integers(0, 255, (3, 24, 24),
+                                                                                          dtype=np.uint8))
+    b = write_geotiff((tmp_path / "b").mkdir() or tmp_path / "b" / "x.tif", rng.integers(0, 255, (3, 32, 28),
+                                                                                          dtype=np.uint8))
+    out = tmp_path / "out"
+    res = _segment(capsys, a, b, "--checkpoint", tiny_ckpt, "--out", out)
+    assert res.code == 0, res.err
+    import rasterio
+
+    with rasterio.open(out / "a_x.tif") as ra, rasterio.open(out / "b_x.tif") as rb:
+        assert ra.shape == (24, 24) and rb.shape == (32, 28)
+    assert json.loads((out / "a_x.json").read_text())["image"] == str(a)
+    assert f"{a} -> {out / 'a_x.tif'}" in res.out
+    _no_partials(out)
+
+
+def test_segment_same_stem_different_suffix(tmp_path, tiny_ckpt):
+    import farslip
+
+    rng = np.random.default_rng(3)
+    png = tmp_path / "x.png"
+    Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(png)
+    tif = write_geotiff(tmp_path / "x.tif", rng.integers(0, 255, (3, 24, 24), dtype=np.uint8))
+    res = farslip.segment([png, tif], ["a", "b"], checkpoint=tiny_ckpt, out=tmp_path / "o", progress=False)
+    assert [os.path.basename(r.geotiff) for r in res] == ["x_png.tif", "x_tif.tif"]
+
+
+def test_segment_rerun_replaces_its_own_outputs_atomically(tmp_path, scene, tiny_ckpt):
+    import farslip
+
+    out = tmp_path / "o"
+    first = farslip.segment(scene, ["a", "b"], checkpoint=tiny_ckpt, out=out, progress=False)[0]
+    again = farslip.segment(scene, ["a", "b"], checkpoint=tiny_ckpt, out=out, progress=False)[0]
+    assert first.geotiff == again.geotiff and os.path.exists(again.geotiff)
+    _no_partials(out)
+
+
+def test_truncated_tif_midway_leaves_no_map(capsys, tmp_path, tiny_ckpt):
+    import rasterio
+
+    arr = np.random.default_rng(4).integers(0, 255, (3, 256, 256), dtype=np.uint8)
+    good = tmp_path / "good.tif"
+    with rasterio.open(good, "w", driver="GTiff", height=256, width=256, count=3, dtype="uint8",
+                       compress="deflate", tiled=True, blockxsize=64, blockysize=64) as dst:
+        dst.write(arr)
+    cut = tmp_path / "in" / "cut.tif"
+    cut.parent.mkdir()
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size * 2 // 3])
+    out = tmp_path / "o"
+    capsys.readouterr()
+    assert_user_error(_segment(capsys, cut, "--checkpoint", tiny_ckpt, "--out", out, "--block", "32"), "cut.tif")
+    assert not (out / "cut.tif").exists()
+    _no_partials(out) if out.exists() else None
+
+
+def test_truncated_png_is_refused(capsys, tmp_path, tiny_ckpt):
+    img = tmp_path / "cut.png"
+    Image.fromarray(np.random.default_rng(5).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(img)
+    img.write_bytes(img.read_bytes()[:400])
+    line = assert_user_error(_segment(capsys, img, "--checkpoint", tiny_ckpt, "--out", tmp_path / "o"), "cut.png")
+    assert "truncated" in line
+
+
+def test_a_missing_image_among_many_stops_before_any_work(capsys, tmp_path, scene, tiny_ckpt):
+    out = tmp_path / "o"
+    assert_user_error(_segment(capsys, scene, tmp_path / "typo.tif", "--checkpoint", tiny_ckpt, "--out", out),
+                      "typo.tif")
+    assert not (out / "scene.tif").exists()
+
+
+# ---------------------------------------------------------------------------------------------------- classify
+
+def _images(tmp_path, n=2):
+    paths = []
+    for i in range(n):
+        p = tmp_path / f"img{i}.jpg"
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    return paths
+
+
+def _classify(capsys, *args):
+    return run_cli(capsys, "classify", *args, "--classes", "forest", "harbor", "--no-progress")
+
+
+def test_classify_out_over_an_input_image_is_refused(capsys, tmp_path, tiny_ckpt):
+    imgs = _images(tmp_path)
+    before = digest(imgs[1])
+    imgs[1].rename(tmp_path / "img1.csv")  # an input that happens to be named like the output
+    imgs[1] = tmp_path / "img1.csv"
+    assert_user_error(_classify(capsys, *imgs, "--checkpoint", tiny_ckpt, "--out", imgs[1]), "img1.csv", "input")
+    assert digest(imgs[1]) == before
+
+
+def test_classify_out_named_like_an_image_is_refused(capsys, tmp_path, tiny_ckpt):
+    imgs = _images(tmp_path)
+    before = digest(imgs[0])
+    assert_user_error(_classify(capsys, *imgs, "--checkpoint", tiny_ckpt, "--out", imgs[0]), ".csv or .json")
+    assert digest(imgs[0]) == before
+
+
+def test_classify_skips_an_unreadable_image_and_reports_it(capsys, tmp_path, tiny_ckpt):
+    imgs = _images(tmp_path)
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not an image")
+    res = _classify(capsys, imgs[0], bad, imgs[1], "--checkpoint", tiny_ckpt, "--out", tmp_path / "p.csv")
+    assert res.code == 0, res.err
+    assert "bad.jpg" in res.err and "Traceback" not in res.err
+    rows = (tmp_path / "p.csv").read_text().splitlines()
+    assert len(rows) == 3 and not any("bad.jpg" in r for r in rows)
+    _no_partials(tmp_path)
+
+
+def test_classify_top_k_zero(capsys, tmp_path, tiny_ckpt):
+    assert_user_error(_classify(capsys, *_images(tmp_path), "--checkpoint", tiny_ckpt, "--top-k", "0"), "--top-k")
+
+
+# ---------------------------------------------------------------------------------------------------- model
+
+def test_model_convert_onto_itself_is_refused(capsys, tmp_path, tiny_ckpt):
+    before = digest(tiny_ckpt)
+    assert_user_error(run_cli(capsys, "model", "convert", tiny_ckpt, tiny_ckpt), "input")
+    link = tmp_path / "alias.pt"
+    os.link(tiny_ckpt, link) if os.stat(tiny_ckpt).st_dev == os.stat(tmp_path).st_dev else link.symlink_to(tiny_ckpt)
+    assert_user_error(run_cli(capsys, "model", "convert", tiny_ckpt, link), "input")
+    assert digest(tiny_ckpt) == before
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
+def test_model_convert_writes_a_new_file(capsys, tmp_path, tiny_ckpt, suffix):
+    res = run_cli(capsys, "model", "convert", tiny_ckpt, tmp_path / f"copy{suffix}")
+    assert res.code == 0, res.err
+    _no_partials(tmp_path)
