@@ -156,3 +156,19 @@ def test_one_big_shard_dealt_to_many_roles(tmp_path):
                 for k in keys(rec for _, rec in read_piece(piece, opener=opener))]
         assert sorted(seen) == everything
         assert opener.bytes <= 2 * size, f"{roles} roles read {opener.bytes / size:.2f}x"
+
+
+def test_compressed_shards_are_read_whole(varied, tmp_path):
+    import gzip
+    import shutil
+
+    packed = tmp_path / "varied-0000.tar.gz"
+    with open(varied[0], "rb") as src, gzip.open(packed, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    url, size = str(packed), os.path.getsize(packed)
+    whole = [(r.key, r.caption, r.image_bytes) for r in shard_records(url)]
+    assert whole == [(r.key, r.caption, r.image_bytes) for r in shard_records(varied[0])]
+    assert pieces_per_shard(1, 8, size, len(whole), [size], [True]) == [1]
+    # cut anyway, its first piece reads it all and the others nothing: still every sample once
+    parts = [keys(rec for _, rec in read_piece(Piece(url, j, 3, size))) for j in range(3)]
+    assert parts[0] == keys(shard_records(url)) and parts[1] == parts[2] == []

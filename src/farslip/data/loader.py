@@ -17,20 +17,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDa
 
 from ..core.problems import BadInput
 from .records import CaptionCSVRecords, MGRSRecords, Record, TrainDataError, open_rgb
-from .shards import (
-    SAMPLE_SHUFFLE_INITIAL,
-    SAMPLE_SHUFFLE_SIZE,
-    BufferedShuffle,
-    Piece,
-    count_shard_samples,
-    deal,
-    expand_shards,
-    open_raw,
-    pieces_per_shard,
-    read_piece,
-    replay_shuffle,
-    shuffled_shards,
-)
+from .shards import (SAMPLE_SHUFFLE_INITIAL, SAMPLE_SHUFFLE_SIZE, BufferedShuffle, Piece, count_shard_samples, deal,
+                     expand_shards, is_compressed, open_raw, pieces_per_shard, read_piece, replay_shuffle,
+                     shuffled_shards)
 from .views import ViewConfig, ViewMaker, sample_seed
 
 MAX_CONSECUTIVE_BAD = 1000
@@ -208,13 +197,15 @@ class ShardStream(IterableDataset):
         self.bufsize, self.initial = max(1, shuffle_buffer), max(1, min(shuffle_initial, shuffle_buffer))
         self.sizes = {url: os.path.getsize(url) for url in shards}
         roles = world * self.workers
-        splits = pieces_per_shard(len(shards), roles, sum(self.sizes.values()), num_samples,
-                                  [self.sizes[u] for u in shards])
-        self.splits = dict(zip(shards, splits))
+        sizes, packed = [self.sizes[u] for u in shards], [is_compressed(u, opener) for u in shards]
+
+        def splits_for(roles: int) -> list[int]:
+            return pieces_per_shard(len(shards), roles, sum(sizes), num_samples, sizes, packed)
+
+        splits = splits_for(roles)
+        self.splits = dict(zip(shards, splits, strict=True))
         if sum(splits) < roles:
-            fit = max((w for w in range(1, self.workers) if sum(pieces_per_shard(
-                len(shards), world * w, sum(self.sizes.values()), num_samples, [self.sizes[u] for u in shards]))
-                >= world * w), default=0)
+            fit = max((w for w in range(1, self.workers) if sum(splits_for(world * w)) >= world * w), default=0)
             hint = f"set data.workers to {fit} or fewer" if fit else "use more or larger shards, or fewer ranks"
             raise TrainDataError(f"{len(shards)} shards ({num_samples} samples) are too few to give each of {roles} "
                              f"loader roles ({world} ranks x {self.workers} workers) its own data: {hint}")

@@ -36,6 +36,8 @@ EXTENSION_TYPES = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGNAME, t
                    tarfile.SOLARIS_XHDTYPE)
 MAX_EXTENSION_BLOCKS = 16    # how far before an anchor header its pax / GNU long-name header may start
 MIN_SAMPLES_PER_PIECE = 4    # pieces smaller than this would spend more on finding their start than on data
+XZ_MAGIC = b"\xfd7zXZ\x00"
+COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", XZ_MAGIC)  # gzip, bzip2, xz: what tarfile's "r|*" reads
 
 # The official pipeline's buffer sizes (open_clip_train/data.py: _SHARD_SHUFFLE_*, _SAMPLE_SHUFFLE_*).
 SHARD_SHUFFLE_SIZE, SHARD_SHUFFLE_INITIAL = 2000, 500
@@ -132,14 +134,22 @@ class Piece:
         return None if self.index == self.count - 1 else Piece(self.url, self.index + 1, self.count, self.size).start
 
 
-def pieces_per_shard(num_shards: int, roles: int, total_bytes: int, num_samples: int, sizes: list[int]) -> list[int]:
+def pieces_per_shard(num_shards: int, roles: int, total_bytes: int, num_samples: int, sizes: list[int],
+                     compressed: list[bool] | None = None) -> list[int]:
     """1 for each shard when there are at least two shards per role; otherwise enough pieces for two per role,
-    each still holding about MIN_SAMPLES_PER_PIECE samples."""
+    each still holding about MIN_SAMPLES_PER_PIECE samples. A compressed shard is one piece."""
     if num_shards >= 2 * roles:
         return [1] * num_shards
     want = math.ceil(2 * roles / num_shards)
     per_sample = total_bytes / max(1, num_samples)
-    return [max(1, min(want, int(size // (MIN_SAMPLES_PER_PIECE * per_sample)))) for size in sizes]
+    compressed = compressed or [False] * len(sizes)
+    return [1 if packed else max(1, min(want, int(size // (MIN_SAMPLES_PER_PIECE * per_sample))))
+            for size, packed in zip(sizes, compressed, strict=True)]
+
+
+def is_compressed(url: str, opener: Callable[[str], object] = open_raw) -> bool:
+    with opener(url) as f:
+        return f.read(len(XZ_MAGIC)).startswith(COMPRESSED_MAGIC)
 
 
 def deal(shards: list[str], sizes: dict[str, int], counts: dict[str, int], role: int, roles: int) -> list[Piece]:
@@ -187,10 +197,11 @@ def _entry_start(f, start: int) -> int | None:
     return pos
 
 
-def _members(f, offset: int) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]]:
-    """Regular members with a webdataset key, from the entry at ``offset`` on; headers are read, data skipped."""
+def _members(f, offset: int, compressed: bool) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]]:
+    """Regular members with a webdataset key, from the entry at ``offset`` on; headers are read, data skipped
+    (a compressed shard is decompressed as a stream from its start)."""
     f.seek(offset)
-    tar = tarfile.TarFile(fileobj=f, mode="r")
+    tar = tarfile.open(fileobj=f, mode="r|*") if compressed else tarfile.TarFile(fileobj=f, mode="r")
     while True:
         member = tar.next()
         tar.members.clear()  # (why) a streamed shard would otherwise keep every header it has passed
@@ -220,12 +231,15 @@ def _record(url: str, key: str, data: dict[str, bytes]) -> Record | BadInput:
 def _piece_members(piece: Piece, want: Callable[[int], bool], opener) -> Iterator[tuple[int, str, dict]]:
     """(number, key, {suffix: bytes, or None where not wanted}) of each sample the piece owns."""
     with opener(piece.url) as f:
+        compressed = f.read(len(XZ_MAGIC)).startswith(COMPRESSED_MAGIC)
+        if compressed and piece.index > 0:
+            return  # a compressed shard cannot be entered in the middle: its first piece reads it whole
         first = 0 if piece.index == 0 else _entry_start(f, piece.start)
         if first is None:
             return
-        end = piece.end
+        end = None if compressed else piece.end
         key, members, wanted, n, last = None, None, False, 0, False
-        for tar, member in _members(f, first):
+        for tar, member in _members(f, first, compressed):
             prefix, suffix = base_plus_ext(member.name)
             if key is None and piece.index > 0:
                 key = prefix  # the anchor's sample: the previous piece completes it (members stays None)
