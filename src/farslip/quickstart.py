@@ -55,7 +55,7 @@ def _train(name: str, out: Path, overrides: dict, schedules: dict) -> Path:
 
     cfg = load_config(_recipe(name), overrides)
     cfg.run.out = str(out / "runs" / name)
-    train(cfg)
+    train(cfg, overwrite=True)  # the quickstart remakes its whole folder, its runs included
     log = [json.loads(x) for x in (Path(cfg.run.out) / "log.jsonl").read_text().splitlines() if x]
     o = cfg.optim
     schedules[name] = {"lr": o.lr, "weight_decay": o.weight_decay, "warmup": o.warmup, "epochs": o.epochs,

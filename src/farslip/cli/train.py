@@ -18,6 +18,7 @@ examples:
   farslip train --config configs/stage2_vitb16_mgrs.yaml --set data.train=/data/mgrs/text_info.json \\
       --set model.pretrained=runs/stage1_vitb16/final.pt
   farslip train --config configs/stage1_vitb16_rs5m.yaml --resume auto       # continue after preemption
+  farslip train --config configs/stage1_vitb16_rs5m.yaml --overwrite         # start run.out's run over
   torchrun --nproc_per_node=4 -m farslip train --config configs/stage1_vitb16_rs5m.yaml
   torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --rdzv_backend=c10d \\
       --rdzv_endpoint=node0:29500 --rdzv_id=farslip1 -m farslip train --config ...
@@ -35,7 +36,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. optim.lr=1e-5 (repeatable)")
     p.add_argument("--resume", default=None, metavar="auto|PATH",
-                   help="'auto': newest intact checkpoint in run.out (fresh start if none); or a checkpoint file")
+                   help="'auto': newest intact checkpoint of the run recorded in run.out (fresh start if none); or "
+                        "a checkpoint file (its run continues, in its own folder or an empty one)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in a run.out that holds another run: its log, checkpoints and final model are "
+                        "removed first (without this, such a folder is refused)")
     p.set_defaults(func=run)
 
 
@@ -49,7 +54,7 @@ def run(args) -> int:
         from ..eval.validation import retrieval_validator
 
         validate = retrieval_validator(cfg.run.val_csv, cfg.run.val_image_root)
-    train(cfg, resume=args.resume, validate=validate)
+    train(cfg, resume=args.resume, validate=validate, overwrite=args.overwrite)
     return 0
 
 

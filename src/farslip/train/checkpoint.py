@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..models.checkpoint_io import META_KEY, write_checkpoint
+from ..core.errors import UsageError
+from ..models.checkpoint_io import META_KEY, CheckpointError, write_checkpoint
 from ..models.loading import model_meta
 
 PATTERN = re.compile(r"step_(\d+)\.pt$")
@@ -48,15 +49,18 @@ def _to_tuple(x):
     return tuple(_to_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
-def save_training_checkpoint(run_dir: Path, model, *, optimizer, scaler, teacher, progress: dict, config: dict,
-                             keep_last: int) -> Path:
+def save_training_checkpoint(run_dir: Path, model, *, optimizer, scaler, teacher, progress: dict, ranks: list[dict],
+                             run_id: str, config: dict, keep_last: int) -> Path:
+    """Write ``step_N.pt``. ``progress`` is the run's (step, epoch, ...); ``ranks`` holds each rank's own state
+    (``data``: the loader's place and skip counts; ``rng``: RNG states), so every rank resumes where it stopped."""
     path = Path(run_dir) / "checkpoints" / f"step_{progress['step']:08d}.pt"
     extra = {
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "teacher": teacher.state_dict() if teacher is not None else None,
-        "progress": progress,                 # step, epoch, batch_in_epoch, stream cursors, skip counts
-        "rng": rng_state(),
+        "progress": progress,
+        "ranks": ranks,
+        "run_id": run_id,
         "config": config,
         "git_commit": git_commit(),
     }
@@ -66,24 +70,37 @@ def save_training_checkpoint(run_dir: Path, model, *, optimizer, scaler, teacher
     return path
 
 
+def rank_state(state: dict, rank: int, world: int, path) -> dict:
+    """This rank's saved state (``data``, ``rng``). A checkpoint from before per-rank state holds one process's."""
+    ranks = state.get("ranks") or [_single_process_state(state)]
+    if len(ranks) != world:
+        raise UsageError(f"{path}: saved by {len(ranks)} process(es), resumed with {world}; exact resume needs "
+                         f"the same number (torchrun --nproc_per_node x --nnodes = {len(ranks)})")
+    return ranks[rank]
+
+
+def _single_process_state(state: dict) -> dict:
+    progress = state["progress"]
+    return {"rng": state["rng"],
+            "data": {"epoch": progress["epoch"], "batch_in_epoch": progress["batch_in_epoch"],
+                     "cursors": progress.get("cursors", {}), "skipped_records": progress.get("skipped", 0),
+                     "object_fixes": progress.get("notes", 0)}}
+
+
 def list_checkpoints(run_dir: Path) -> list[Path]:
     folder = Path(run_dir) / "checkpoints"
     return sorted((p for p in folder.glob("step_*.pt") if PATTERN.search(p.name)), key=lambda p: p.name)
 
 
 def load_training_checkpoint(path: Path) -> dict:
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", META_KEY, "optimizer", "progress", "rng"):
-        if key not in payload:
-            raise ValueError(f"{path}: not a farslip training checkpoint (no {key!r})")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, corrupt, or holding objects weights_only refuses
+        raise CheckpointError(f"{path}: cannot be read as a training checkpoint ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
+    for key in ("state_dict", META_KEY, "optimizer", "progress"):
+        if not isinstance(payload, dict) or key not in payload:
+            raise CheckpointError(f"{path}: not a farslip training checkpoint (no {key!r})")
+    if "ranks" not in payload and "rng" not in payload:
+        raise CheckpointError(f"{path}: not a farslip training checkpoint (no RNG state)")
     return payload
-
-
-def newest_intact(run_dir: Path) -> tuple[Path, dict] | None:
-    """The newest checkpoint that loads completely; a truncated or corrupt one is passed over with a warning."""
-    for path in reversed(list_checkpoints(run_dir)):
-        try:
-            return path, load_training_checkpoint(path)
-        except Exception as exc:  # noqa: BLE001 - any failure means "not intact"
-            print(f"[farslip] skipping unreadable checkpoint {path}: {type(exc).__name__}: {exc}")
-    return None

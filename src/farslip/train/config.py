@@ -14,6 +14,18 @@ from typing import Any
 
 import yaml
 
+from ..core.errors import UsageError
+
+
+class ConfigError(UsageError):
+    """A recipe or ``--set`` value that cannot be used; the message names the recipe or --set and the key."""
+
+
+class UnknownKeyError(ConfigError, KeyError):
+    """A key no section has (also a KeyError, as a dict would raise)."""
+
+    __str__ = Exception.__str__  # the message as written, not KeyError's quoted repr
+
 
 @dataclass
 class ModelSection:
@@ -114,13 +126,13 @@ def _build(cls, values: dict, source, section: str = ""):
     unknown = set(values) - set(known)
     if unknown:
         where = source(section + sorted(unknown)[0])
-        raise KeyError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
+        raise UnknownKeyError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
     kwargs = {}
     for name, value in values.items():
         sub = known[name].default_factory if known[name].default_factory is not dataclasses.MISSING else None
         if sub is not None and dataclasses.is_dataclass(sub):
             if not isinstance(value, dict):
-                raise ValueError(f"{source(section + name)}: expected a mapping of {name} fields, got {_shown(value)}")
+                raise ConfigError(f"{source(section + name)}: expected a mapping of {name} fields, got {_shown(value)}")
             kwargs[name] = _build(sub, value, source, f"{section}{name}.")
         else:
             kwargs[name] = _coerce(value, str(known[name].type), f"{section}{name}", source)
@@ -152,7 +164,7 @@ def _coerce(value, annotation: str, key: str, source: str):
     if value is None:
         if "None" in kinds or "Any" in kinds:
             return None
-        raise ValueError(f"{where}: a value is required (got null)")
+        raise ConfigError(f"{where}: a value is required (got null)")
     if "Any" in kinds:
         return value
     for name, convert in (("bool", _as_bool), ("int", _as_int), ("float", _as_float), ("list", _as_list),
@@ -163,7 +175,7 @@ def _coerce(value, annotation: str, key: str, source: str):
                 return _check_range(converted, key, where)
     names = {"list": "list of numbers"}
     expected = " or ".join(sorted(names.get(k, k) for k in kinds - {"None"})) + (" or null" if "None" in kinds else "")
-    raise ValueError(f"{where}: expected {expected}, got {_shown(value)}")
+    raise ConfigError(f"{where}: expected {expected}, got {_shown(value)}")
 
 
 def _shown(value) -> str:
@@ -213,9 +225,9 @@ def _check_range(value, key: str, where: str):
     low, high = MINIMUM.get(key), MAXIMUM.get(key)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if low is not None and value < low:
-            raise ValueError(f"{where}: must be at least {low}, got {value!r}")
+            raise ConfigError(f"{where}: must be at least {low}, got {value!r}")
         if high is not None and value > high:
-            raise ValueError(f"{where}: must be at most {high}, got {value!r}")
+            raise ConfigError(f"{where}: must be at most {high}, got {value!r}")
     return value
 
 
@@ -224,13 +236,16 @@ def parse_overrides(pairs: list[str]) -> dict:
     out: dict = {}
     for pair in pairs or []:
         if "=" not in pair:
-            raise ValueError(f"--set expects key=value, got {pair!r}")
+            raise ConfigError(f"--set expects key=value, got {pair!r}")
         key, raw = pair.split("=", 1)
         node = out
         parts = key.strip().split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else None
+        try:
+            node[parts[-1]] = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key.strip()}: {raw!r} is not a YAML value ({_yaml_problem(exc)})") from None
     return out
 
 
@@ -276,7 +291,19 @@ def _dotted_keys(values: dict, prefix: str = ""):
 
 def _read_yaml_chain(path: Path) -> dict:
     if not path.is_file():
-        raise FileNotFoundError(f"config not found: {path}")
-    values = yaml.safe_load(path.read_text()) or {}
+        raise ConfigError(f"config not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(exc)})") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: a recipe is a mapping of sections (model, data, objective, optim, run), "
+                          f"got {_shown(values)}")
     base = values.pop("base", None)
     return _merge(_read_yaml_chain(path.parent / base), values) if base else values
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem

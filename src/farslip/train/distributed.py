@@ -46,3 +46,21 @@ def all_sum(value: float | int, ctx: Dist) -> float:
     t = torch.tensor(float(value), device=ctx.device)
     dist.all_reduce(t)
     return t.item()
+
+
+def gather(obj, ctx: Dist) -> list:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank."""
+    if ctx.world == 1:
+        return [obj]
+    out = [None] * ctx.world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast(obj, ctx: Dist):
+    """Rank 0's ``obj`` on every rank (so all ranks act on one decision)."""
+    if ctx.world == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
