@@ -223,10 +223,14 @@ def run_index(args) -> int:
 
 
 def run_query(args) -> int:
+    from ..core.files import refuse_overwriting_inputs
     from ..infer.search import contact_sheet, query, write_geojson
 
     hits = query(args.query, index=args.index, checkpoint=args.checkpoint, arch=args.arch, device=args.device,
                  top=args.top, amp=_amp(args))
+    inputs = [h.path for h in hits] + ([args.query] if Path(args.query).is_file() else [])
+    refuse_overwriting_inputs([args.sheet or "search_results.png", args.geojson or "search_results.geojson"],
+                              inputs, hint="choose another --sheet / --geojson")
     width = max((len(h.path) for h in hits), default=4)
     chips = any(h.window for h in hits)
     print(f"{'rank':>4}  {'score':>6}  path" + ("  window (col, row, width, height)" if chips else ""))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -26,6 +27,7 @@ from tqdm.auto import tqdm
 from ..engine import model_input_size, window_spans
 from ..models.precision import Amp, autocast_for
 from .classify import load_image
+from ..core.errors import UsageError
 from ..core.files import atomic_path, atomic_write
 from ..eval.distributed import batch_shard, gather, world
 from .common import load_for_inference
@@ -105,7 +107,8 @@ def index(source: str | Path, *, checkpoint: str | Path | None = None, model=Non
           batch_size: int = 32, progress: bool = True, amp: Amp = None) -> dict:
     """Embed every image under a folder (recursively), or one raster; with ``chip``, every ``chip`` px window of
     each image every ``stride`` px (default: half a chip). Items already embedded with the same model from an
-    unchanged file (size, mtime) and the same window are reused; removed files are dropped. Returns counts.
+    unchanged file (size and SHA-256 of the content) and the same window are reused; changed files are embedded
+    again, removed files dropped. Returns counts.
     ``amp`` as in the evaluation (None: float16 autocast on CUDA, fp32 on CPU; ``"bf16"``: bfloat16)."""
     source = Path(source)
     root, files = _images(source)
@@ -122,13 +125,15 @@ def index(source: str | Path, *, checkpoint: str | Path | None = None, model=Non
         rel, st = str(p.relative_to(root)), p.stat()
         try:
             windows = chip_windows(p, chip, stride) if chip else [None]
+            digest = file_digest(p)
         except (OSError, ValueError) as exc:
             failed.append({"path": rel, "error": str(exc)})
             continue
         for win in windows:
-            entry = {"path": rel, "size": st.st_size, "mtime": st.st_mtime_ns, "window": win}
+            entry = {"path": rel, "size": st.st_size, "mtime": st.st_mtime_ns, "inode": st.st_ino,
+                     "sha256": digest, "window": win}
             hit = old.get((rel, tuple(win) if win else None))
-            if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
+            if hit and hit[0] == st.st_size and hit[1] == digest:
                 entries.append(entry)
                 vectors.append(hit[2])
             else:
@@ -169,15 +174,46 @@ def index(source: str | Path, *, checkpoint: str | Path | None = None, model=Non
 
 
 def _previous(emb_path: Path, meta_path: Path, model_id: str) -> dict:
-    """``(path, window) -> (size, mtime, vector)`` of an existing index made by the same model."""
+    """``(path, window) -> (size, sha256, vector)`` of an existing index made by the same model."""
     if not (meta_path.exists() and emb_path.exists()):
         return {}
-    meta = json.loads(meta_path.read_text())
-    if meta.get("model") != model_id:
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return {}  # damaged: embed everything again
+    if not isinstance(meta, dict) or meta.get("model") != model_id:
         return {}
-    emb = load_file(str(emb_path))["embeddings"]
-    return {(e["path"], tuple(e["window"]) if e.get("window") else None): (e["size"], e["mtime"], emb[i])
-            for i, e in enumerate(meta["entries"])}
+    try:
+        emb = load_file(str(emb_path))["embeddings"]
+    except Exception:  # noqa: BLE001 - a damaged index is rebuilt, not trusted
+        return {}
+    entries = meta.get("entries") or []
+    if len(entries) != emb.shape[0]:
+        return {}
+    return {(e["path"], tuple(e["window"]) if e.get("window") else None): (e["size"], e.get("sha256"), emb[i])
+            for i, e in enumerate(entries)}
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's content: a file replaced by another of the same size and time is still noticed."""
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def stale_files(root: Path, entries: Sequence[dict]) -> list[str]:
+    """Indexed files deleted, or changed (size, mtime or inode) since they were embedded."""
+    stale = []
+    for rel, e in {e["path"]: e for e in entries}.items():
+        try:
+            st = (root / rel).stat()
+        except FileNotFoundError:
+            stale.append(rel)
+            continue
+        if (st.st_size, st.st_mtime_ns, st.st_ino) != (e["size"], e["mtime"], e.get("inode", st.st_ino)):
+            stale.append(rel)
+    return stale
 
 
 def query(q: str | Path, *, index: str | Path, checkpoint: str | Path | None = None, model=None, preprocess=None,
@@ -189,10 +225,20 @@ def query(q: str | Path, *, index: str | Path, checkpoint: str | Path | None = N
     emb_path, meta_path = _index_paths(source, Path(index_dir) if index_dir else None)
     if not meta_path.exists():
         raise FileNotFoundError(f"no index in {emb_path.parent}: run `farslip search index {source}` first")
-    meta = json.loads(meta_path.read_text())
+    meta = _read_meta(meta_path, source)
+    if checkpoint is not None and meta.get("model") != _model_id(checkpoint):
+        raise UsageError(f"{source} was indexed with {meta.get('model')}, not {checkpoint}: query with that "
+                         f"--checkpoint, or run `farslip search index {source}` with this one")
     root = Path(meta["root"]) if "root" in meta else source
     if model is None:
         model, preprocess, tokenizer = load_for_inference(checkpoint, arch, device)
+    stale = stale_files(root, meta["entries"])
+    if stale:  # never rank a deleted file, or a replaced one by its old content
+        print(f"search: {len(stale)} indexed file(s) changed or deleted since indexing (e.g. {stale[0]}); "
+              "updating the index", file=sys.stderr)
+        _reindex(meta.get("source", source), checkpoint=checkpoint, model=model, preprocess=preprocess,
+                 index_dir=index_dir, chip=meta.get("chip"), stride=meta.get("stride"), progress=False, amp=amp)
+        meta = _read_meta(meta_path, source)
     device_ = next(model.parameters()).device
     with torch.no_grad(), autocast_for(model, amp):
         if os.path.isfile(str(q)) and Path(q).suffix.lower() in IMAGE_SUFFIXES:
@@ -205,6 +251,21 @@ def query(q: str | Path, *, index: str | Path, checkpoint: str | Path | None = N
         return []
     vals, idx = (emb @ v).topk(min(top, emb.shape[0]))
     return [_hit(root, meta["entries"][i], s) for s, i in zip(vals.tolist(), idx.tolist())]
+
+
+def _reindex(source, **kwargs) -> dict:
+    return index(source, **kwargs)  # query's keyword ``index`` hides the function there
+
+
+def _read_meta(meta_path: Path, source: Path) -> dict:
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if not isinstance(meta, dict) or not isinstance(meta.get("entries"), list):
+            raise ValueError("no entries")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{meta_path}: not a farslip index ({exc}); run `farslip search index {source}` "
+                         "again") from None
+    return meta
 
 
 def _hit(root: Path, entry: dict, score: float) -> Hit:
@@ -234,10 +295,7 @@ def write_geojson(hits: Sequence[Hit], out: str | Path) -> Path:
         feats.append({"type": "Feature", "geometry": geom,
                       "properties": {"rank": rank, "score": h.score, "source": h.path,
                                      "window": list(h.window) if h.window else None}})
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"type": "FeatureCollection", "features": feats}, indent=1))
-    return out
+    return atomic_write(out, json.dumps({"type": "FeatureCollection", "features": feats}, indent=1))
 
 
 def contact_sheet(hits: Sequence[Hit], out: str | Path, title: str = "", thumb: int = 160, cols: int = 5) -> Path:
@@ -260,7 +318,7 @@ def contact_sheet(hits: Sequence[Hit], out: str | Path, title: str = "", thumb: 
         fig.suptitle(title)
     fig.tight_layout()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=80)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
     return out
