@@ -151,3 +151,12 @@ open_clip.add_model_config(d)
 from farslip.cli import main
 sys.exit(main(sys.argv[1:]))
 """ % os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_eval_records_the_published_numbers_of_a_named_model():
+    from farslip.cli.eval import published_numbers
+
+    published = published_numbers("farslip2-vit-b-16")
+    assert published["numbers"] == {"farslip-ovss": 35.41, "farslip-zsc": 62.24}
+    assert published["per_set"]["farslip-ovss"]["iSAID"] == 18.67
+    assert published_numbers("runs/stage2/final.pt") is None and published_numbers(None) is None

@@ -44,6 +44,16 @@ def test_packaged_registry_has_every_release_with_a_pinned_source():
     assert not entries["skyclip-vit-l-14"].downloadable
 
 
+def test_per_set_numbers_average_to_the_published_means():
+    checked = 0
+    for e in registry.all_entries().values():
+        for protocol, per_set in e.paper_sets.items():
+            assert len(per_set) == 8, (e.name, protocol)
+            assert abs(sum(per_set.values()) / len(per_set) - e.paper[protocol]) < 0.01, (e.name, protocol)
+            checked += 1
+    assert checked == 3  # FarSLIP stage 1 and 2 ViT-B/16, OpenAI ViT-B/16: the paper's per-set OVSS table
+
+
 def test_table_and_info_describe_the_entries():
     table = registry.format_table()
     lines = table.splitlines()
@@ -51,7 +61,8 @@ def test_table_and_info_describe_the_entries():
     assert all(ln.count("|") == lines[0].count("|") for ln in lines)
     assert any(ln.startswith("| farslip2-vit-b-16 ") and "QuickGELU" in ln and "248" in ln for ln in lines)
     info = registry.describe(registry.get_entry("FarSLIP2-ViT-B-16"))  # names are case-insensitive
-    for fact in ("ZhenShiL/FarSLIP", "FarSLIP2_ViT-B-16.pt", "e887b57f", "35.41", "farslip-ovss", "@article{li2025"):
+    for fact in ("ZhenShiL/FarSLIP", "FarSLIP2_ViT-B-16.pt", "e887b57f", "35.41", "farslip-ovss", "@article{li2025",
+                 "iSAID 18.67"):
         assert fact in info
     assert "not on a hub" in registry.describe(registry.get_entry("skyclip-vit-b-32"))
 

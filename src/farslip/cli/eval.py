@@ -216,6 +216,16 @@ def _load(args):
     return model, preprocess, tokenizer, device
 
 
+def published_numbers(checkpoint) -> dict | None:
+    """The numbers the registry records for a checkpoint given by name, to print beside the measured ones."""
+    from ..models.registry import find_entry
+
+    entry = find_entry(checkpoint)
+    if entry is None or not entry.paper:
+        return None
+    return {"model": entry.name, "numbers": dict(entry.paper), "per_set": dict(entry.paper_sets)}
+
+
 def _custom_mode(args) -> bool:
     kind = args.eval_kind
     if kind == "classification":
@@ -332,9 +342,16 @@ def _run(args, main: bool) -> int:
     if "ovss" in sections:
         report["meta"]["ovss"] = {k: getattr(args, k) for k in ("attn", "scale", "crop", "stride", "logit_scale",
                                                                  "cls_lambda", "cls_from")}
+    published = published_numbers(args.checkpoint)
+    if published:
+        report["meta"]["published"] = published
     if main:
         print()
         print(console_report(report))
+        if published:
+            numbers = ", ".join(f"{k} {v:g}" for k, v in published["numbers"].items())
+            print(f"published for {published['model']}: {numbers} (protocols in docs/models.md; compare a mean only "
+                  "when all of its sets ran)\n")
         paths = write_report(report, out_dir)
         print(f"wrote {paths['json']} and {paths['markdown']}")
     evaluated = sum(s["evaluated"] for s in sections.values())

@@ -55,6 +55,7 @@ class ModelEntry:
     license: str = "unknown"
     citation: str = ""
     paper: dict[str, float] = dataclasses.field(default_factory=dict)
+    paper_sets: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
     notes: str = ""
     confirmed: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -216,6 +217,8 @@ def describe(entry: ModelEntry) -> str:
     lines.append(f"  licence       {entry.license}")
     for protocol, value in entry.paper.items():
         lines.append(f"  published     {value:g}  ({protocol})")
+        if protocol in entry.paper_sets:
+            lines.append("                " + ", ".join(f"{k} {v:g}" for k, v in entry.paper_sets[protocol].items()))
     if entry.confirmed:
         c = entry.confirmed
         lines.append(f"  confirmed     file name: {'yes' if c.get('file') else 'no'}, revision: "
