@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
-import rasterio
 import numpy as np
+import pytest
+import rasterio
 from rasterio.transform import from_origin
 
 import farslip
-from farslip.quickstart import run_quickstart
+from farslip.quickstart import run_quickstart, run_seeds
 
 
 def test_quickstart_tiny(tmp_path):
@@ -43,3 +46,42 @@ def test_quickstart_tiny(tmp_path):
                           progress=False)[0]
     with rasterio.open(res.geotiff) as out, rasterio.open(src) as inp:
         assert (out.crs, out.transform, out.shape) == (inp.crs, inp.transform, inp.shape)
+
+
+def _fake_results(pre: float, s1: float, s2: float) -> dict:
+    def one(v):
+        return {"dense": {"patch_acc": v, "crop_agreement": v / 100}, "ovss": {"mIoU": v},
+                "regions": {"top1": v}, "classification": {"top1": v},
+                "retrieval": {"text2img_mean": v / 100, "img2text_mean": v / 100}}
+    return {"pretrained (stand-in CLIP)": one(pre), "FarSLIP stage 1": one(s1), "FarSLIP stage 2": one(s2)}
+
+
+def test_seed_table_mean_spread_and_stage_changes():
+    from farslip.quickstart import seed_table
+
+    table = seed_table({0: _fake_results(10, 20, 40), 1: _fake_results(12, 18, 44), 2: _fake_results(14, 22, 42)})
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in table.splitlines()[2:]}
+    # pretrained 10/12/14 -> mean 12, sample sd 2; stage 1 - pretrained per seed: +10, +6, +8
+    assert rows["dense patch acc. %"] == ["12.00 ± 2.00", "20.00 ± 2.00", "42.00 ± 2.00",
+                                          "stage 1: +8.00 (+10.00, +6.00, +8.00)"]
+    # stage-2 rows compare stage 2 with stage 1: +20, +26, +20
+    assert rows["region-category acc. %"][-1] == "stage 2: +22.00 (+20.00, +26.00, +20.00)"
+    assert rows["crop agreement"][0] == "0.120 ± 0.020"
+    assert rows["text->image mean R %"][0] == "12.00 ± 2.00"  # retrieval is stored as a fraction
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(6000)
+def test_quickstart_three_seeds(tmp_path):
+    """The evidence table of docs/quickstart.md: the full quickstart for seeds 0, 1, 2, each metric's mean and
+    spread. Writes to $FARSLIP_SEEDS_OUT when set (to keep the runs), else a temporary folder."""
+    out = Path(os.environ.get("FARSLIP_SEEDS_OUT") or tmp_path)
+    table = run_seeds(out, seeds=(0, 1, 2)).read_text()
+    runs = json.loads((out / "seeds.json").read_text())["results"]
+    assert sorted(runs) == ["0", "1", "2"]
+    for label in ("dense patch acc. %", "crop agreement", "OVSS mIoU %", "region-category acc. %", "ZSC top-1 %"):
+        assert f"| {label} |" in table
+    for seed in runs.values():
+        for model in seed.values():
+            assert 0 <= model["regions"]["top1"] <= 100 and 0 <= model["dense"]["patch_acc"] <= 100
+            assert -1 <= model["dense"]["crop_agreement"] <= 1 and 0 <= model["ovss"]["mIoU"] <= 100
