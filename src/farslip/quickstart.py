@@ -490,7 +490,8 @@ def seed_table(runs: dict[int, dict]) -> str:
         cells = [f"{m:.{d}f} ± {sd:.{d}f}" for m, sd in map(_mean_sd, per_model)]
         delta = [b - a for a, b in zip(per_model[stage - 1], per_model[stage])]
         mean_delta, _ = _mean_sd(delta)
-        rows.append([label] + cells + [f"stage {stage}: {mean_delta:+.{d}f} ({', '.join(f'{x:+.{d}f}' for x in delta)})"])
+        per_seed = ", ".join(f"{x:+.{d}f}" for x in delta)
+        rows.append([label] + cells + [f"stage {stage}: {mean_delta:+.{d}f} ({per_seed})"])
     return markdown_table(["metric"] + models + ["change by the stage that targets it: mean (per seed)"], rows)
 
 

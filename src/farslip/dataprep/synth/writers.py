@@ -114,7 +114,8 @@ def synth_world(out: str | Path, n: int = 512, seed: int = 0, size: int = 224, n
         raise FileExistsError(f"{out} already holds {', '.join(existing)}; pass overwrite=True (--overwrite)")
     for p in existing:
         shutil.rmtree(out / p) if (out / p).is_dir() else (out / p).unlink()
-    for d in ("mgrs/global_imgs", "rs5m", "cls/images", "retrieval/images", "regions/images", "ovss/img_dir/val", "ovss/ann_dir/val"):
+    for d in ("mgrs/global_imgs", "rs5m", "cls/images", "retrieval/images", "regions/images", "ovss/img_dir/val",
+              "ovss/ann_dir/val"):
         (out / d).mkdir(parents=True, exist_ok=True)
 
     cat_ids = assign_category_ids(OBJECT_CATEGORIES)
