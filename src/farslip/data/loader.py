@@ -20,6 +20,7 @@ from .records import CaptionCSVRecords, MGRSRecords, Record, TrainDataError, ope
 from .shards import (SAMPLE_SHUFFLE_INITIAL, SAMPLE_SHUFFLE_SIZE, BufferedShuffle, Piece, count_shard_samples, deal,
                      expand_shards, is_compressed, open_raw, pieces_per_shard, read_piece, replay_shuffle,
                      shuffled_shards)
+from .device_views import collate_plans, planner_for
 from .views import ViewConfig, ViewMaker, sample_seed
 
 MAX_CONSECUTIVE_BAD = 1000
@@ -38,14 +39,18 @@ class LoaderConfig:
     workers: int = 4
     shuffle_buffer: int = SAMPLE_SHUFFLE_SIZE        # webdataset: samples a role shuffles among (1 = in shard order)
     shuffle_initial: int = SAMPLE_SHUFFLE_INITIAL    # ... and the buffer's fill before the first draw
+    views_on_device: bool = False     # workers decode and draw boxes; crops are resized on the device
 
 
 # ----------------------------------------------------------------------------------------------------------------
 
 def collate(samples: list[dict], tokenizer: Callable) -> dict:
     """Stack views and tokenize texts; keep the skip/notes bookkeeping."""
-    batch = {"images": torch.stack([s["images"] for s in samples]),
-             "texts": tokenizer([s["caption"] for s in samples])}
+    if "pixels" in samples[0]:  # data.views_on_device: uint8 images and view boxes, cut on the device
+        batch = {**collate_plans(samples), "texts": tokenizer([s["caption"] for s in samples])}
+    else:
+        batch = {"images": torch.stack([s["images"] for s in samples]),
+                 "texts": tokenizer([s["caption"] for s in samples])}
     for key in ("crop_images", "crop_boxes", "region_images", "region_boxes", "region_labels", "region_valid"):
         if key in samples[0]:
             batch[key] = torch.stack([s[key] for s in samples])
@@ -304,7 +309,7 @@ class TrainLoader:
                  world: int = 1, seed: int = 0):
         self.cfg, self.tokenizer = cfg, tokenizer
         self._map_loader = None
-        views = ViewMaker(view_cfg)
+        views = planner_for(view_cfg, cfg.views_on_device)
         if cfg.kind in ("mgrs", "csv"):
             if cfg.kind == "mgrs":
                 records = MGRSRecords(cfg.train, cfg.image_root, caption=cfg.caption)

@@ -56,6 +56,7 @@ class DataSection:
     workers: int = 8
     shuffle_buffer: int = 5000             # webdataset: sample shuffle buffer per loader worker (official 5000; 1 = off)
     shuffle_initial: int = 1000            # ... filled this far before the first draw (official 1000)
+    views_on_device: bool = False          # workers only decode; crops/regions cut and resized on the GPU
     max_bad_samples: int | None = 1000     # stop the run once more records than this were unusable
     max_bad_fraction: float = 0.05         # ... or more than this fraction of the records read
 

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from ..core.errors import FarslipError
 from ..core.files import atomic_write
 from ..core.problems import append_problems
+from ..data.device_views import materialise
 from ..data.loader import LoaderConfig, TrainLoader
 from ..data.views import ViewConfig
 from ..models.loading import load_model, save_model
@@ -223,7 +224,8 @@ def build_loader(cfg: TrainConfig, model: nn.Module, tokenizer, ctx) -> TrainLoa
                        mean=tuple(getattr(visual, "image_mean", None) or ViewConfig.mean),
                        std=tuple(getattr(visual, "image_std", None) or ViewConfig.std))
     return TrainLoader(LoaderConfig(d.kind, d.train, d.image_root, d.caption, d.image_key, d.caption_key,
-                                    d.csv_sep, d.num_samples, d.workers, d.shuffle_buffer, d.shuffle_initial),
+                                    d.csv_sep, d.num_samples, d.workers, d.shuffle_buffer, d.shuffle_initial,
+                                    d.views_on_device),
                        views, tokenizer, cfg.optim.batch_size, ctx.rank, ctx.world, cfg.run.seed)
 
 
@@ -279,6 +281,8 @@ def restore_progress(start: RunStart, job: Job, ctx: distributed.Dist) -> Progre
 # -- one step ---------------------------------------------------------------------------------------------------
 
 def _to_device(batch: dict, device: torch.device) -> dict:
+    if "pixels" in batch:  # data.views_on_device: the views are cut and resized here
+        batch = materialise(batch, device)
     return {k: batch[k].to(device, non_blocking=True) for k in TENSOR_KEYS if k in batch}
 
 
