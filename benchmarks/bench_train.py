@@ -91,7 +91,8 @@ def make_setup(p: dict):
 
     import farslip
     from farslip.objectives import FarSLIPObjective
-    from farslip.train.loop import MAX_LOGIT_SCALE, TrainStep, autocast_for
+    from farslip.models.precision import TRAINING_PRECISION, autocast_for
+    from farslip.train.loop import MAX_LOGIT_SCALE, TrainStep
     from farslip.train.optim import build_optimizer
     from support.reference_shared import reference_stage1_shared, reference_stage2_shared
     from support.reference_step import reference_stage1, reference_stage2
@@ -119,7 +120,9 @@ def make_setup(p: dict):
     if p.get("variants", [p.get("variant")]) != ["project"]:
         plain = build_optimizer(model, 1e-6, 1.0, fused=False)
         optimizers.update(reference=plain, ref_shared=plain)
-    autocast = autocast_for("amp_bf16" if p["precision"] == "bf16" else "fp32", device)
+    mode = TRAINING_PRECISION[p["precision"]]  # fp32 | bf16 | fp16 (fp16: with a GradScaler, as optim.precision amp)
+    autocast = lambda: autocast_for(device, mode, training=True)  # noqa: E731 -- a fresh context per step
+    scaler = torch.amp.GradScaler(device.type) if mode == "fp16" else None
     p["resolved"] = {"size": S, "params_m": sum(q.numel() for q in model.parameters()) / 1e6}
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     split = {}  # variant -> [(forward+backward s, optimizer s)] of the last steps
@@ -131,11 +134,15 @@ def make_setup(p: dict):
     def step(variant):
         t0 = time.perf_counter()
         losses = forward(variant)
-        losses["total"].backward()
+        (scaler.scale(losses["total"]) if scaler else losses["total"]).backward()
         sync()
         t1 = time.perf_counter()
         optimizer = optimizers[variant]
-        optimizer.step()
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         with torch.no_grad():
             model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
@@ -223,7 +230,7 @@ def loss_agreement(losses: dict, precision: str) -> dict:
         if v == "project":
             continue
         out[v] = max(abs(ls[k] - ref[k]) / max(abs(ref[k]), 1e-6) for k in ref if k in ls)
-    tol = 1e-4 if precision == "fp32" else 3e-2
+    tol = 1e-4 if precision == "fp32" else 3e-2  # bf16 / fp16 autocast
     out["within_tolerance"] = all(x <= tol for k, x in out.items() if k != "within_tolerance")
     out["tolerance"] = tol
     return out
@@ -244,7 +251,8 @@ def run(cfg: dict, log) -> dict:
             repeats = cfg["repeats"] if stage == 1 else cfg.get("repeats_stage2", cfg["repeats"])
             log(f"[train] {key}: timing {variants} ({cfg['warmup']} warm-up + {repeats} repeats each)")
             t = run_child("train_time", {**base, "variants": variants, "warmup": cfg["warmup"],
-                                         "repeats": repeats, "count_flops": stage == 1 and cfg["flops"]},
+                                         "repeats": repeats,
+                                         "count_flops": stage in cfg.get("flops_stages", (1,)) and cfg["flops"]},
                           cfg["threads"])
             entry = {"median_s": t["median_s"], "times": t["times"], "flops": t.get("flops"),
                      "fwd_bwd_median_s": t["fwd_bwd_median_s"], "optimizer_median_s": t["optimizer_median_s"],

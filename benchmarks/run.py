@@ -172,8 +172,9 @@ def main(argv=None) -> int:
         import bench_retrieval
         import bench_segment
         import bench_train
+        import gpu_check
 
-        children = {**bench_train.CHILDREN, **bench_data.CHILDREN, **bench_ovss.CHILDREN,
+        children = {**bench_train.CHILDREN, **gpu_check.CHILDREN, **bench_data.CHILDREN, **bench_ovss.CHILDREN,
                     **bench_retrieval.CHILDREN, **bench_segment.CHILDREN, **bench_maps.CHILDREN}
         children[args.child](json.loads(args.params))
         return 0

@@ -1,0 +1,36 @@
+"""benchmarks/gpu.sh --cpu --tiny: the prepared GPU check runs end to end on the CPU at a tiny size and writes the
+JSON the GPU run will write (every part, every figure's key). Slow (about 10 child processes: ~3 min on an idle
+2-core machine); `make test-slow`."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from support.fixtures import REPO
+
+
+@pytest.mark.slow
+def test_gpu_check_cpu_fallback_writes_every_figure(tmp_path):
+    out = tmp_path / "gpu.json"
+    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu.sh"), "--cpu", "--tiny", "--out", str(out)],
+                          capture_output=True, text=True, timeout=1500,
+                          env={**os.environ, "PYTHON": sys.executable})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert set(res["goals"]) == {"end_to_end_vs_official", "step_vs_official", "mfu_bf16", "ovss_vs_one_window"}
+    s = res["summary"]
+    assert set(s["train_step"]) == {"stage1_bf16", "stage1_fp16", "stage2_bf16", "stage2_fp16"}
+    for entry in s["train_step"].values():
+        assert {"samples_per_s", "speedup_vs_official", "peak_memory_mib", "achieved_tflops", "mfu",
+                "losses_agree"} <= set(entry)
+        assert entry["samples_per_s"]["project"] > 0 and entry["samples_per_s"]["reference"] > 0
+        assert entry["achieved_tflops"] > 0 and entry["mfu"] is None  # no GPU peak to divide by on a CPU
+        assert entry["losses_agree"]
+    assert set(s["end_to_end"]["samples_per_s"]) == {"official", "project", "project_views_on_device"}
+    assert s["ovss"]["masks_identical"] and s["ovss"]["speedup_vs_one_window"] > 0
+    assert s["segment"]["256px"]["mpx_per_s"] > 0
