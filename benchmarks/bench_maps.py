@@ -106,6 +106,8 @@ def run(cfg: dict, log) -> dict:
             f"Mpx/s), peak RSS {out['locate']['peak_rss_mib']:.0f} MiB")
         tif.unlink()
         shutil.rmtree(work / "out")
+        if not cfg.get("maps_vectors", True):
+            return out
         cm, conf = work / "classes.tif", work / "confidence.tif"
         t0 = time.perf_counter()
         write_class_map(cm, conf, size)

@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--maps-arch", default="FarSLIP-Tiny")
     g.add_argument("--maps-valid", type=int, default=None,
                    help="only an N x N square of the scene valid, the rest nodata (encodes N^2 pixels)")
+    g.add_argument("--maps-no-vectors", action="store_true", help="locate only, no separate vector export run")
     return p
 
 
@@ -79,7 +80,7 @@ def config(args) -> dict:
         "segment_sizes": [args.segment_size or (2048 if q else 8000)],
         # locate and vectors
         "maps_arch": args.maps_arch, "maps_size": args.maps_size or (2048 if q else 8000),
-        "maps_valid": args.maps_valid,
+        "maps_valid": args.maps_valid, "maps_vectors": not args.maps_no_vectors,
     }
     if cuda:
         cfg["precisions"] = (args.precisions or "fp32,bf16").split(",")
@@ -152,11 +153,14 @@ def summary(res: dict) -> str:
                          f"{fmt(100 * b['agreement'])}% of pixels as fp32, peak RSS {fmt(b['peak_rss_mib'])} MiB")
     mp = res.get("maps")
     if mp:
-        lo, ve = mp["locate"], mp["vectors"]
+        lo = mp["locate"]
         lines.append(f"locate {mp['size']}x{mp['size']} ({mp['arch']}, {lo['encoded_pixels'] / 1e6:.0f} Mpx encoded): "
-                     f"{fmt(lo['encoded_mpx_per_s'], 3)} encoded Mpx/s, peak RSS {fmt(lo['peak_rss_mib'])} MiB")
-        lines.append(f"vectors {mp['size']}x{mp['size']}: {ve['polygons']} polygons, {fmt(ve['mpx_per_s'])} Mpx/s, "
-                     f"peak RSS {fmt(ve['peak_rss_mib'])} MiB")
+                     f"{fmt(lo['mpx_per_s'], 3)} Mpx/s of the raster, {fmt(lo['encoded_mpx_per_s'], 3)} encoded "
+                     f"Mpx/s, peak RSS {fmt(lo['peak_rss_mib'])} MiB")
+        ve = mp.get("vectors")
+        if ve:
+            lines.append(f"vectors {mp['size']}x{mp['size']}: {ve['polygons']} polygons, {fmt(ve['mpx_per_s'])} Mpx/s, "
+                         f"peak RSS {fmt(ve['peak_rss_mib'])} MiB")
     return "\n".join(lines)
 
 

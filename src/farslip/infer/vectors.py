@@ -199,7 +199,9 @@ def write_features(features: Features, path: str | Path, crs, layer: str) -> Pat
                           np.array([], dtype=object),
                           field_data=[np.asarray(v) for v in columns.values()], fields=list(columns),
                           crs=crs.to_wkt() if crs is not None else None, driver=driver, layer=layer,
-                          geometry_type="MultiPolygon" if multi else "Polygon")
+                          geometry_type="MultiPolygon" if multi else "Polygon",
+                          # GeoPackage 1.2: what every GDAL and QGIS in use reads without a version warning
+                          dataset_options={"VERSION": "1.2"} if driver == "GPKG" else None)
     return path
 
 
