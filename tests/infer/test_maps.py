@@ -18,7 +18,7 @@ from rasterio.transform import from_origin
 import farslip
 
 from farslip.infer import cog, scene, vectors, webmap
-from farslip.infer.locate import locate, query_probabilities
+from farslip.infer.localization import locate, query_probabilities
 
 CRS = "EPSG:32633"
 TRANSFORM = from_origin(500000, 4600000, 0.5, 0.5)

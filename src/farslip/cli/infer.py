@@ -317,7 +317,7 @@ def _bands(text: str | None) -> list[int] | None:
 def run_locate(args) -> int:
     from ..infer.distributed import locate_many
     from ..infer.inputs import names_input
-    from ..infer.locate import BACKGROUND, LocateOptions
+    from ..infer.localization import BACKGROUND, LocateOptions
 
     images = [a for a in args.inputs if names_input(a)]
     queries = [a for a in args.inputs if not names_input(a)]

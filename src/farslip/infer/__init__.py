@@ -1,7 +1,7 @@
 """Inference on real imagery: segment and locate (GeoTIFF in, COGs and polygons out), classify, search, view."""
 from . import search
 from .classify import Prediction, classify
-from .locate import LocateOptions, LocateResult, locate
+from .localization import LocateOptions, LocateResult, locate
 from .raster import RasterError
 from .segmentation import SegmentOptions, SegmentResult, segment
 from .webmap import view

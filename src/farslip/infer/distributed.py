@@ -217,10 +217,10 @@ def locate_many(queries: Sequence[str], inputs: Sequence[str | Path], *, checkpo
                 tokenizer=None, out: str | Path = "locate", arch: str | None = None, device: str = "auto",
                 options=None, redo: bool = False, inputs_from=None, stac_asset: str | None = None,
                 log: Callable[[str], None] = print) -> dict:
-    """:func:`~farslip.infer.locate.locate` over many inputs, as :func:`segment_many`."""
+    """:func:`~farslip.infer.localization.locate` over many inputs, as :func:`segment_many`."""
     from ..engine import TextEmbeddingCache
     from .inputs import expand_inputs, output_stems
-    from .locate import LocateOptions, locate
+    from .localization import LocateOptions, locate
 
     paths = expand_inputs(inputs, inputs_from=inputs_from, stac_asset=stac_asset)
     output_stems(paths)
