@@ -49,7 +49,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     try:
         if path.suffix == ".safetensors":
             state, meta = _read_safetensors(path)
-        elif _is_torchscript_archive(path):
+        elif is_torchscript_archive(path):
             form = "TorchScript archive"
             state, meta = _read_torchscript(path), {}
         else:
@@ -118,7 +118,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 # ----------------------------------------------------------------------------------------------------------------
 # TorchScript archives, read without torch.jit.load
 
-def _is_torchscript_archive(path: Path) -> bool:
+def is_torchscript_archive(path: Path) -> bool:
     if not zipfile.is_zipfile(path):
         return False
     with zipfile.ZipFile(path) as zf:

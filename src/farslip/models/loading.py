@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from ..core.errors import UsageError
-from .checkpoint_io import CheckpointError, read_checkpoint, write_checkpoint
+from . import lineage
+from .checkpoint_io import CheckpointError, is_torchscript_archive, read_checkpoint, write_checkpoint
 from .hub import fetch_weights
 from .long_text import KEEP_ROWS, LONG_CONTEXT, fold_long_text_state, freeze_leading_text_rows
 from .registry import find_entry
@@ -118,7 +119,8 @@ def architectures_fitting(state: dict[str, torch.Tensor]) -> list[str]:
 # ----------------------------------------------------------------------------------------------------------------
 
 def load_model(arch: str | None = None, checkpoint: str | os.PathLike | None = None, *, device: str = "cpu",
-               precision: str = "fp32", quick_gelu: bool | None = None, context_length: int | None = None):
+               precision: str = "fp32", quick_gelu: bool | None = None, context_length: int | None = None,
+               rs_ovss_method: str | None = None):
     """Build a stock open_clip CLIP and load weights from any supported checkpoint.
 
     Args:
@@ -129,9 +131,14 @@ def load_model(arch: str | None = None, checkpoint: str | os.PathLike | None = N
             Hugging Face cache), an open_clip pretrained tag (``openai``, ``laion2b_s34b_b88k``) or a local file:
             raw state dict, ``{"state_dict": ...}`` (DDP prefix or not), FarSLIP long-text, OpenAI TorchScript,
             safetensors, or farslip's own. ``None`` gives random initialisation.
-        quick_gelu: QuickGELU activations. ``None`` (default): the registry entry's or the checkpoint's own setting,
-            else True, as every OpenAI-lineage RS CLIP needs.
+        quick_gelu: QuickGELU activations or GELU; None (default) chooses by the weights
+            (:func:`farslip.models.lineage.choose_quick_gelu`: the registry entry's, a farslip checkpoint's record, the
+            pretrained tag's
+            own, QuickGELU for OpenAI archives, and for other files QuickGELU with a warning that it is a guess).
         context_length: text positions; by default read off the weights (77 or 248).
+        rs_ovss_method: load as RS-OVSS builds that ``--method`` (``FarSLIP2``, ``GeoRSCLIP``, ...): its text
+            length by name with the file's text positions resized to it, and its activation unless
+            ``quick_gelu`` is given (:data:`farslip.models.lineage.RS_OVSS_METHODS`).
 
     Returns:
         ``(model, preprocess_train, preprocess_eval, tokenizer)``; the tokenizer matches the context length.
@@ -149,6 +156,11 @@ def load_model(arch: str | None = None, checkpoint: str | os.PathLike | None = N
     if checkpoint is not None and (os.path.exists(checkpoint) or os.sep in str(checkpoint)
                                    or str(checkpoint).endswith((".pt", ".pth", ".bin", ".safetensors"))):
         state, meta = read_checkpoint(checkpoint)
+        if rs_ovss_method is not None:
+            method = lineage.rs_ovss_method(rs_ovss_method)
+            state = lineage.resize_text_positions(state, method.context_length, source=str(checkpoint))
+            context_length = method.context_length
+            quick_gelu = method.quick_gelu if quick_gelu is None else quick_gelu
         state = fold_long_text_state(state)
     elif checkpoint is not None:
         pretrained_tag = str(checkpoint)
@@ -156,8 +168,6 @@ def load_model(arch: str | None = None, checkpoint: str | os.PathLike | None = N
     if meta:
         arch = arch or meta["arch"]
         arch = _arch_for_embedded_config(arch, meta.get("model_cfg"))
-        quick_gelu = meta.get("quick_gelu", quick_gelu)
-    quick_gelu = True if quick_gelu is None else quick_gelu
     if arch is None:
         if pretrained_tag is not None:
             raise CheckpointError(f"{pretrained_tag}: not a file and not a released model's name (farslip model "
@@ -175,6 +185,10 @@ def load_model(arch: str | None = None, checkpoint: str | os.PathLike | None = N
         raise CheckpointError(f"{pretrained_tag}: not a file, not a released model's name (farslip model list) and "
                               f"not an open_clip pretrained tag of {arch} "
                               f"({', '.join(open_clip.list_pretrained_tags_by_model(arch)) or 'it has none'})")
+    source = str(checkpoint) if state is not None else None
+    quick_gelu = lineage.choose_quick_gelu(quick_gelu, arch, recorded=meta.get("quick_gelu"), checkpoint=source,
+                                           pretrained_tag=pretrained_tag,
+                                           torchscript=source is not None and is_torchscript_archive(Path(source)))
 
     facts = describe_state_dict(state) if state is not None else {}
     ctx = context_length or facts.get("context_length")
