@@ -407,8 +407,8 @@ category per image, boxes of at least 8 x 8 px, squashed to a square as stage 2'
 {table}
 
 ZSC: zero-shot scene classification ({len(world_summary.get('scenes', []))} classes, the paper's two templates).
-Retrieval: unique images and captions, hit if a true partner is in the top k. OVSS: SegEarth-OV's protocol
-(80 templates, synonym max, sliding windows, CLS-bias -0.3) scaled to the tiny model: images resized to fit
+Retrieval: unique images and captions, hit if a true partner is in the top k. OVSS: FarSLIP's protocol (RS-OVSS:
+80 templates, synonym max, sliding windows, no CLS-bias, no threshold) scaled to the tiny model: images resized to fit
 {proto['fit']} px, windows of {proto['window']} px, stride {proto['stride']} (the paper's 448 / 224 / 112 at 224 px).
 
 ## Training

@@ -229,8 +229,8 @@ def _reference_ovss(model, tokenizer, ds, scale, crop, stride):
 def test_ovss_equals_reference_pipeline(bench_root, model_parts, name):
     model, _, tokenizer = model_parts
     ds = OVSS[name].dataset(bench_root)
-    res = fe.ovss(model, tokenizer, ds, scale=48, crop=32, stride=16, num_workers=0, show_progress=False,
-                  batch_size=2, window_batch_size=5)
+    res = fe.ovss(model, tokenizer, ds, protocol="segearth", scale=48, crop=32, stride=16, num_workers=0,
+                  show_progress=False, batch_size=2, window_batch_size=5)
     assert res["mIoU"] == _reference_ovss(model, tokenizer, ds, 48, 32, 16)
     assert set(res) == {"mIoU", "aAcc", "mAcc", "IoU", "Acc"} and len(res["IoU"]) == len(ds.classes())
     assert res.info["images"] == 2
@@ -240,7 +240,8 @@ def test_ovss_default_protocol_and_overlays(bench_root, model_parts, tmp_path):
     """448 resize, 224/112 windows on the 32-px tiny model (positional embedding interpolated)."""
     model, _, tokenizer = model_parts
     ds = OVSS["UDD5"].dataset(bench_root)
-    res = fe.ovss(model, tokenizer, ds, num_workers=0, show_progress=False, overlays=1, overlay_dir=tmp_path)
+    res = fe.ovss(model, tokenizer, ds, protocol="segearth", num_workers=0, show_progress=False, overlays=1,
+                  overlay_dir=tmp_path)
     assert res.info["images"] == 2 and res["mIoU"] is not None
     assert [Path(p).name for p in res.info["overlays"]] == ["udd5_00.png"]
     with Image.open(res.info["overlays"][0]) as im:

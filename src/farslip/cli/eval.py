@@ -7,6 +7,9 @@ import datetime as _dt
 import sys
 from pathlib import Path
 
+from ..engine.protocols import HALF_MODEL_CHOICES, PROTOCOLS
+from ..models.dense import ATTENTION_VARIANTS
+
 EPILOG_ALL = """\
 Layout under --data-root (see docs/benchmarks.md for sources and preparation):
   classification/  SkyScript benchmark zips unpacked: aid/ eurosat/ fmow/ millionaid/ nwpu/ patternnet/
@@ -38,6 +41,8 @@ examples:
   farslip eval ovss --checkpoint ckpt.pt --data-root /data/rs-bench --datasets loveda potsdam --attn sclip
   farslip eval ovss --checkpoint ckpt.pt --img-dir my/img --ann-dir my/ann --classes-file my/classes.txt \\
       --img-suffix .tif --ann-suffix .png --threshold 0.3 --bg-idx 0 --reduce-zero-label
+  farslip eval ovss --checkpoint ckpt.pt --data-root /data/rs-bench --protocol segearth \
+      --simfeatup SegEarth-OV/simfeatup_dev/weights/xclip_jbu_one_million_aid.ckpt
   (a class file has one class a line in label order, synonyms separated by commas: building,roof,house)
 """,
     "all": """\
@@ -65,8 +70,17 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "fp32 model, none on CPU; on: float16 on CUDA; off: none; bf16: bfloat16 on any device -- "
                         "about 3x faster OVSS on a CPU with avx512_bf16/AMX, not the paper's protocol (a few pixels "
                         "in a thousand change class; see docs/performance.md)")
-    g.add_argument("--no-quick-gelu", action="store_true", help="GELU instead of QuickGELU (non-OpenAI lineages)")
+    act = g.add_mutually_exclusive_group()
+    act.add_argument("--quick-gelu", dest="quick_gelu", action="store_const", const=True, default=None,
+                     help="QuickGELU activations (default: chosen by the weights -- QuickGELU for OpenAI-lineage "
+                          "files, GELU for open_clip's laion tags, a farslip checkpoint's own setting)")
+    act.add_argument("--no-quick-gelu", dest="quick_gelu", action="store_const", const=False,
+                     help="GELU activations (open_clip's own trainings)")
     g.add_argument("--context-length", type=int, default=None, help="text positions (default: read off the weights)")
+    g.add_argument("--rs-ovss-method", default=None, metavar="NAME",
+                   help="load as RS-OVSS builds that --method (FarSLIP1, FarSLIP2, LRSCLIP, GeoRSCLIP, RemoteCLIP, "
+                        "SkyCLIP, CLIP, CLIP-long): its text length by name, the file's text positions resized to "
+                        "it, its activation -- to rebuild a row of the paper's OVSS table as it was made")
 
 
 def _dataset_name(csv: str | None, img_dir: str | None) -> str:
@@ -125,17 +139,43 @@ def _add_retrieval_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prefix", default="", help="text prepended to every caption")
 
 
+def _threshold(text: str):
+    if text == "dataset":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'dataset', got {text!r}") from None
+
+
 def _add_ovss_args(p: argparse.ArgumentParser, own: bool = True) -> None:
-    g = p.add_argument_group("OVSS protocol")
-    g.add_argument("--attn", default="segearth", choices=["segearth", "sclip", "clearclip", "maskclip", "vanilla"],
-                   help="last-block attention variant (default segearth)")
-    g.add_argument("--scale", type=int, default=448, help="resize to fit SCALE x SCALE keeping the ratio (0: none)")
-    g.add_argument("--crop", type=int, default=224, help="sliding window size")
-    g.add_argument("--stride", type=int, default=112, help="sliding window step")
-    g.add_argument("--logit-scale", type=float, default=50.0)
-    g.add_argument("--cls-lambda", type=float, default=-0.3, help="CLS-token bias weight (0: off)")
-    g.add_argument("--cls-from", default="surgery", choices=["surgery", "ordinary"],
-                   help="CLS embedding for the bias: the modified block's CLS row (SegEarth-OV) or the usual one")
+    g = p.add_argument_group("OVSS protocol (each value defaults to the protocol's; given, it overrides it for "
+                             "registered datasets too)")
+    g.add_argument("--protocol", default="farslip", choices=list(PROTOCOLS),
+                   help="farslip (default): NJU-LHRS/RS-OVSS eval_customized.py, the FarSLIP paper's table -- no "
+                        "CLS-bias, no threshold, windows resized to the model's input; segearth: SegEarth-OV's "
+                        "configs -- CLS-bias -0.3, per-dataset thresholds (docs/benchmarks.md)")
+    g.add_argument("--attn", default=None, choices=list(ATTENTION_VARIANTS),
+                   help="last-block attention variant (both protocols: segearth)")
+    g.add_argument("--scale", type=int, default=None, help="resize to fit SCALE x SCALE keeping the ratio (448; "
+                                                           "0: none)")
+    g.add_argument("--crop", type=int, default=None, help="sliding window size (224)")
+    g.add_argument("--stride", type=int, default=None, help="sliding window step (112)")
+    g.add_argument("--logit-scale", type=float, default=None, help="softmax temperature (50)")
+    g.add_argument("--cls-lambda", type=float, default=None, help="CLS-token bias weight (farslip 0, segearth -0.3)")
+    g.add_argument("--cls-from", default=None, choices=["surgery", "ordinary"],
+                   help="CLS embedding for the bias: the modified block's CLS row (both protocols) or the usual one")
+    g.add_argument("--threshold", type=_threshold, default=None,
+                   help="score under which a pixel is background (farslip: none; segearth: each dataset's; "
+                        "'dataset': each dataset's own)")
+    g.add_argument("--bg-idx", type=int, default=None, help="background class index (default: the dataset's)")
+    g.add_argument("--window-resize", default=None, choices=["on", "off"],
+                   help="resize windows that are not the model's input size to it (farslip on, segearth off)")
+    g.add_argument("--simfeatup", default=None, metavar="FILE",
+                   help="SegEarth-OV's SimFeatUp weights (xclip_jbu_one_million_aid.ckpt): upsample the dense "
+                        "features before the cosine (SegEarth-OV's default configuration)")
+    g.add_argument("--half-model", default=None, choices=list(HALF_MODEL_CHOICES),
+                   help="float16 model as the official codes run it: on CUDA (default), always, never")
     g.add_argument("--window-batch-size", type=int, default=None,
                    help="windows per encoder call (default: 64 on a GPU, about 1024 token rows on the CPU)")
     g.add_argument("--overlays", type=int, default=3, help="image|prediction|truth PNGs per dataset (0: none)")
@@ -147,10 +187,17 @@ def _add_ovss_args(p: argparse.ArgumentParser, own: bool = True) -> None:
                                                              "set by name (openearthmap, loveda, ...)")
         o.add_argument("--img-suffix", default=".png")
         o.add_argument("--ann-suffix", default=".png")
-        o.add_argument("--threshold", type=float, default=0.0, help="score under which a pixel is background")
-        o.add_argument("--bg-idx", type=int, default=0, help="background class index")
         o.add_argument("--ignore-index", type=int, default=255)
         o.add_argument("--reduce-zero-label", action="store_true", help="label 0 = no data; classes start at 1")
+
+
+def ovss_overrides(args) -> dict:
+    """The protocol values given on the command line (None: the protocol's)."""
+    resize = {"on": True, "off": False, None: None}[args.window_resize]
+    return dict(attn=args.attn, scale=args.scale, crop=args.crop, stride=args.stride, logit_scale=args.logit_scale,
+                cls_lambda=args.cls_lambda, cls_from=args.cls_from, threshold=args.threshold,
+                background_index=args.bg_idx, window_to_model_size=resize, simfeatup=args.simfeatup,
+                half_model=args.half_model)
 
 
 def add_commands(subparsers) -> None:
@@ -164,7 +211,8 @@ def add_commands(subparsers) -> None:
     specs = {
         "classification": ("zero-shot scene classification (8 sets: top-1/top-5)", _add_classification_args),
         "retrieval": ("image-text retrieval (4 sets: R@1/5/10/100 both ways)", _add_retrieval_args),
-        "ovss": ("open-vocabulary semantic segmentation (8 sets: mIoU, SegEarth-OV protocol)", _add_ovss_args),
+        "ovss": ("open-vocabulary semantic segmentation (8 sets: mIoU; --protocol farslip or segearth)",
+                 _add_ovss_args),
         "all": ("all three suites on the registered benchmarks (the paper's table)", None),
     }
     for kind, (helptext, extra) in specs.items():
@@ -204,8 +252,8 @@ def _load(args):
     if args.model is None and args.checkpoint is None:
         raise SystemExit("give --checkpoint and/or --model")
     model, _, preprocess, tokenizer = farslip.load_model(
-        args.model, args.checkpoint, device=device, precision=args.precision, quick_gelu=False if args.no_quick_gelu else None,
-        context_length=args.context_length)
+        args.model, args.checkpoint, device=device, precision=args.precision, quick_gelu=args.quick_gelu,
+        context_length=args.context_length, rs_ovss_method=args.rs_ovss_method)
     model.eval()
     if str(device) == "cpu" and args.amp == "auto" and args.eval_kind in ("ovss", "all"):
         from ..models.precision import cpu_has_native_bf16
@@ -241,9 +289,8 @@ def _options(args, kind: str) -> dict:
     opts = {"num_workers": args.workers, "limit": args.limit, "show_progress": not args.no_progress,
             "amp": {"auto": None, "on": True, "off": False, "bf16": "bf16"}[args.amp]}
     if kind == "ovss":
-        opts.update(attn=args.attn, scale=args.scale or None, crop=args.crop, stride=args.stride,
-                    logit_scale=args.logit_scale, cls_lambda=args.cls_lambda, cls_from=args.cls_from,
-                    window_batch_size=args.window_batch_size, overlays=args.overlays)
+        opts.update(protocol=args.protocol, window_batch_size=args.window_batch_size, overlays=args.overlays,
+                    **ovss_overrides(args))
         if args.batch_size:
             opts["batch_size"] = args.batch_size
     else:
@@ -300,6 +347,13 @@ def _run(args, main: bool) -> int:
             chosen = select_any(args.datasets) if kind == "all" else {kind: select(kind, args.datasets)}
         except KeyError as exc:
             raise SystemExit(str(exc.args[0]))
+    if kind in ("ovss", "all") and args.simfeatup:
+        from ..engine.simfeatup import SimFeatUpError, read_simfeatup_state
+
+        try:
+            read_simfeatup_state(args.simfeatup)
+        except SimFeatUpError as exc:
+            raise SystemExit(str(exc)) from None
     model, preprocess, tokenizer, device = _load(args)
     sections = {}
     if custom:
@@ -319,7 +373,6 @@ def _run(args, main: bool) -> int:
             class_file = str(resolve_class_file(args.classes_file))  # a file, or a shipped set by name
             kw = dict(dataset=OVSSDataset(args.img_dir, args.ann_dir, class_file, name=name,
                                           img_suffix=args.img_suffix, ann_suffix=args.ann_suffix,
-                                          prob_threshold=args.threshold, background_index=args.bg_idx,
                                           ignore_index=args.ignore_index, reduce_zero_label=args.reduce_zero_label))
         sections[kind] = run_custom(kind, model, tokenizer, preprocess, name, on_error=args.on_error,
                                     overlay_root=out_dir / "overlays", log=log, **kw, **opts)
@@ -340,8 +393,7 @@ def _run(args, main: bool) -> int:
                        "processes": distributed.world()[1]},
               "sections": sections}
     if "ovss" in sections:
-        report["meta"]["ovss"] = {k: getattr(args, k) for k in ("attn", "scale", "crop", "stride", "logit_scale",
-                                                                 "cls_lambda", "cls_from")}
+        report["meta"]["ovss"] = sections["ovss"]["protocol"]
     published = published_numbers(args.checkpoint)
     if published:
         report["meta"]["published"] = published

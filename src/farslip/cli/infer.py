@@ -19,6 +19,8 @@ examples:
   farslip segment "scenes/*.tif" @more_scenes.txt --checkpoint model.pt --classes road water --out maps/
   torchrun --nproc_per_node=4 -m farslip segment items.json --stac-asset visual --checkpoint model.pt \
       --classes road water --out maps/       # STAC ItemCollection, files dealt to 4 GPUs
+  farslip segment scene.tif --checkpoint runs/quickstart/farslip-tiny-stage2.pt --protocol farslip \\
+      --classes "building,roof,house" road "tree,forest" --out maps/
 
 A rerun skips the inputs whose outputs are complete (recorded in OUT/.farslip-done/; --redo to redo them).
 Each class is one argument; synonyms are joined by commas and a class scores by its best synonym (SegEarth-OV's
@@ -75,11 +77,18 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _input_args(p)
     p.add_argument("--out", default="segmentations", help="output folder (default: segmentations/)")
     p.add_argument("--bands", help="1-based bands for R,G,B of multi-band inputs, e.g. 4,3,2")
-    p.add_argument("--threshold", type=float, default=0.0, help="best-class probability under this -> background")
-    p.add_argument("--background-index", type=int, default=0, help="class index that takes low-confidence pixels")
-    p.add_argument("--attn", default="segearth", choices=["segearth", "sclip", "clearclip", "maskclip", "vanilla"],
-                   help="attention of the modified last block")
-    p.add_argument("--cls-lambda", type=float, default=-0.3, help="global-bias weight (SegEarth-OV: -0.3)")
+    p.add_argument("--protocol", default=None, choices=["farslip", "segearth"],
+                   help="an OVSS evaluation protocol's settings (window 224/112, CLS-bias, window resize, float16 "
+                        "model on CUDA; see docs/benchmarks.md) instead of the raster-friendly defaults (windows of "
+                        "the model's input size, CLS-bias -0.3); the raster is not fitted to 448 px either way; "
+                        "the options below still override it")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="best-class probability under this -> background (default 0: none)")
+    p.add_argument("--background-index", type=int, default=None,
+                   help="class index that takes low-confidence pixels (default 0)")
+    p.add_argument("--attn", default=None, choices=["segearth", "sclip", "clearclip", "maskclip", "vanilla"],
+                   help="attention of the modified last block (default segearth)")
+    p.add_argument("--cls-lambda", type=float, default=None, help="global-bias weight (default -0.3, as SegEarth-OV)")
     p.add_argument("--scale", type=float, default=1.0, help="resample the image by this factor before inference")
     p.add_argument("--window", type=int, default=None, help="sliding-window size (default: the model's input size)")
     p.add_argument("--stride", type=int, default=None, help="window stride (default: half the window)")
@@ -162,12 +171,15 @@ def run_segment(args) -> int:
     if on_cpu and args.amp == "auto" and cpu_has_native_bf16():
         print("note: this CPU computes bf16 natively; --amp bf16 segments about 3x faster with a ViT-B "
               "(a few pixels in a thousand change class)", file=sys.stderr)
-    opts = SegmentOptions(attn=args.attn, cls_lambda=args.cls_lambda, threshold=args.threshold,
-                          background_index=args.background_index, scale=args.scale, window=args.window,
-                          stride=args.stride, block=args.block, progress=not args.no_progress,
-                          amp=_amp(args), bands=_bands(args.bands), confidence=not args.no_confidence,
+    opts = SegmentOptions(scale=args.scale, block=args.block, progress=not args.no_progress, amp=_amp(args),
+                          bands=_bands(args.bands), confidence=not args.no_confidence,
                           probabilities=args.probabilities, vector=args.vector, min_area=args.min_area,
-                          simplify=args.simplify, html=args.html)
+                          simplify=args.simplify, html=args.html, protocol=args.protocol)
+    given = {k: getattr(args, k) for k in ("attn", "cls_lambda", "threshold", "background_index", "window",
+                                           "stride") if getattr(args, k) is not None}
+    opts.apply_protocol(explicit=given)
+    for k, v in given.items():
+        setattr(opts, k, v)
     summary = segment_many(args.images, args.classes, checkpoint=args.checkpoint, classes_file=args.classes_file,
                            out=args.out, arch=args.arch, device=args.device, options=opts, redo=args.redo,
                            inputs_from=args.inputs_from, stac_asset=args.stac_asset)

@@ -5,11 +5,11 @@ import contextlib
 import os
 from typing import Iterator
 
+import cv2
 import numpy as np
 from PIL import Image, ImageFile
 import open_clip
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..core.errors import FarslipError
@@ -97,24 +97,56 @@ PIXEL_STD = (68.501, 66.632, 70.323)
 
 
 def rescaled_size(h: int, w: int, scale: int | tuple[int, int]) -> tuple[int, int]:
-    """mmcv ``rescale_size``: the largest size that fits ``scale`` keeping the ratio; ``(new_h, new_w)``."""
+    """mmcv ``rescale_size``: the largest size that fits ``scale`` keeping the ratio, as ``(new_h, new_w)``.
+
+    The factor is ``min(long_edge / max(h, w), short_edge / min(h, w))`` and each side is rounded half up, so a
+    small image is enlarged too (``300 x 200`` -> ``448 x 299`` for ``scale=448``)."""
     long_edge, short_edge = (max(scale), min(scale)) if isinstance(scale, (tuple, list)) else (scale, scale)
     f = min(long_edge / max(h, w), short_edge / min(h, w))
     return int(h * f + 0.5), int(w * f + 0.5)
 
 
-def prepare_image(rgb: torch.Tensor, scale: int | None) -> torch.Tensor:
-    """``uint8 [H, W, 3]`` -> resized (bilinear, half-pixel centres, no antialias, rounded to 0..255 as cv2 does)
-    and normalised ``float32 [3, h, w]``."""
-    x = rgb.permute(2, 0, 1).float()[None]
-    if scale:
-        size = rescaled_size(x.shape[-2], x.shape[-1], scale)
-        if size != tuple(x.shape[-2:]):
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=False)
-            x = x.round_().clamp_(0, 255)
-    mean = torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(PIXEL_STD).view(1, 3, 1, 1)
-    return ((x - mean) / std)[0]
+def resize_bilinear(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``image`` ``[H, W, C]`` (uint8 or float) resized to ``size = (h, w)`` by OpenCV's ``INTER_LINEAR``
+    (half-pixel centres, no antialiasing, fixed-point arithmetic for uint8) -- mmcv ``imresize``. OpenCV's 8-bit
+    resize rounds 11-bit weights, so a float bilinear resize misses it by one grey level on about one value in
+    eight: the protocols call OpenCV itself so that the pixels a model sees are the official ones."""
+    if tuple(image.shape[:2]) == tuple(size):
+        return image
+    out = cv2.resize(np.ascontiguousarray(image), (int(size[1]), int(size[0])), interpolation=cv2.INTER_LINEAR)
+    return out if out.ndim == image.ndim else out[..., None]
+
+
+def fit_image(image: np.ndarray, scale: int | tuple[int, int] | None) -> np.ndarray:
+    """mmcv ``imrescale``: ``image`` resized with OpenCV to fit ``scale`` keeping its ratio (None: unchanged)."""
+    if not scale:
+        return image
+    return resize_bilinear(image, rescaled_size(image.shape[0], image.shape[1], scale))
+
+
+def prepare_image(rgb: torch.Tensor | np.ndarray, scale: int | None) -> torch.Tensor:
+    """``uint8 [H, W, 3]`` -> resized to fit ``scale`` by OpenCV's bilinear resize (mmcv ``imrescale``, as both
+    official OVSS pipelines: ``Resize(scale=(448, 448), keep_ratio=True)``) and normalised with CLIP's mean/std on
+    the 0..255 scale: ``float32 [3, h, w]``."""
+    arr = rgb.numpy() if isinstance(rgb, torch.Tensor) else np.asarray(rgb)
+    x = torch.from_numpy(np.ascontiguousarray(fit_image(arr, scale))).permute(2, 0, 1).float()
+    mean = torch.tensor(PIXEL_MEAN).view(3, 1, 1)
+    std = torch.tensor(PIXEL_STD).view(3, 1, 1)
+    return (x - mean) / std
+
+
+def read_rgb_like_mmcv(path: str | os.PathLike) -> np.ndarray | None:
+    """The image as mmcv decodes it (``cv2.imdecode``, ``IMREAD_COLOR``: grey repeated, alpha dropped, 16 bits
+    shifted to 8), as ``uint8 [H, W, 3]`` RGB; None when OpenCV cannot decode the file (the caller falls back to
+    its own reader)."""
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError:
+        return None
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    if bgr is None or bgr.dtype != np.uint8:
+        return None
+    return np.ascontiguousarray(bgr[..., ::-1])
 
 
 def normaliser(model: nn.Module):
@@ -130,6 +162,7 @@ def normaliser(model: nn.Module):
 
 
 def model_input_size(model: nn.Module) -> int:
+    """The square input size the visual tower was built for (224 for ViT-B/16)."""
     size = model.visual.image_size
     return int(size[0] if isinstance(size, (tuple, list)) else size)
 

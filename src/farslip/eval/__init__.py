@@ -8,10 +8,12 @@ segmentation; the benchmark registry; metrics; reports.
                            prefix="a satellite image. ")                    # {"text2img_R@1": fraction, ...}
     ds = farslip.eval.OVSSDataset("LoveDA/img_dir/val", "LoveDA/ann_dir/val", "cls_loveda.txt",
                                   prob_threshold=0.3, reduce_zero_label=True)
-    farslip.eval.ovss(model, tokenizer, ds)                                 # {"mIoU": %, "aAcc": %, "IoU": {...}}
+    farslip.eval.ovss(model, tokenizer, ds)                  # FarSLIP's protocol: {"mIoU": %, "aAcc": %, ...}
+    farslip.eval.ovss(model, tokenizer, ds, protocol="segearth", threshold=0.2)   # SegEarth-OV's, one override
 """
 from ..engine import (OVSS_TEMPLATES, SCENE_TEMPLATES, TextEmbeddingCache, class_scores, name_embeddings,
                       predict_classes, sliding_window_logits, window_boxes)
+from ..engine.protocols import PROTOCOLS, OVSSProtocol, get_protocol
 from .common import EvalResult
 from .io import EvalDataError
 from .metrics import (SegmentationMeter, best_positive_rank, intersect_and_union, percent, recall_at_k,
@@ -22,7 +24,8 @@ from .retrieval import SATELLITE_PREFIX, retrieval
 from .zeroshot import zero_shot_classification
 
 __all__ = [
-    "CLASSIFICATION", "EvalDataError", "EvalResult", "OVSS", "OVSSDataset", "OVSS_TEMPLATES", "RETRIEVAL",
+    "CLASSIFICATION", "EvalDataError", "EvalResult", "OVSS", "OVSSDataset", "OVSSProtocol", "OVSS_TEMPLATES",
+    "PROTOCOLS", "RETRIEVAL", "get_protocol",
     "SATELLITE_PREFIX", "SCENE_TEMPLATES", "SegmentationMeter", "TextEmbeddingCache", "best_positive_rank",
     "class_scores", "intersect_and_union", "name_embeddings", "ovss", "percent", "predict_classes", "recall_at_k",
     "recall_from_ranks", "reduce_zero_label", "retrieval", "segmentation_scores", "select",

@@ -1,22 +1,21 @@
-"""Training-free open-vocabulary semantic segmentation with SegEarth-OV's protocol (spec section 7).
+"""Training-free open-vocabulary semantic segmentation under a named protocol (spec section 7).
 
-For each image:
+The protocol (``farslip``: RS-OVSS, the FarSLIP paper's table, the default; ``segearth``: SegEarth-OV's) holds
+every value that changes a number (``farslip.engine.protocols``). For each image:
 
-1. resize to fit ``scale x scale`` keeping the ratio (mmcv ``imrescale``: factor ``scale / long side``, bilinear,
-   no antialiasing), normalise with CLIP's mean/std on the 0..255 scale;
-2. slide ``crop`` windows with ``stride`` (SegEarth-OV's ``forward_slide`` arithmetic: the last window is shifted
+1. read and resize as mmcv does (OpenCV ``imdecode``; ``cv2.resize`` bilinear to fit ``scale x scale`` keeping the
+   ratio), normalise with CLIP's mean/std on the 0..255 scale;
+2. slide ``crop`` windows with ``stride`` (the official ``forward_slide`` arithmetic: the last window is shifted
    back inside the image; windows that are not a multiple of the patch size are zero-padded around the centre);
-   every window goes through the encoder -- windows of one image and of several images are batched;
-3. per window: dense tokens (last-layer surgery, ``attn`` variant) and the CLS row, both L2-normalised;
-   cosine with each name's text embedding (OpenAI's 80 ImageNet templates, mean of normalised embeddings,
-   renormalised), plus ``cls_lambda x`` the CLS cosine (global-bias alleviation, -0.3), upsampled bilinearly to
-   the window;
+   windows of one image and of several images are batched through the encoder; with ``window_to_model_size``
+   (RS-OVSS) a window whose padded size is not the model's input size is resized to it first;
+3. per window: dense tokens (last-layer surgery, ``attn`` variant; optionally upsampled by SimFeatUp) and the CLS
+   row, both L2-normalised; cosine with each name's text embedding (OpenAI's 80 ImageNet templates, mean of
+   normalised embeddings, renormalised), plus ``cls_lambda x`` the CLS cosine, upsampled bilinearly to the window;
 4. overlapping windows averaged (sum / count), upsampled bilinearly to the ORIGINAL image size;
 5. ``softmax(logit_scale x logits)`` over all names; a class's score is the max over its synonyms; argmax; pixels
-   whose top score is under the dataset's threshold get its background class;
+   whose top score is under the protocol's threshold get the background class;
 6. intersection / union accumulated over the dataset (ignore label, optional ``reduce_zero_label``) -> mIoU.
-
-SegEarth-OV's optional learned upsampler (SimFeatUp) is not used.
 """
 from __future__ import annotations
 
@@ -31,17 +30,17 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..core.problems import Problem
 from ..engine import (OVSS_TEMPLATES, Template, TextEmbeddingCache, class_scores, name_embeddings, predict_classes,
                       prepare_image, query_table, sliding_window_logits)
-from ..models import ATTENTION_VARIANTS
+from ..engine.images import read_label_array, read_rgb_array, read_rgb_like_mmcv
+from ..engine.protocols import OVSSProtocol, get_protocol
+from ..engine.runtime import protocol_runtime
 from ..models.precision import Amp, model_device
 from . import distributed
 from .common import EvalResult, make_loader, progress, split_bad
-from ..engine.images import read_label_array, read_rgb_array
-from ..core.problems import Problem
 from .io import ErrorPolicy, EvalDataError, read_synonym_file
 from .metrics import SegmentationMeter, reduce_zero_label
-
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -109,11 +108,7 @@ class OVSSDataset:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Loading and resizing
-
-
-
-
+# Loading
 
 class SegmentationSamples(Dataset):
     """Image (resized, normalised) + label map (original size) for each pair; unreadable ones -> a Problem."""
@@ -127,7 +122,8 @@ class SegmentationSamples(Dataset):
     def __getitem__(self, i):
         img_path, ann_path = self.pairs[i]
         try:
-            rgb = torch.from_numpy(read_rgb_array(img_path))
+            rgb = read_rgb_like_mmcv(img_path)  # as the official pipelines decode it (cv2); else our reader
+            rgb = torch.from_numpy(rgb if rgb is not None else read_rgb_array(img_path))
         except Exception as exc:  # noqa: BLE001
             return Problem("bad-image", img_path, f"{self.ds.name}: cannot read image: {type(exc).__name__}: {exc}")
         if not Path(ann_path).is_file():
@@ -150,68 +146,57 @@ def _collate(batch):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Sliding windows
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # The evaluation
 
-
-
 @torch.no_grad()
-def ovss(model: nn.Module, tokenizer, dataset: OVSSDataset, *, attn: str = "segearth", scale: int | None = 448,
-         crop: int = 224, stride: int = 112, logit_scale: float = 50.0, cls_lambda: float = -0.3,
-         cls_from: str = "surgery", templates: Sequence[Template] | None = None, batch_size: int = 4,
-         window_batch_size: int | None = None, num_workers: int | None = None, amp: Amp = None,
-         on_error: str = "raise", limit: int | None = None, overlays: int = 0, overlay_dir=None,
-         text_cache: TextEmbeddingCache | None = None, show_progress: bool = True,
-         desc: str | None = None,
-         device=None) -> EvalResult:
-    """Open-vocabulary segmentation mIoU of ``model`` on ``dataset`` with SegEarth-OV's protocol.
+def ovss(model: nn.Module, tokenizer, dataset: OVSSDataset, *, protocol: str | OVSSProtocol | None = None,
+         attn: str | None = None, scale: int | None = None, crop: int | None = None, stride: int | None = None,
+         logit_scale: float | None = None, cls_lambda: float | None = None, cls_from: str | None = None,
+         threshold: float | None = None, background_index: int | None = None,
+         window_to_model_size: bool | None = None, simfeatup: str | None = None, half_model: str | None = None,
+         templates: Sequence[Template] | None = None, batch_size: int = 4, window_batch_size: int | None = None,
+         num_workers: int | None = None, amp: Amp = None, on_error: str = "raise", limit: int | None = None,
+         overlays: int = 0, overlay_dir=None, text_cache: TextEmbeddingCache | None = None,
+         show_progress: bool = True, desc: str | None = None, device=None) -> EvalResult:
+    """Open-vocabulary segmentation mIoU of ``model`` on ``dataset`` under an OVSS protocol.
 
     Args:
+        protocol: ``"farslip"`` (default: NJU-LHRS/RS-OVSS, the FarSLIP paper's table), ``"segearth"``
+            (SegEarth-OV's) or an :class:`~farslip.engine.protocols.OVSSProtocol`. Every value is documented
+            there; the arguments below override it when given (None: the protocol's):
         attn: last-block attention variant (``segearth``, ``sclip``, ``clearclip``, ``maskclip``, ``vanilla``).
-        scale: images are resized to fit ``scale x scale`` keeping their ratio (None: no resize).
+        scale: images are resized (OpenCV bilinear) to fit ``scale x scale`` keeping their ratio (0: no resize).
         crop, stride: sliding window size and step on the resized image.
-        logit_scale: temperature of the softmax over names (50).
-        cls_lambda: weight of the CLS-token logits added to every patch (-0.3); 0 turns it off.
-        cls_from: ``"surgery"`` (SegEarth-OV: the CLS row of the modified last block) or ``"ordinary"``.
+        logit_scale: temperature of the softmax over names.
+        cls_lambda: weight of the CLS-token logits added to every patch; 0 turns it off.
+        cls_from: ``"surgery"`` (the CLS row of the modified last block) or ``"ordinary"``.
+        threshold, background_index: pixels whose best class score is under ``threshold`` get
+            ``background_index``; ``"dataset"``: the dataset's own values.
+        window_to_model_size: resize windows whose padded size is not the model's input size to it (RS-OVSS).
+        simfeatup: path of SegEarth-OV's SimFeatUp weights (upsampled features before the cosine).
+        half_model: ``"cuda"`` / ``"always"`` / ``"never"``: a float16 model as the official codes run it.
         templates: prompt templates; default OpenAI's 80 ImageNet templates.
         batch_size: images loaded per step; their windows share encoder batches of ``window_batch_size``
             (default: 64 on an accelerator, about 1024 token rows -- 5 ViT-B/16 windows -- on the CPU).
         overlays, overlay_dir: write ``image | prediction | ground truth`` PNGs of the first ``overlays`` images.
         device: move the model there first (default: use it where it is).
-        amp: None = the official precision (fp16 autocast on CUDA, fp32 on CPU); ``"bf16"``: bfloat16 autocast on
-            any device, about 3x faster on a CPU with avx512_bf16/AMX, not the paper's protocol (a few pixels in a
-            thousand change class); ``False``: no autocast.
+        amp: None = the protocol's precision (its float16 model on CUDA, fp32 on the CPU); ``True``: fp16
+            autocast on CUDA; ``"bf16"``: bfloat16 autocast on any device, about 3x faster on a CPU with
+            avx512_bf16/AMX, not the paper's protocol (a few pixels in a thousand change class); ``False``: the
+            model as given.
         on_error: ``"raise"`` at the first unreadable image or label map, or ``"skip"`` and count it.
         limit: evaluate only the first ``limit`` images.
 
     Returns:
         ``{"mIoU", "aAcc" (pixel accuracy), "mAcc"}`` in percent (2 decimals) and per-class ``"IoU"``/``"Acc"``
-        dicts (None for a class absent from both prediction and ground truth); ``.info`` has counts and timing.
+        dicts (None for a class absent from both prediction and ground truth); ``.info`` has counts, timing and
+        ``"protocol"``: every setting used (``threshold``/``background_index`` as applied to this dataset).
     """
-    if attn not in ATTENTION_VARIANTS:
-        raise ValueError(f"attn must be one of {ATTENTION_VARIANTS}, got {attn!r}")
+    proto = get_protocol(protocol, dict(attn=attn, scale=scale, crop=crop, stride=stride, logit_scale=logit_scale,
+                                        cls_lambda=cls_lambda, cls_from=cls_from, threshold=threshold,
+                                        background_index=background_index,
+                                        window_to_model_size=window_to_model_size, simfeatup=simfeatup,
+                                        half_model=half_model))
     if isinstance(dataset, dict):
         dataset = OVSSDataset(**dataset)
     if not isinstance(dataset, OVSSDataset):
@@ -224,34 +209,40 @@ def ovss(model: nn.Module, tokenizer, dataset: OVSSDataset, *, attn: str = "sege
     classes = dataset.classes()
     names, owner = query_table(classes)
     class_names = [syn[0] for syn in classes]
-    if not 0 <= dataset.background_index < len(classes):
-        raise EvalDataError(f"OVSS dataset {dataset.name!r}: background index {dataset.background_index} is not a "
+    prob_threshold, background = proto.dataset_rule(dataset)
+    if not 0 <= background < len(classes):
+        raise EvalDataError(f"OVSS dataset {dataset.name!r}: background index {background} is not a "
                             f"class (0..{len(classes) - 1})")
     pairs = dataset.pairs()
     if limit is not None:
         pairs = pairs[:limit]
     model.eval()
     device = model_device(model)
-    queries = name_embeddings(model, tokenizer, names, templates or OVSS_TEMPLATES, amp=amp, cache=text_cache)
+    runtime = protocol_runtime(model, proto, amp)
+    if runtime.model is not model:  # the half copy's text embeddings are its own: a cache of its own too
+        text_cache = None
+    queries = name_embeddings(runtime.model, tokenizer, names, templates or OVSS_TEMPLATES, amp=amp,
+                              cache=text_cache)
     meter = SegmentationMeter(len(classes), class_names, dataset.ignore_index)
     shard = distributed.batch_shard(len(pairs), batch_size)  # torchrun: this rank's whole batches
-    loader = make_loader(SegmentationSamples(pairs[shard.start:shard.stop], dataset, scale), batch_size,
+    loader = make_loader(SegmentationSamples(pairs[shard.start:shard.stop], dataset, proto.scale), batch_size,
                          num_workers, _collate)
     written = []
     with distributed.all_or_none():
-        for batch in progress(loader, desc=desc or f"ovss {dataset.name}",
+        for batch in progress(loader, desc=desc or f"ovss {dataset.name} ({proto.name})",
                               enabled=show_progress and distributed.is_main(), unit="batch"):
             samples, bad = split_bad(batch)
             for b in bad:
                 errors(b)
             if not samples:
                 continue
-            logits = sliding_window_logits(model, [s["image"] for s in samples], queries, crop=crop, stride=stride,
-                                           attn=attn, cls_lambda=cls_lambda, cls_from=cls_from,
-                                           window_batch_size=window_batch_size, amp=amp)
+            logits = sliding_window_logits(runtime.model, [s["image"] for s in samples], queries,
+                                           window_batch_size=window_batch_size, amp=amp,
+                                           **runtime.window_options(proto))
             for s, lg in zip(samples, logits):
-                scores = class_scores(lg, owner, len(classes), out_size=s["ori_size"], logit_scale=logit_scale)
-                pred = predict_classes(scores, dataset.prob_threshold, dataset.background_index)
+                scores = class_scores(lg, owner, len(classes), out_size=s["ori_size"],
+                                      logit_scale=proto.logit_scale)
+                pred = predict_classes(scores, prob_threshold, background)
                 label = s["label"].to(device)
                 meter.update(pred, label)
                 if overlay_dir is not None and len(written) < overlays and distributed.is_main():
@@ -266,6 +257,8 @@ def ovss(model: nn.Module, tokenizer, dataset: OVSSDataset, *, attn: str = "sege
     if meter.images == 0:
         raise EvalDataError(f"OVSS dataset {dataset.name!r}: no image could be evaluated ({errors.count} skipped)")
     res = EvalResult(meter.compute())
+    settings = {**proto.settings(), "threshold": prob_threshold, "background_index": background,
+                "precision": "float16 model" if runtime.dtype == torch.float16 else "as given"}
     res.info = {"images": meter.images, "classes": len(classes), "names": len(names), "overlays": written,
-                "seconds": round(time.time() - t0, 2), **errors.summary()}
+                "seconds": round(time.time() - t0, 2), "protocol": settings, **errors.summary()}
     return res

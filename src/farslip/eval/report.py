@@ -11,7 +11,7 @@ from typing import Sequence
 TITLES = {
     "classification": "Zero-shot scene classification (accuracy, %)",
     "retrieval": "Zero-shot image-text retrieval (recall, %)",
-    "ovss": "Open-vocabulary semantic segmentation (SegEarth-OV protocol, %)",
+    "ovss": "Open-vocabulary semantic segmentation (%)",
 }
 _RET_COLS = [("t2i R@1", "text2img_R@1"), ("t2i R@5", "text2img_R@5"), ("t2i R@10", "text2img_R@10"),
              ("t2i R@100", "text2img_R@100"), ("t2i mean", "text2img_mean"),
@@ -84,6 +84,8 @@ def console_report(report: dict) -> str:
         section = report["sections"][kind]
         header, rows = section_rows(section)
         parts.append(TITLES[kind])
+        if section.get("protocol_line"):
+            parts.append(section["protocol_line"])
         parts.append(text_table(header, rows) if rows else "(no dataset evaluated)")
         parts += ["  " + n for n in _notes(section)]
         parts.append("")
@@ -120,6 +122,8 @@ def markdown_report(report: dict, base_dir=None) -> str:
         section = report["sections"][kind]
         header, rows = section_rows(section)
         lines += [f"## {TITLES[kind]}", ""]
+        if section.get("protocol_line"):
+            lines += [section["protocol_line"] + f" ({section['protocol'].get('source', '')})", ""]
         lines += [markdown_table(header, rows) if rows else "(no dataset evaluated)", ""]
         lines += [f"* {n}" for n in _notes(section)]
         if kind == "ovss":

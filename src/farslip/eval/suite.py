@@ -10,6 +10,7 @@ from typing import Callable, Mapping, Sequence
 from torch import nn
 
 from ..engine import TextEmbeddingCache
+from ..engine.protocols import PROTOCOL_SETTINGS, get_protocol
 from .io import EvalDataError
 from .ovss import OVSSDataset, ovss
 from .registry import select
@@ -63,6 +64,17 @@ def _run_one(section: dict, name: str, fn: Callable[[], dict], log: Callable[[st
         + (f" ({skipped} bad record(s) skipped)" if skipped else ""))
 
 
+def _with_protocol(section: dict, options: dict) -> dict:
+    """Resolve the OVSS protocol of ``options`` (name + overrides) once, record it in the section, and hand the
+    resolved protocol on."""
+    options = dict(options)
+    overrides = {k: options.pop(k) for k in PROTOCOL_SETTINGS if k in options}
+    proto = get_protocol(options.pop("protocol", None), overrides)
+    section["protocol"] = proto.settings()
+    section["protocol_line"] = proto.describe()
+    return {**options, "protocol": proto}
+
+
 def run_registered(kind: str, model: nn.Module, tokenizer, preprocess, *, data_root=None,
                    roots: Mapping[str, str] | None = None, names: Sequence[str] | None = None,
                    on_error: str = "skip", text_cache: TextEmbeddingCache | None = None,
@@ -74,6 +86,8 @@ def run_registered(kind: str, model: nn.Module, tokenizer, preprocess, *, data_r
     """
     section = new_section(kind)
     text_cache = text_cache if text_cache is not None else TextEmbeddingCache()
+    if kind == "ovss":
+        options = _with_protocol(section, options)
     benches = select(kind, names)
     for b in benches:
         miss = b.missing(data_root, roots)
@@ -109,6 +123,7 @@ def run_custom(kind: str, model: nn.Module, tokenizer, preprocess, name: str, *,
     elif kind == "retrieval":
         fn = lambda: retrieval(model, tokenizer, preprocess, desc=name, **kwargs)  # noqa: E731
     else:
+        kwargs = _with_protocol(section, kwargs)
         dataset: OVSSDataset = kwargs.pop("dataset")
         fn = lambda: ovss(model, tokenizer, dataset, desc=name,  # noqa: E731
                           overlay_dir=(Path(overlay_root) / name) if overlay_root else None, **kwargs)

@@ -98,15 +98,16 @@ def bounded_gdal_cache(megabytes: int):
     return rasterio.Env(GDAL_CACHEMAX=int(megabytes))
 
 
-def tile_logits(scene: SceneTiles, tile: Tile, model, text: torch.Tensor, *, attn: str, cls_lambda: float,
-                amp=None, window_batch_size: int | None = None) -> torch.Tensor | None:
+def tile_logits(scene: SceneTiles, tile: Tile, model, text: torch.Tensor, *, amp=None,
+                window_batch_size: int | None = None, **window) -> torch.Tensor | None:
     """``[Q, h, w]`` window-averaged cosine logits of the tile's output pixels against ``text`` (NaN where no
-    encoded window covers a pixel, i.e. nodata), or None when the tile has no valid pixel."""
+    encoded window covers a pixel, i.e. nodata), or None when the tile has no valid pixel. ``window``: the
+    other options of :func:`~farslip.engine.sliding_window_logits` (attn, cls_lambda, a protocol's settings)."""
     boxes = scene.encoded_boxes(tile)
     if not boxes:
         return None
     x = normaliser(model)(torch.from_numpy(read_rgb(scene.r, scene.region(tile), scene.region_shape(tile))))
     logits = sliding_window_logits(model, [x.to(next(model.parameters()).device)], text, crop=scene.window,
-                                   stride=scene.stride, attn=attn, cls_lambda=cls_lambda, amp=amp,
-                                   window_batch_size=window_batch_size, boxes=[boxes])[0]
+                                   stride=scene.stride, amp=amp, window_batch_size=window_batch_size,
+                                   boxes=[boxes], **window)[0]
     return tile.cols.take(tile.rows.take(logits, 1), 2)

@@ -4,6 +4,12 @@ The raster is processed tile by tile (``tiling.py``: each tile encodes the windo
 touch it, so the map equals one pass over the whole raster); inside a tile the OVSS protocol of the evaluation
 (dense features in sliding windows, 80-template text embeddings, synonym max, CLS-bias, threshold -> background)
 runs at the model's own window size. Memory is bounded by the tile size, not the raster size.
+
+Defaults are raster-friendly (windows of the model's input size, stride half of it, CLS-bias -0.3, no threshold,
+the raster at its own resolution). ``protocol="farslip"`` or ``"segearth"`` takes an evaluation protocol's
+window, stride, attention, CLS-bias, temperature, window resize, SimFeatUp and float16 model instead; its
+threshold too where it has one number (``segearth``'s are per dataset, so the option's stays). The raster is
+never fitted to 448 px: ``scale`` stays a resampling factor.
 """
 from __future__ import annotations
 
@@ -24,6 +30,8 @@ from ..core.errors import UsageError
 from ..core.files import atomic_path, atomic_write, distinct_stems, refuse_overwriting_inputs
 from ..engine import (OVSS_TEMPLATES, TextEmbeddingCache, class_scores, model_input_size, name_embeddings,
                       predict_classes, query_table)
+from ..engine.protocols import OVSSProtocol, get_protocol
+from ..engine.runtime import ProtocolRuntime, protocol_runtime
 from .common import load_for_inference, parse_classes
 from .cog import class_map_writer, score_writer
 from .raster import RasterError, open_raster, read_thumbnail
@@ -57,6 +65,37 @@ class SegmentOptions:
     min_area: float = 0.0               # polygons: regions under this many map units^2 are left out
     simplify: float = 0.0               # polygons: simplification tolerance in map units
     html: bool = False                  # OUT/<stem>.html: the offline interactive map
+    protocol: str | None = None         # an OVSS protocol's settings (farslip, segearth) instead of the above
+    cls_from: str = "surgery"
+    window_to_model_size: bool = False
+    simfeatup: str | None = None
+    half_model: str = "never"
+    protocol_applied: bool = False      # set once the protocol's values are in (they are taken once)
+
+    def apply_protocol(self, explicit: Sequence[str] = ()) -> None:
+        """Take ``self.protocol``'s settings for every field not in ``explicit`` (once; no protocol: nothing)."""
+        if not self.protocol or self.protocol_applied:
+            return
+        self.protocol_applied = True
+        proto = get_protocol(self.protocol)
+        values = dict(attn=proto.attn, cls_lambda=proto.cls_lambda, cls_from=proto.cls_from,
+                      logit_scale=proto.logit_scale, window=proto.crop, stride=proto.stride,
+                      window_to_model_size=proto.window_to_model_size, simfeatup=proto.simfeatup,
+                      half_model=proto.half_model)
+        if proto.threshold is not None:
+            values["threshold"] = proto.threshold
+        if proto.background_index is not None:
+            values["background_index"] = proto.background_index
+        for k, v in values.items():
+            if k not in explicit:
+                setattr(self, k, v)
+
+    def as_protocol(self, window: int, stride: int) -> OVSSProtocol:
+        """These options as a protocol, for the engine (scale and the threshold are applied by segment itself)."""
+        return OVSSProtocol(self.protocol or "segment", scale=None, crop=window, stride=stride, attn=self.attn,
+                            cls_lambda=self.cls_lambda, cls_from=self.cls_from, logit_scale=self.logit_scale,
+                            window_to_model_size=self.window_to_model_size, simfeatup=self.simfeatup,
+                            half_model=self.half_model)
 
 
 @dataclass
@@ -86,6 +125,7 @@ def segment(images: Sequence[str | Path] | str | Path, classes: Sequence[str] | 
     opts = options or SegmentOptions()
     for k, v in overrides.items():
         setattr(opts, k, v)
+    opts.apply_protocol(explicit=overrides)
     images = [images] if isinstance(images, (str, Path)) else list(images)
     class_syn = parse_classes(classes, classes_file)
     names = [c[0] for c in class_syn]
@@ -108,15 +148,17 @@ def segment(images: Sequence[str | Path] | str | Path, classes: Sequence[str] | 
             raise UsageError("segment needs a checkpoint (or a model and tokenizer)")
         model, _, tokenizer = load_for_inference(checkpoint, arch, device)
     queries, query_to_class = query_table(class_syn)
+    window = opts.window or model_input_size(model)
+    runtime = protocol_runtime(model, opts.as_protocol(window, opts.stride or window // 2), opts.amp)
     with torch.no_grad():
         # once per run, in fp32 whatever amp; 64 prompts a batch keeps the text tower's activations (~0.6 GB at 256
         # for ViT-B) under the peak the tiles reach
-        text = name_embeddings(model, tokenizer, queries, OVSS_TEMPLATES, batch_size=64,
-                               cache=text_cache)
+        text = name_embeddings(runtime.model, tokenizer, queries, OVSS_TEMPLATES, batch_size=64,
+                               cache=text_cache if runtime.model is model else None)
     results = []
     with bounded_gdal_cache(opts.gdal_cache_mb):
         for image, stem, target in zip(images, stems, targets):
-            results.append(_segment_one(Path(image), stem, model, text, query_to_class, names, out, target, opts))
+            results.append(_segment_one(Path(image), stem, runtime, text, query_to_class, names, out, target, opts))
     return results
 
 
@@ -127,12 +169,15 @@ def _outputs(stem: str, out: Path, opts: SegmentOptions, vector: Path | None) ->
     return [out / f"{stem}.{k}" for k in kinds] + ([vector] if vector else [])
 
 
-def _segment_one(path: Path, stem: str, model, text, query_to_class, names, out: Path, vector: Path | None,
-                 opts: SegmentOptions) -> SegmentResult:
+def _segment_one(path: Path, stem: str, runtime: ProtocolRuntime, text, query_to_class, names, out: Path,
+                 vector: Path | None, opts: SegmentOptions) -> SegmentResult:
     t0 = time.perf_counter()
+    model = runtime.model
     r = open_raster(path, opts.bands, opts.percentiles)
     window = opts.window or model_input_size(model)
     scene = SceneTiles(r, window, opts.stride or window // 2, opts.scale, opts.block)
+    protocol_options = runtime.window_options(opts.as_protocol(scene.window, scene.stride))
+    del protocol_options["crop"], protocol_options["stride"]  # the scene's windows
     colours = _class_colours(names)
     tif = out / f"{stem}.tif"
     conf_tif = out / f"{stem}.confidence.tif" if opts.confidence else None
@@ -147,8 +192,8 @@ def _segment_one(path: Path, stem: str, model, text, query_to_class, names, out:
                                                      source=path)) if prob_tif else None
             for tile in tqdm(scene, total=len(scene), desc=f"segment {path.name}", unit="tile",
                              disable=not opts.progress):
-                logits = tile_logits(scene, tile, model, text, attn=opts.attn, cls_lambda=opts.cls_lambda,
-                                     amp=opts.amp, window_batch_size=opts.window_batch_size)
+                logits = tile_logits(scene, tile, model, text, amp=opts.amp, window_batch_size=opts.window_batch_size,
+                                     **protocol_options)
                 if logits is None:
                     continue  # no valid pixel: the rasters keep their nodata there
                 scores = class_scores(logits, query_to_class, len(names), logit_scale=opts.logit_scale)

@@ -176,6 +176,47 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return torch.storage.TypedStorage(wrap_storage=untyped, dtype=dtype, _internal=True)
 
 
+class _Inert:
+    """Stands in for any other object a pickle names (a training run's hyper-parameters, callbacks, even a
+    payload): it accepts whatever the pickle hands it and keeps nothing, so no foreign code ever runs."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+    def __call__(self, *args, **kwargs):
+        return _Inert()
+
+
+class _TensorsOnlyUnpickler(_RestrictedUnpickler):
+    def find_class(self, module, name):
+        try:
+            return super().find_class(module, name)
+        except pickle.UnpicklingError:
+            return _Inert
+
+
+def load_tensors_only(path: str | os.PathLike) -> Any:
+    """``torch.load(weights_only=True)`` of a torch.save file; when its pickle also holds objects that loader
+    refuses (PyTorch-Lightning checkpoints keep hyper-parameters and callbacks beside the weights), the file is
+    read again with a restricted unpickler that rebuilds tensors and plain containers and replaces every other
+    object by an inert placeholder -- no pickled code runs either way."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        if not zipfile.is_zipfile(path):
+            raise
+    with zipfile.ZipFile(path) as zf:
+        pkl = next((n for n in zf.namelist() if n.endswith("data.pkl") and n.count("/") == 1), None)
+        if pkl is None:
+            raise pickle.UnpicklingError(f"{path}: no data.pkl in the archive")
+        with warnings.catch_warnings():  # legacy storage classes name the dtype; torch warns on their use
+            warnings.simplefilter("ignore", UserWarning)
+            return _TensorsOnlyUnpickler(zf.read(pkl), zf, pkl[: -len("data.pkl")]).load()
+
+
 def _read_torchscript(path: Path) -> dict[str, torch.Tensor]:
     with zipfile.ZipFile(path) as zf:
         pkl = next(n for n in zf.namelist() if n.endswith("data.pkl") and n.count("/") == 1)

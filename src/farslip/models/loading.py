@@ -131,10 +131,9 @@ def load_model(arch: str | None = None, checkpoint: str | os.PathLike | None = N
             Hugging Face cache), an open_clip pretrained tag (``openai``, ``laion2b_s34b_b88k``) or a local file:
             raw state dict, ``{"state_dict": ...}`` (DDP prefix or not), FarSLIP long-text, OpenAI TorchScript,
             safetensors, or farslip's own. ``None`` gives random initialisation.
-        quick_gelu: QuickGELU activations or GELU; None (default) chooses by the weights
-            (:func:`farslip.models.lineage.choose_quick_gelu`: the registry entry's, a farslip checkpoint's record, the
-            pretrained tag's
-            own, QuickGELU for OpenAI archives, and for other files QuickGELU with a warning that it is a guess).
+        quick_gelu: QuickGELU activations or GELU; None (default) chooses by the weights: the registry entry's,
+            a farslip checkpoint's record, the pretrained tag's own, QuickGELU for OpenAI archives, and for other
+            files QuickGELU with a warning that it is a guess (:func:`farslip.models.lineage.choose_quick_gelu`).
         context_length: text positions; by default read off the weights (77 or 248).
         rs_ovss_method: load as RS-OVSS builds that ``--method`` (``FarSLIP2``, ``GeoRSCLIP``, ...): its text
             length by name with the file's text positions resized to it, and its activation unless
