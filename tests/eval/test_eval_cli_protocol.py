@@ -72,3 +72,11 @@ def test_protocol_help_and_errors(capsys, tmp_path):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["eval", "ovss", "--threshold", "high"])
     assert "expected a number or 'dataset'" in capsys.readouterr().err
+
+
+def test_a_missing_simfeatup_file_is_one_line(bench_root, tmp_path, capsys):
+    rc = main(["eval", "ovss", *COMMON, "--data-root", str(bench_root), "--datasets", "udd5", "--protocol",
+               "segearth", "--simfeatup", str(tmp_path / "absent.ckpt"), "--output", str(tmp_path / "o"), *FAST])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "absent.ckpt" in err and "no such file" in err and "Traceback" not in err

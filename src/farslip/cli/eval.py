@@ -347,13 +347,10 @@ def _run(args, main: bool) -> int:
             chosen = select_any(args.datasets) if kind == "all" else {kind: select(kind, args.datasets)}
         except KeyError as exc:
             raise SystemExit(str(exc.args[0]))
-    if kind in ("ovss", "all") and args.simfeatup:
-        from ..engine.simfeatup import SimFeatUpError, read_simfeatup_state
+    if kind in ("ovss", "all") and args.simfeatup:  # a bad weights file stops here, not after the model loads
+        from ..engine.simfeatup import read_simfeatup_state
 
-        try:
-            read_simfeatup_state(args.simfeatup)
-        except SimFeatUpError as exc:
-            raise SystemExit(str(exc)) from None
+        read_simfeatup_state(args.simfeatup)
     model, preprocess, tokenizer, device = _load(args)
     sections = {}
     if custom:

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.errors import FarslipError
 from ..models.checkpoint_io import load_tensors_only
 
 #: Each JBU step doubles the grid; four steps.
@@ -103,7 +104,7 @@ class SimFeatUp(nn.Module):
         return self.fixup_proj(x) * 0.1 + x
 
 
-class SimFeatUpError(ValueError):
+class SimFeatUpError(FarslipError, ValueError):
     """The upsampler weights file cannot be used (named in the message)."""
 
 
