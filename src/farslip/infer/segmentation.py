@@ -30,7 +30,6 @@ from ..core.errors import UsageError
 from ..core.files import atomic_path, atomic_write, distinct_stems, refuse_overwriting_inputs
 from ..engine import (OVSS_TEMPLATES, TextEmbeddingCache, class_scores, model_input_size, name_embeddings,
                       predict_classes, query_table)
-from ..engine.colours import palette as make_palette
 from ..engine.protocols import OVSSProtocol, get_protocol
 from ..engine.runtime import ProtocolRuntime, protocol_runtime
 from .common import load_for_inference, parse_classes
