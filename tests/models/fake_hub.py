@@ -5,7 +5,8 @@ Read from huggingface_hub's own client code (file_download.py, hf_api.py, _commi
     points to), ``ETag`` (the file's sha256, as the hub gives for LFS files), ``Content-Length``; GET honours
     ``Range`` (resumed downloads). Errors carry ``X-Error-Code`` (RepoNotFound, RevisionNotFound, EntryNotFound),
     which the client turns into its typed exceptions.
-  * POST ``/api/repos/create``; POST ``/api/validate-yaml`` (a README.md's metadata); POST ``/api/models/{repo}/preupload/{revision}`` (every file "regular", so no LFS or
+  * POST ``/api/repos/create``; POST ``/api/validate-yaml`` (a README.md's metadata); POST
+    ``/api/models/{repo}/preupload/{revision}`` (every file "regular", so no LFS or
     Xet transfer is needed); POST ``/api/models/{repo}/commit/{revision}`` (NDJSON: a header line, then files with
     base64 content) -- what ``upload_folder`` does.
 Everything is kept in memory; each commit gets a new 40-hex id.
@@ -135,8 +136,9 @@ def _handler_for(hub: FakeHub):
                 start = int(rng[1])
                 headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
             headers["Content-Length"] = str(len(data) - start)
-            cut, hub.cut_next_download_at = (hub.cut_next_download_at, None) if not head else (None, hub.cut_next_download_at)
+            cut = None if head else hub.cut_next_download_at
             if cut is not None:  # a connection lost mid-file: the full length announced, part of it sent
+                hub.cut_next_download_at = None
                 self._send(200, data[:cut], headers)
                 self.close_connection = True
                 return

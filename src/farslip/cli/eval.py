@@ -183,8 +183,9 @@ def _add_ovss_args(p: argparse.ArgumentParser, own: bool = True) -> None:
         o = p.add_argument_group("own data (instead of --data-root)")
         o.add_argument("--img-dir", default=None)
         o.add_argument("--ann-dir", default=None)
-        o.add_argument("--classes-file", default=None, help="one class a line in label order, synonyms with commas; or a shipped "
-                                                             "set by name (openearthmap, loveda, ...)")
+        o.add_argument("--classes-file", default=None,
+                       help="one class a line in label order, synonyms with commas; or a shipped set by name "
+                            "(openearthmap, loveda, ...)")
         o.add_argument("--img-suffix", default=".png")
         o.add_argument("--ann-suffix", default=".png")
         o.add_argument("--ignore-index", type=int, default=255)

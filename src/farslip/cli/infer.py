@@ -17,7 +17,7 @@ examples:
   farslip segment scene.tif --checkpoint model.pt --classes "building,roof" road water --out maps/ \\
       --vector gpkg --min-area 20 --simplify 0.5 --html
   farslip segment "scenes/*.tif" @more_scenes.txt --checkpoint model.pt --classes road water --out maps/
-  torchrun --nproc_per_node=4 -m farslip segment items.json --stac-asset visual --checkpoint model.pt \
+  torchrun --nproc_per_node=4 -m farslip segment items.json --stac-asset visual --checkpoint model.pt \\
       --classes road water --out maps/       # STAC ItemCollection, files dealt to 4 GPUs
   farslip segment scene.tif --checkpoint runs/quickstart/farslip-tiny-stage2.pt --protocol farslip \\
       --classes "building,roof,house" road "tree,forest" --out maps/
@@ -26,10 +26,11 @@ A rerun skips the inputs whose outputs are complete (recorded in OUT/.farslip-do
 Each class is one argument; synonyms are joined by commas and a class scores by its best synonym (SegEarth-OV's
 class files; --classes-file also takes a shipped set by name: openearthmap, loveda, isaid, potsdam, vaihingen,
 uavid, udd5, vdd). --checkpoint takes a file or a released model's name (farslip model list). Output (rasters
-are Cloud-Optimized GeoTIFFs with the input's CRS/transform/size): OUT/<name>.tif (uint8 class index, 255 = nodata, class names in the metadata and a colour table), OUT/<name>.confidence.tif
-(float32 probability of the shown class, NaN = nodata), OUT/<name>.png (preview with legend), OUT/<name>.json
-(summary); with --probabilities OUT/<name>.probabilities.tif (a band per class), with --vector the class
-regions as polygons (class, class_index, area, pixels, mean_confidence), with --html OUT/<name>.html.
+are Cloud-Optimized GeoTIFFs with the input's CRS/transform/size): OUT/<name>.tif (uint8 class index,
+255 = nodata, class names in the metadata and a colour table), OUT/<name>.confidence.tif (float32 probability
+of the shown class, NaN = nodata), OUT/<name>.png (preview with legend), OUT/<name>.json (summary); with
+--probabilities OUT/<name>.probabilities.tif (a band per class), with --vector the class regions as polygons
+(class, class_index, area, pixels, mean_confidence), with --html OUT/<name>.html.
 16-bit and float inputs are stretched to 8 bits between the 2nd and 98th percentiles."""
 
 

@@ -175,7 +175,8 @@ def run_export(args) -> int:
               f"onnxruntime vs PyTorch max |diff|: {diffs}")
     if args.push:
         url = push_folder(args.output, args.push, private=args.private)
-        hint = f' -- open_clip.create_model_and_transforms("hf-hub:{args.push}")' if args.format == "open_clip-hub" else ""
+        hint = (f' -- open_clip.create_model_and_transforms("hf-hub:{args.push}")'
+                if args.format == "open_clip-hub" else "")
         print(f"pushed to {args.push}: {url}{hint}")
     return 0
 

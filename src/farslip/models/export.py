@@ -133,7 +133,8 @@ def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, image_size: int
     context_length]`` int64 token ids from open_clip's tokenizer. Each graph is run with onnxruntime on a probe
     input and compared with PyTorch; a mismatch above ``atol`` is an error.
 
-    Returns a summary: files, input size, grid, and the largest absolute difference of each graph.
+    The model is put in eval mode in float32 (the graphs are float32). Returns a summary: files, input size, grid,
+    and the largest absolute difference of each graph.
     """
     if attn not in ATTENTION_VARIANTS:
         raise ExportError(f"attn must be one of {ATTENTION_VARIANTS}, got {attn!r}")

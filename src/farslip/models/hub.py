@@ -49,8 +49,8 @@ def fetch_weights(entry: ModelEntry, *, cache_dir: str | os.PathLike | None = No
     except EntryNotFoundError as exc:
         raise ModelUnavailableError(f"{where}: no such file in the repository on {_endpoint()}") from exc
     except HfHubHTTPError as exc:
-        raise ModelUnavailableError(f"{where}: the hub answered {exc.response.status_code if exc.response is not None else '?'}"
-                                    f" ({str(exc).splitlines()[0]})") from exc
+        status = exc.response.status_code if exc.response is not None else "?"
+        raise ModelUnavailableError(f"{where}: the hub answered {status} ({str(exc).splitlines()[0]})") from exc
     if hub.sha256:
         check_sha256(path, hub.sha256, entry.name)
     return path

@@ -82,7 +82,8 @@ def _entry_from_dict(name: str, raw: dict[str, Any], citations: dict[str, str], 
         raise RegistryError(f"{where}: expected a mapping of fields, found {type(raw).__name__}")
     unknown = sorted(set(raw) - _ENTRY_FIELDS)
     if unknown:
-        raise RegistryError(f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(_ENTRY_FIELDS))}")
+        raise RegistryError(f"{where}: unknown field(s) {', '.join(unknown)}; "
+                            f"known: {', '.join(sorted(_ENTRY_FIELDS))}")
     for required in ("arch", "quick_gelu"):
         if required not in raw:
             raise RegistryError(f"{where}: field {required!r} is required")
@@ -220,9 +221,9 @@ def describe(entry: ModelEntry) -> str:
         if protocol in entry.paper_sets:
             lines.append("                " + ", ".join(f"{k} {v:g}" for k, v in entry.paper_sets[protocol].items()))
     if entry.confirmed:
-        c = entry.confirmed
+        c, how = entry.confirmed, _follow(entry, lambda e: e.confirmed.get("how", ""))
         lines.append(f"  confirmed     file name: {'yes' if c.get('file') else 'no'}, revision: "
-                     f"{'yes' if c.get('revision') else 'no'} -- {_follow(entry, lambda e: e.confirmed.get('how', ''))}")
+                     f"{'yes' if c.get('revision') else 'no'} -- {how}")
     if entry.notes:
         lines.append(f"  notes         {_follow(entry, lambda e: e.notes)}")
     if entry.downloadable:
