@@ -1,16 +1,13 @@
 """farslip segment caps GDAL's block cache (bounded memory on huge rasters) and leaves a user's setting alone."""
 from __future__ import annotations
 
-import importlib
-
 import numpy as np
 import rasterio
 import rasterio.env
 from rasterio.transform import from_origin
 
 import farslip
-
-import farslip.infer.segmentation as seg
+import farslip.infer.scene as scene  # where segment's tiles meet the encoder
 
 
 def _scene(path):
@@ -25,13 +22,13 @@ def _cache_settings_seen(tmp_path, monkeypatch, tiny_model, **kw):
     model, _, _ = tiny_model
     ckpt = farslip.save_model(model, tmp_path / "tiny.pt")
     seen = []
-    original = seg.sliding_window_logits
+    original = scene.sliding_window_logits
 
     def spy(*args, **kwargs):
         seen.append(rasterio.env.getenv().get("GDAL_CACHEMAX"))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(seg, "sliding_window_logits", spy)
+    monkeypatch.setattr(scene, "sliding_window_logits", spy)
     res = farslip.segment(_scene(tmp_path / "s.tif"), ["a", "b"], checkpoint=ckpt, out=tmp_path / "out",
                           progress=False, **kw)[0]
     with rasterio.open(res.geotiff) as f:
