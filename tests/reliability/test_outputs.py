@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -178,3 +180,72 @@ def test_model_convert_writes_a_new_file(capsys, tmp_path, tiny_ckpt, suffix):
     res = run_cli(capsys, "model", "convert", tiny_ckpt, tmp_path / f"copy{suffix}")
     assert res.code == 0, res.err
     _no_partials(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------------- data
+
+@pytest.fixture
+def mgrs_json(tmp_path):
+    from support.fixtures import load_maker
+
+    return load_maker("mgrs_quirky")(tmp_path / "mgrs")
+
+
+def test_validate_report_over_the_json_is_refused(capsys, mgrs_json):
+    before = digest(mgrs_json)
+    res = run_cli(capsys, "data", "validate", mgrs_json, "--no-images", "--report", mgrs_json)
+    assert_user_error(res, str(mgrs_json))
+    assert digest(mgrs_json) == before
+
+
+def test_stats_outputs_over_the_json_are_refused(capsys, mgrs_json):
+    before = digest(mgrs_json)
+    assert_user_error(run_cli(capsys, "data", "stats", mgrs_json, "--json", mgrs_json), str(mgrs_json))
+    assert_user_error(run_cli(capsys, "data", "stats", mgrs_json, "--png", mgrs_json), str(mgrs_json))
+    assert digest(mgrs_json) == before
+
+
+def test_caption_out_must_be_json(capsys, mgrs_json, tmp_path):
+    res = run_cli(capsys, "data", "caption", mgrs_json, "--out", tmp_path / "captions.jpg")
+    assert res.code == 2 and ".json" in res.err and "Traceback" not in res.err
+
+
+def _dota(tmp_path):
+    from support.fixtures import load_maker
+
+    return load_maker("dota")(tmp_path / "dota")
+
+
+@pytest.mark.parametrize("where", ["images", "inside-images", "global_imgs"])
+def test_build_out_over_its_inputs_is_refused(capsys, tmp_path, where):
+    root = Path(_dota(tmp_path))
+    images, labels = root / "images", root / "labelTxt"
+    if where == "global_imgs":  # --images that is an earlier build's chips folder, --out that build
+        out = root / "built"
+        shutil.copytree(images, out / "global_imgs")
+        images = out / "global_imgs"
+    else:
+        out = images if where == "images" else images / "mgrs"
+    before = snapshot(root)
+    res = run_cli(capsys, "data", "build", "--format", "dota", "--images", images, "--labels", labels,
+                  "--out", out, "--overwrite", "--no-progress")
+    assert res.code == 2 and "choose an --out" in res.err and "Traceback" not in res.err, res.err
+    assert snapshot(root) == before
+
+
+# ---------------------------------------------------------------------------------------------------- eval
+
+def test_eval_output_over_its_inputs_is_refused(capsys, tmp_path):
+    d = tmp_path / "bench"
+    (d / "overlays").mkdir(parents=True)
+    (d / "ann").mkdir()
+    (d / "classes.txt").write_text("road\nbuilding\n")
+    res = run_cli(capsys, "eval", "ovss", "--model", "Test-Tiny-ViT", "--img-dir", d / "overlays", "--ann-dir",
+                  d / "ann", "--classes-file", d / "classes.txt", "--output", d, "--no-progress")
+    assert_user_error(res, "overlays", "--img-dir")
+    (d / "results.json").write_text("filepath,label\n")
+    (d / "names.txt").write_text("a\nb\n")
+    res = run_cli(capsys, "eval", "classification", "--model", "Test-Tiny-ViT", "--csv", d / "results.json",
+                  "--classnames", d / "names.txt", "--output", d, "--no-progress")
+    assert_user_error(res, "results.json", "input")
+    assert (d / "results.json").read_text() == "filepath,label\n"

@@ -250,8 +250,12 @@ def _cmd_build(args) -> int:
 
 
 def _cmd_validate(args) -> int:
-    from ..dataprep.validate import validate_mgrs
+    from ..core.files import atomic_write, refuse_overwriting_inputs
+    from ..dataprep.validate import resolve_mgrs_path, validate_mgrs
 
+    if args.report:
+        refuse_overwriting_inputs([args.report], _existing_json(args.path, resolve_mgrs_path),
+                                  hint="choose another --report")
     try:
         rep = validate_mgrs(args.path, root=args.root, check_images=not args.no_images,
                             decode=not args.header_only, workers=args.workers, progress=not args.no_progress)
@@ -259,22 +263,26 @@ def _cmd_validate(args) -> int:
         return _err(str(exc))
     print(rep.format(args.max_lines))
     if args.report:
-        Path(args.report).write_text(json.dumps({
+        atomic_write(args.report, json.dumps({
             "path": rep.path, "records": rep.records, "objects": rep.objects, "ok": rep.ok,
             "findings": [{"level": f.level, "where": f.where, "message": f.message} for f in rep.findings]},
-            indent=2) + "\n", encoding="utf-8")
+            indent=2) + "\n")
     if rep.records == 0 and rep.errors:
         return 2 if any("not valid JSON" in f.message for f in rep.errors) else 1
     return 0 if rep.ok else 1
 
 
 def _cmd_stats(args) -> int:
+    from ..core.files import atomic_write, refuse_overwriting_inputs
     from ..dataprep.stats import default_png_path, format_stats, mgrs_stats, plot_stats
+    from ..dataprep.validate import resolve_mgrs_path
 
     try:
         st = mgrs_stats(args.path)
     except (FileNotFoundError, ValueError) as exc:
         return _err(str(exc))
+    refuse_overwriting_inputs([args.png or default_png_path(args.path)] + ([args.json] if args.json else []),
+                              _existing_json(args.path, resolve_mgrs_path), hint="choose another --png / --json")
     print(format_stats(st, top=args.top))
     png = plot_stats(st, args.png or default_png_path(args.path), title=str(args.path))
     print(f"\nchart written to {png}")
@@ -282,7 +290,7 @@ def _cmd_stats(args) -> int:
         slim = {k: v for k, v in st.items()}
         slim["objects_per_image"] = {k: v for k, v in st["objects_per_image"].items() if k != "values"}
         slim["box_side"] = {k: v for k, v in st["box_side"].items() if k not in ("values", "relative_values")}
-        Path(args.json).write_text(json.dumps(slim, indent=2, default=str) + "\n", encoding="utf-8")
+        atomic_write(args.json, json.dumps(slim, indent=2, default=str) + "\n")
     return 0
 
 
@@ -303,6 +311,8 @@ def _cmd_caption(args) -> int:
     from ..dataprep.mgrs import STATE_DIR, BuildError, recaption_mgrs
     from ..dataprep.validate import resolve_mgrs_path
 
+    if args.out and Path(args.out).suffix.lower() != ".json":
+        return _err(f"--out {args.out}: captions are written as an MGRS JSON; give a .json file name")
     try:
         src = resolve_mgrs_path(args.path)
         mllm = _make_mllm(args, src.parent / STATE_DIR / "mllm_cache")
@@ -315,3 +325,12 @@ def _cmd_caption(args) -> int:
     for key, msg in res["failures"][:10]:
         print(f"  caption-failed: {key}: {msg}")
     return 0
+
+
+def _existing_json(path: str, resolve) -> list[Path]:
+    """The MGRS JSON a command reads (to keep its outputs off it); none when it cannot be found (the command
+    itself then says so)."""
+    try:
+        return [resolve(path)]
+    except (FileNotFoundError, ValueError):
+        return []

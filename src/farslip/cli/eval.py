@@ -338,6 +338,7 @@ def _run(args, main: bool) -> int:
         if lacking:
             raise SystemExit(f"farslip eval {kind}: own data also needs {' '.join(lacking)}")
     out_dir = Path(args.output) if args.output else _default_output(args, kind)
+    _refuse_outputs_over_inputs(args, out_dir)
     roots = _parse_roots(args.root)
     kinds = ["classification", "retrieval", "ovss"] if kind == "all" else [kind]
     chosen = {}
@@ -410,3 +411,19 @@ def _run(args, main: bool) -> int:
         print("nothing was evaluated (see the missing/failed notes above)", file=sys.stderr)
         return 2
     return 1 if failed else 0
+
+
+def _refuse_outputs_over_inputs(args, out_dir: Path) -> None:
+    """results.json, results.md and overlays/ must not replace the files or folders being evaluated."""
+    from ..core.errors import UsageError
+    from ..core.files import refuse_overwriting_inputs
+
+    files = [getattr(args, k, None) for k in ("csv", "classnames", "classes_file")]
+    refuse_overwriting_inputs([out_dir / "results.json", out_dir / "results.md"], [f for f in files if f],
+                              hint="choose another --output")
+    overlays = (out_dir / "overlays").resolve()
+    for option in ("img_dir", "ann_dir"):
+        folder = getattr(args, option, None)
+        if folder and (Path(folder).resolve() == overlays or overlays in Path(folder).resolve().parents):
+            raise UsageError(f"--output {out_dir}: its overlays/ would be written into --{option.replace('_', '-')} "
+                             f"{folder}; choose another --output")

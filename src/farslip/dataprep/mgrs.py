@@ -314,6 +314,25 @@ def _prepare_out(cfg: BuildConfig, overwrite: bool) -> tuple[Path, dict[str, dic
     return out, done
 
 
+def _refuse_out_over_inputs(cfg: BuildConfig) -> None:
+    """The build writes OUT/global_imgs/, OUT/.farslip_build/ and a few JSON files, and deletes chips no journal
+    accounts for: none of that may hold an input, and OUT may not lie inside --images (a second run would read
+    its own chips as source images)."""
+    out = Path(cfg.out).resolve()
+    written = [out / IMAGE_DIR, out / STATE_DIR] + [out / n for n in (JSON_NAME, "categories.json",
+                                                                       "build_report.json")]
+    inputs = {"--images": cfg.images, "--labels": cfg.labels, "--category-map": cfg.category_map,
+              "--categories": cfg.categories}
+    for option, value in inputs.items():
+        if not value:
+            continue
+        src = Path(value).resolve()
+        for w in written:
+            if src == w or w in src.parents or (option == "--images" and src in w.parents):
+                raise BuildError(f"{option} {value} is where the build writes its outputs ({w}); choose an --out "
+                                 "outside the dataset")
+
+
 def build_mgrs(cfg: BuildConfig, workers: int = 0, overwrite: bool = False, progress: bool = True,
                mllm: MLLMCaptioner | None = None, caption_workers: int = 4) -> dict:
     """Build ``cfg.out`` from a detection dataset; return the summary (also written to build_report.json).
@@ -323,6 +342,7 @@ def build_mgrs(cfg: BuildConfig, workers: int = 0, overwrite: bool = False, prog
     from tqdm.auto import tqdm
 
     cfg.check()
+    _refuse_out_over_inputs(cfg)
     if cfg.captioner == "mllm" and mllm is None:
         raise BuildError("captioner 'mllm' needs an MLLMCaptioner (CLI: --mllm-url and --mllm-model)")
     cmap = CategoryMap.from_file(cfg.category_map, not cfg.no_default_map) if cfg.category_map else \

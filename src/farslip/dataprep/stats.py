@@ -5,6 +5,7 @@ import math
 from collections import Counter
 from pathlib import Path
 
+from ..core.files import atomic_path
 from .validate import STAGE2_MIN_SIDE, bbox_values, load_mgrs, resolve_mgrs_path
 
 # box side bins (square root of the box area, in pixels of the stored image)
@@ -167,9 +168,10 @@ def plot_stats(st: dict, png: str | Path, title: str = "", top: int = 30) -> Pat
     ax.set_title("caption length (mean words)")
     fig.suptitle(title or f"{st['images']} images, {st['objects']} objects, {len(st['categories'])} categories")
     fig.tight_layout()
-    fig.savefig(png, dpi=100)
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
     plt.close(fig)
-    return png
+    return Path(png)
 
 
 def default_png_path(path: str | Path) -> Path:

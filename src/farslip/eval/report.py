@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+from ..core.files import atomic_write
 from ..core.problems import Problem
 import math
 from pathlib import Path
@@ -162,6 +163,6 @@ def write_report(report: dict, output_dir) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json", "markdown": out / "results.md"}
     report = {**report, "headline": headline(report)}
-    paths["json"].write_text(json.dumps(_plain(report), indent=2, default=str) + "\n", encoding="utf-8")
-    paths["markdown"].write_text(markdown_report(report, out) + "\n", encoding="utf-8")
+    atomic_write(paths["json"], json.dumps(_plain(report), indent=2, default=str) + "\n")
+    atomic_write(paths["markdown"], markdown_report(report, out) + "\n")
     return paths
