@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..core.errors import FarslipError
+from ..core.errors import FarslipError, UsageError
 from ..core.files import atomic_write
 from ..eval.distributed import gather, world
 
@@ -197,7 +197,7 @@ def segment_many(inputs: Sequence[str | Path], classes: Sequence[str] | None = N
     cache = TextEmbeddingCache()
 
     def one(path: Path):
-        vector = str(vector_path(opts.vector, path, out, len(paths) > 1)) if opts.vector else None
+        vector = str(vector_path(opts.vector, path.stem, out, len(paths) > 1)) if opts.vector else None
         r = segment([path], [",".join(c) for c in class_syn], model=model, tokenizer=tokenizer, out=out,
                     options=replace(opts, vector=vector), text_cache=cache)[0]
         mp = r.pixels / max(r.seconds, 1e-9) / 1e6
@@ -254,9 +254,13 @@ def classify_many(inputs: Sequence[str | Path], classes: Sequence[str] | None = 
     predictions come back in input order (on every rank) with the run's summary; an unreadable file is counted
     and named, the others are classified."""
     from .classify import classify
+    from .common import parse_classes
     from .inputs import expand_inputs
 
     paths = expand_inputs(inputs, inputs_from=inputs_from, stac_asset=stac_asset)
+    if top_k < 1:
+        raise UsageError(f"--top-k must be at least 1, got {top_k}")
+    parse_classes(classes, classes_file)  # a bad class list is the user's, not a file's: refused before any work
     model, preprocess, tokenizer = _load(model, tokenizer, checkpoint, arch, device, preprocess)
     rank, size = world()
     kw = dict(classes_file=classes_file, model=model, preprocess=preprocess, tokenizer=tokenizer, top_k=top_k,
