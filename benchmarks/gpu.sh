@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One prepared GPU check: training step (stage 1 and 2, ViT-B-16, batch 40, bf16 and fp16: samples/s, peak memory,
 # MFU), end-to-end training throughput with 8 loader workers against the official data flow, OVSS windows batched
-# against one at a time, segment Mpx/s on a large raster -- one JSON file. About 6 minutes on one H100/H200.
+# against one at a time, segment Mpx/s on a large raster -- one JSON file. Sized for 6-7 minutes on one H100/H200
+# (estimated from the parts' sizes: not yet timed on a GPU); it must finish within 8.
 #
 #   benchmarks/gpu.sh                      # on a CUDA machine -> benchmarks/results/gpu-check-<time>.json
 #   benchmarks/gpu.sh --out /tmp/gpu.json

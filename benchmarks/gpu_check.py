@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """One prepared GPU check (``benchmarks/gpu.sh``): the figures users pay for, in one JSON file.
 
-    python benchmarks/gpu_check.py --out gpu.json          # on a CUDA machine (about 6 min on one H100/H200)
+    python benchmarks/gpu_check.py --out gpu.json          # on a CUDA machine (sized for 6-7 min on one H100/H200)
     python benchmarks/gpu_check.py --cpu --tiny --out x.json   # the CPU fallback at a tiny size (the test suite)
 
 Parts (each reuses the benchmark modules beside this file):
@@ -42,7 +42,7 @@ def config(cpu: bool, tiny: bool) -> dict:
     return {
         "device": "cpu" if cpu else "cuda", "threads": 2, "compile": False,
         "arch": "FarSLIP-Tiny" if tiny else "ViT-B-16", "batch": 2 if tiny else 40, "views": 4, "size": None,
-        "warmup": 1, "repeats": 1 if tiny else 5, "repeats_stage2": 1 if tiny else 5,
+        "warmup": 1, "repeats": 1 if tiny else 3, "repeats_stage2": 1 if tiny else 3,
         "precisions": ["bf16", "fp16"], "memory": not tiny, "flops": True, "flops_stages": (1, 2),
         "e2e_workers": 2 if tiny else 8, "e2e_steps": 2 if tiny else 12, "e2e_image": 96 if tiny else 512,
         "ovss_arch": "FarSLIP-Tiny" if tiny else "ViT-B-16", "ovss_images": 1 if tiny else 16,
