@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from farslip.core.problems import read_problems
 import rasterio
 from rasterio.transform import from_origin
 
@@ -108,6 +110,9 @@ def test_torchrun_segment_and_classify_equal_one_process_and_resume(tmp_path, ti
     record = json.loads((tmp_path / "two" / ".farslip-done" / "segment-run.json").read_text())
     assert record["processes"] == 2 and {o["rank"] for o in record["outcomes"] if o["status"] == "done"} == {0, 1}
     assert list(record["failures"]) == [str(scenes / "s9.tif")]
+    for run in ("one", "two"):  # the failed input is reported in the one bad-input format
+        problems = read_problems(tmp_path / run / "problems.jsonl")
+        assert [(p.kind, p.path) for p in problems] == [("failed-input", str(scenes / "s9.tif"))]
     assert not list((tmp_path / "two").glob(".*.partial"))
 
     # a rerun on 2 processes skips the four complete inputs; a changed input is redone; other settings redo all

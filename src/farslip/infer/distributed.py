@@ -17,6 +17,7 @@ from typing import Callable, Sequence
 
 from ..core.errors import FarslipError, UsageError
 from ..core.files import atomic_write
+from ..core.problems import Problem, append_problems
 from ..eval.distributed import gather, world
 
 DONE_DIR = ".farslip-done"
@@ -112,7 +113,17 @@ def run_many(paths: Sequence[Path], process: Callable[[Path], tuple[list[str], i
         outcomes.append(Outcome(str(path), "done", rank, round(time.perf_counter() - start, 3), pixels, outputs))
     order = {str(p): i for i, p in enumerate(paths)}
     every = sorted((o for part in gather(outcomes) for o in part), key=lambda o: order[o.input])
+    if out is not None and rank == 0:
+        report_failures(out, every)
     return summarise(every, size, time.perf_counter() - t0)
+
+
+def report_failures(out: Path, outcomes: Sequence[Outcome]) -> None:
+    """Failed inputs go to ``OUT/problems.jsonl`` in the one bad-input format (:class:`~farslip.core.Problem`)."""
+    failed = [Problem("failed-input", o.input, o.error or "failed") for o in outcomes if o.status == "failed"]
+    if failed:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        append_problems(Path(out) / "problems.jsonl", failed)
 
 
 def summarise(outcomes: Sequence[Outcome], processes: int, seconds: float) -> dict:
