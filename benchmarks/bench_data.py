@@ -17,6 +17,7 @@ import io
 import time
 
 from common import emit, median, run_child, set_threads
+from open_clip import OPENAI_DATASET_STD
 
 S, K = 224, 4
 SCALE, RATIO = (0.3, 0.7), (3 / 4, 4 / 3)

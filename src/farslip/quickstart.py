@@ -345,7 +345,7 @@ def write_report(out: Path, world_summary: dict, models: dict, results: dict, ti
                  final: Path, schedules: dict | None = None, seed: int = 0, maps: dict | None = None) -> Path:
     from .eval.report import markdown_table
 
-    curves = loss_curves(out, out / "loss_curves.png")
+    loss_curves(out, out / "loss_curves.png")
     caption, truth, top = retrieval_example(models["FarSLIP stage 2"], out / "world", out / "retrieval_example.png")
     stage_rows, image_rows = [], []
     for name, r in results.items():

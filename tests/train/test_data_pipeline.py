@@ -67,7 +67,6 @@ def test_grid_crops():
 
 
 def test_regions_select_clip_pad_and_mask():
-    img = Image.new("RGB", (200, 100))
     objects = [RegionObject((0, 0, 100, 100), "ship", 1),           # big enough
                RegionObject((10, 10, 12, 12), "car", 2),            # too small (area < 8^2)
                RegionObject((150, -20, 260, 80), "tank", 3),        # out of bounds: clipped to (150, 0, 200, 80)

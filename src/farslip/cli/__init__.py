@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 
-from ..core.errors import FarslipError, user_error_message
+from ..core.errors import user_error_message
 
 # Rooms that contribute sub-commands, in the order --help lists them. Each module defines
 # ``add_commands(subparsers)`` and sets ``func`` on its parsers.
