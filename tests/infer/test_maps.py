@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pyogrio
@@ -90,6 +91,44 @@ def test_polygons_cover_the_class_map_exactly(tmp_path, strip_rows, monkeypatch)
     assert sum(feats.columns["pixels"]) == int((lab != 255).sum())
     # 4-connected regions are single polygons: no two polygons of one class share an edge
     assert all(g.geom_type == "Polygon" for g in feats.geometries)
+
+
+def _worst_distance(simplified, exact):
+    """The largest distance (map units) from a vertex of an exact region to the boundary of its simplified one,
+    regions matched by class, pixel count and overlap."""
+    tree, worst = shapely.STRtree(exact.geometries), 0.0
+    for g, c, n in zip(simplified.geometries, simplified.columns["class_index"], simplified.columns["pixels"]):
+        same = [i for i in tree.query(g) if (exact.columns["class_index"][i], exact.columns["pixels"][i]) == (c, n)]
+        e = exact.geometries[max(same, key=lambda i: shapely.intersection(g, exact.geometries[i]).area)]
+        worst = max(worst, float(shapely.distance(shapely.points(shapely.get_coordinates(e)), g.boundary).max()))
+    return worst
+
+
+def test_simplified_in_strips_as_in_one_piece(tmp_path, monkeypatch):
+    # pieces are simplified strip by strip with the strip edges kept: the regions come out whole, valid, with the
+    # same pixels, and no boundary moves further than simplifying each region at once moves it
+    lab = _blobs(203, 157)
+    lab[:20, :30] = 255
+    path = _class_map(tmp_path, lab)
+    exact, _ = vectors.class_map_polygons(path)
+    whole, _ = vectors.class_map_polygons(path, simplify=0.5)
+    monkeypatch.setattr(vectors, "STRIP_PIXELS", 7 * 157)
+    strips, _ = vectors.class_map_polygons(path, simplify=0.5)
+    for simplified in (whole, strips):
+        assert len(simplified) == len(exact) and sorted(simplified.columns["pixels"]) == sorted(exact.columns["pixels"])
+        assert all(g.is_valid and g.geom_type == "Polygon" for g in simplified.geometries)
+        assert sum(shapely.get_num_coordinates(simplified.geometries)) < 0.75 * sum(
+            shapely.get_num_coordinates(exact.geometries))
+    assert _worst_distance(strips, exact) <= _worst_distance(whole, exact) + 1e-9
+    # a blob of another class across a strip edge notches the region's piece on each side; simplified, each notch
+    # keeps its deepest vertex, so uniting the two pieces does not close the region's hole over the blob
+    lab = np.zeros((14, 12), np.uint8)
+    lab[6:8, 5:7] = 1
+    path = _class_map(tmp_path, lab, "notch.tif")
+    monkeypatch.setattr(vectors, "STRIP_PIXELS", 7 * 12)
+    feats, _ = vectors.class_map_polygons(path, simplify=0.75)
+    (region,) = [g for g, c in zip(feats.geometries, feats.columns["class_index"]) if c == 0]
+    assert len(region.interiors) == 1 and not region.contains(shapely.Point(TRANSFORM * (6, 7)))
 
 
 def test_vector_files_read_back_with_attributes(tmp_path):
@@ -278,6 +317,16 @@ def test_cli_locate_and_view(tmp_path, tiny_model, capsys):
     for name in ("scene.storage-tank.tif", "scene.ship.tif", "scene.regions.geojson", "scene.locate.png",
                  "scene.locate.html"):
         assert (out / name).stat().st_size > 0, name
+    # the command frees the text tower once the queries are embedded: the heatmaps equal the API's with the
+    # whole model loaded from the same checkpoint
+    from farslip.infer.common import load_for_inference
+
+    whole, _, tokenizer = load_for_inference(ckpt, None, "cpu")
+    api = locate(["storage tank", "ship"], image, model=whole, tokenizer=tokenizer, out=tmp_path / "api",
+                 threshold=0.3, vector_format="geojson", progress=False, background=["background"])[0]
+    for q in api.queries:
+        with rasterio.open(q.heatmap) as a, rasterio.open(out / Path(q.heatmap).name) as b:
+            assert np.array_equal(a.read(), b.read(), equal_nan=True)
     assert main(["view", str(out / "scene.ship.tif"), str(out / "scene.regions.geojson"), "--out",
                  str(tmp_path / "ship.html")]) == 0
     assert "scene.tif" in (tmp_path / "ship.html").read_text()  # found the image from the heatmap's tag

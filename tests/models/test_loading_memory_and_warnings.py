@@ -85,3 +85,22 @@ def test_checkpoint_config_wins_over_a_changed_registration(tiny_model, tmp_path
         assert torch.equal(loaded.encode_image(images), original.encode_image(images))
     again, *_ = farslip.load_model(None, farslip.save_model(loaded, tmp_path / "m2.pt"))  # and re-saves cleanly
     assert again.farslip_arch == loaded.farslip_arch
+
+
+def test_drop_text_tower_keeps_the_image_tower(tiny_model):
+    import pytest
+    import torch
+
+    from farslip.models import dense_features, drop_text_tower
+
+    model, _, tokenizer = tiny_model
+    images = torch.rand(1, 3, *model.visual.image_size)
+    before = dense_features(model, images)
+    n_text = sum(p.numel() for n, p in model.named_parameters() if n.startswith(("transformer.", "token_embedding.")))
+    total = sum(p.numel() for p in model.parameters())
+    assert drop_text_tower(model) == n_text > 0
+    assert sum(p.numel() for p in model.parameters()) == total - n_text
+    after = dense_features(model, images)
+    assert all(torch.equal(a, b) for a, b in zip(before, after))
+    with pytest.raises((AttributeError, TypeError)):
+        model.encode_text(tokenizer(["a ship"]))

@@ -231,14 +231,23 @@ def locate_many(queries: Sequence[str], inputs: Sequence[str | Path], *, checkpo
     """:func:`~farslip.infer.localization.locate` over many inputs, as :func:`segment_many`."""
     from ..engine import TextEmbeddingCache
     from .inputs import expand_inputs, output_stems
-    from .localization import LocateOptions, locate
+    from ..models import drop_text_tower
+    from .common import parse_classes
+    from .localization import LocateOptions, background_names, locate, query_embeddings
 
     paths = expand_inputs(inputs, inputs_from=inputs_from, stac_asset=stac_asset)
     output_stems(paths)
     opts = options or LocateOptions()
     out = Path(out)
+    own_model = model is None
     model, _, tokenizer = _load(model, tokenizer, checkpoint, arch, device)
     cache = TextEmbeddingCache()
+    if own_model:
+        # The queries are known now: embed them once and free the text tower (a ViT-B-16's 250 MB) before any
+        # image is read, so the tiles' buffers never sit on top of it. A caller's own model is left whole.
+        query_syn = parse_classes(list(queries))
+        query_embeddings(model, tokenizer, query_syn, background_names(query_syn, opts.background), cache)
+        drop_text_tower(model)
 
     def one(path: Path):
         r = locate(list(queries), [path], model=model, tokenizer=tokenizer, out=out, options=opts,

@@ -103,10 +103,7 @@ def locate(queries: Sequence[str] | str, images: Sequence[str | Path] | str | Pa
     query_syn = parse_classes(queries)
     if not 0 < opts.threshold <= 1:
         raise UsageError(f"--threshold {opts.threshold} must be in (0, 1]")
-    own = {n.lower() for syn in query_syn for n in syn}
-    background = [b for b in opts.background if b.lower() not in own]
-    if not background:
-        raise UsageError("the background vocabulary is empty once the queries' own names are left out")
+    background = background_names(query_syn, opts.background)
     slugs = [slug(q[0]) for q in query_syn]
     if len(set(slugs)) != len(slugs):
         raise UsageError(f"two queries give the same file name: {slugs}")
@@ -115,16 +112,34 @@ def locate(queries: Sequence[str] | str, images: Sequence[str | Path] | str | Pa
         if checkpoint is None:
             raise ValueError("locate needs a checkpoint (or a model and tokenizer)")
         model, _, tokenizer = load_for_inference(checkpoint, arch, device)
-    names, owner = query_table(query_syn)
-    with torch.no_grad():
-        text = name_embeddings(model, tokenizer, names + background, OVSS_TEMPLATES, batch_size=64,
-                               cache=text_cache)
+    text, owner = query_embeddings(model, tokenizer, query_syn, background, text_cache)
     results = []
     with bounded_gdal_cache(opts.gdal_cache_mb):
         for image in images:
             results.append(_locate_one(Path(image), model, text, owner, [q[0] for q in query_syn], slugs,
                                        Path(out), opts))
     return results
+
+
+def background_names(query_syn: list[list[str]], background: Sequence[str]) -> list[str]:
+    """The background vocabulary less the queries' own names."""
+    own = {n.lower() for syn in query_syn for n in syn}
+    names = [b for b in background if b.lower() not in own]
+    if not names:
+        raise UsageError("the background vocabulary is empty once the queries' own names are left out")
+    return names
+
+
+def query_embeddings(model, tokenizer, query_syn: list[list[str]], background: Sequence[str],
+                     cache: TextEmbeddingCache | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(text, owner)``: the embeddings of the queries' names then the background's (80 templates each), and
+    each name's query index. With ``cache`` filled once, the text encoder is not needed again (``locate_many``
+    frees it before the first image)."""
+    names, owner = query_table(query_syn)
+    with torch.no_grad():
+        text = name_embeddings(model, tokenizer, names + list(background), OVSS_TEMPLATES, batch_size=64,
+                               cache=cache)
+    return text, owner
 
 
 def query_probabilities(logits: torch.Tensor, owner: torch.Tensor, n_queries: int, scale: float) -> torch.Tensor:

@@ -8,6 +8,11 @@ the strip edges are exact integers, and mapped to the raster's CRS only when a r
 of a region share their edges exactly and unite without slivers. Each region carries its pixel count and the sum
 and maximum of a score raster (the confidence or the heatmap) over its pixels.
 
+Simplification happens piece by piece as each strip is read, with every vertex on the strip's two edge rows kept
+in place (``simplify_piece``): the held pieces of a region that spans the whole scene are simplified already, so
+memory follows the simplified output (what is written) rather than the pixel staircases of every open boundary,
+and the pieces still meet exactly on the strip edges. Each boundary is simplified once, to the tolerance.
+
 Written through pyogrio (GDAL/OGR): GeoPackage or GeoJSON, chosen by the suffix.
 """
 from __future__ import annotations
@@ -71,10 +76,11 @@ def driver_for(path: str | Path) -> str:
 
 
 def regions(labels: Callable[[Window], np.ndarray], height: int, width: int,
-            scores: Callable[[Window], np.ndarray] | None = None, strip_rows: int | None = None
-            ) -> Iterator[Region]:
+            scores: Callable[[Window], np.ndarray] | None = None, strip_rows: int | None = None,
+            simplify: float = 0.0) -> Iterator[Region]:
     """Every 4-connected region of equal labels (``labels(window)``: int array, negative = no region), strip by
-    strip. ``scores(window)``: float array whose sum and maximum each region collects."""
+    strip. ``scores(window)``: float array whose sum and maximum each region collects. ``simplify``: tolerance in
+    pixels of each piece's simplification (``simplify_piece``; 0: pixel-exact)."""
     rows = strip_rows or max(1, STRIP_PIXELS // max(width, 1))
     parent: dict[int, int] = {}
     open_regions: dict[int, Region] = {}
@@ -100,7 +106,9 @@ def regions(labels: Callable[[Window], np.ndarray], height: int, width: int,
         gids = np.arange(next_id, next_id + len(pieces))
         top = set(gids[ids[0][ids[0] > 0] - 1].tolist()) if y0 > 0 else set()
         bottom = set(gids[ids[-1][ids[-1] > 0] - 1].tolist()) if y1 < height else set()
-        for k, ((geom, value), gid) in enumerate(zip(pieces, gids.tolist())):
+        on_edge = np.array([g in top or g in bottom for g in gids.tolist()], dtype=bool)
+        geoms = _simplified_strip(pieces, simplify, on_edge, ((y0,) if y0 > 0 else ()) + ((y1,) if y1 < height else ()))
+        for k, ((_, value), geom, gid) in enumerate(zip(pieces, geoms, gids.tolist())):
             reg = Region(value, [geom], int(stats[0][k]), float(stats[1][k]), float(stats[2][k]))
             if gid in top or gid in bottom:
                 open_regions[gid] = reg
@@ -147,14 +155,87 @@ def _touching(prev_ids, prev_labels, cur_ids, cur_labels) -> set[tuple[int, int]
     return set(zip(prev_ids[m].tolist(), cur_ids[m].tolist()))
 
 
-def region_geometry(reg: Region, transform, simplify: float = 0.0):
-    """The region's polygon in map coordinates, simplified to ``simplify`` map units (topology kept)."""
+def _simplified_strip(pieces: list, tolerance: float, on_edge: np.ndarray, rows: tuple[int, ...]) -> list:
+    """A strip's pieces (``(polygon, label)``) simplified: those inside the strip (regions complete in it) all at
+    once, as GEOS simplifies any polygon; those on a strip edge (``on_edge``) with the vertices on the edge ``rows``
+    kept in place (``simplify_piece``)."""
+    geoms = [g for g, _ in pieces]
+    if tolerance <= 0 or not geoms:
+        return geoms
+    inside = np.flatnonzero(~on_edge)
+    out = np.array(geoms, dtype=object)
+    out[inside] = shapely.simplify(out[inside], tolerance, preserve_topology=True)
+    for k in np.flatnonzero(on_edge):
+        out[k] = simplify_piece(geoms[k], tolerance, rows)
+    return list(out)
+
+
+def simplify_piece(piece, tolerance: float, rows: tuple[int, ...]):
+    """``piece`` (pixel coordinates) simplified to ``tolerance`` pixels (Douglas-Peucker, GEOS's topology-preserving
+    simplifier) with every vertex on the pixel rows ``rows`` (strip edges) left in place: its rings are cut at those
+    vertices into runs that are simplified together (end points stay), so the piece still meets the pieces of the
+    neighbouring strips exactly. A run that leaves an edge row and comes back to it keeps its vertex farthest from
+    the row: no simplified edge lies on a strip edge unless it did before, so uniting the pieces of a region never
+    closes a gap between them. A piece whose simplification is not a valid polygon stays exact."""
+    runs, counts = [], []
+    for ring in (piece.exterior, *piece.interiors):
+        xy = np.asarray(ring.coords)[:-1]
+        ring_runs = [part for run in _runs(xy, np.isin(xy[:, 1], rows)) for part in _split_at_deepest(run)]
+        runs += ring_runs
+        counts.append(len(ring_runs))
+    simple = shapely.get_parts(shapely.simplify(shapely.MultiLineString(runs), tolerance, preserve_topology=True))
+    if len(simple) != len(runs):
+        return piece
+    simple = [shapely.get_coordinates(g) for g in simple]
+    if any((a[0] != b[0]).any() or (a[-1] != b[-1]).any() for a, b in zip(simple, runs)):
+        return piece  # an end point moved (a ring touching itself at a kept vertex): keep the exact piece
+    rings, at = [], 0
+    for n in counts:
+        parts = simple[at:at + n]
+        rings.append(np.concatenate([parts[0]] + [p[1:] for p in parts[1:]]))
+        at += n
+    if any(len(r) < 4 for r in rings):
+        return piece
+    out = shapely.Polygon(rings[0], rings[1:])
+    return out if out.is_valid else piece
+
+
+def _runs(ring: np.ndarray, pinned: np.ndarray) -> list[np.ndarray]:
+    """An open ring's coordinates cut into runs from one pinned vertex to the next (closing the ring). A ring with
+    fewer than two pinned vertices is also cut at the vertex half-way round, so no run is closed (a closed line's
+    end point is not kept by the simplifier)."""
+    idx = np.flatnonzero(pinned)
+    if len(idx) < 2:
+        first = int(idx[0]) if len(idx) else 0
+        idx = np.sort([first, (first + len(ring) // 2) % len(ring)])
+    closed = np.concatenate([ring, ring[:1]])
+    runs = [closed[a:b + 1] for a, b in zip(idx[:-1], idx[1:])]
+    runs.append(np.concatenate([closed[idx[-1]:-1], closed[:idx[0] + 1]]))
+    return runs
+
+
+def _split_at_deepest(run: np.ndarray) -> list[np.ndarray]:
+    """A run that starts and ends on the same row, cut at its vertex farthest from that row (one run otherwise)."""
+    if len(run) <= 2 or run[0, 1] != run[-1, 1]:
+        return [run]
+    k = int(np.argmax(np.abs(run[1:-1, 1] - run[0, 1]))) + 1
+    return [run[:k + 1], run[k:]]
+
+
+def region_geometry(reg: Region, transform):
+    """The region's polygon in map coordinates (its pieces, simplified or not, united)."""
     geom = reg.pieces[0] if len(reg.pieces) == 1 else shapely.union_all(reg.pieces)
     a, b, c, d, e, f = transform.a, transform.b, transform.c, transform.d, transform.e, transform.f
-    geom = shapely.affinity.affine_transform(geom, (a, b, d, e, c, f))
-    if simplify > 0:
-        geom = shapely.simplify(geom, simplify, preserve_topology=True)
-    return geom
+    return shapely.affinity.affine_transform(geom, (a, b, d, e, c, f))
+
+
+def pixel_tolerance(transform, simplify: float) -> float:
+    """A tolerance in map units as pixels: divided by the largest stretch of the pixel-to-map transform, so that
+    no simplified boundary moves more than ``simplify`` map units in any direction."""
+    if simplify <= 0:
+        return 0.0
+    linear = np.array([[transform.a, transform.b], [transform.d, transform.e]], dtype=float)
+    return simplify / float(np.linalg.norm(linear, 2))
 
 
 def pixel_area(transform) -> float:
@@ -234,7 +315,8 @@ def class_map_polygons(class_map: str | Path, *, confidence: str | Path | None =
             fields = ["class", "class_index", "area", "pixels"] + (["mean_confidence"] if conf is not None else [])
             feats, small = Features.with_fields(fields), 0
             px_area = pixel_area(src.transform)
-            for reg in regions(labels, src.height, src.width, scores):
+            for reg in regions(labels, src.height, src.width, scores,
+                               simplify=pixel_tolerance(src.transform, simplify)):
                 area = reg.pixels * px_area
                 if area < min_area:
                     small += 1
@@ -243,7 +325,7 @@ def class_map_polygons(class_map: str | Path, *, confidence: str | Path | None =
                          "class_index": reg.label, "area": area, "pixels": reg.pixels}
                 if conf is not None:
                     attrs["mean_confidence"] = round(reg.mean_score, 4)
-                feats.add(region_geometry(reg, src.transform, simplify), **attrs)
+                feats.add(region_geometry(reg, src.transform), **attrs)
         finally:
             if conf is not None:
                 conf.close()
@@ -262,21 +344,27 @@ def heatmap_polygons(heatmap: str | Path, threshold: float, *, band: int = 1, qu
             return np.where(h >= threshold, 0, -1).astype(np.int32)  # NaN (nodata) compares False
 
         px_area = pixel_area(src.transform)
-        for reg in regions(labels, src.height, src.width, lambda win: src.read(band, window=win)):
+        for reg in regions(labels, src.height, src.width, lambda win: src.read(band, window=win),
+                           simplify=pixel_tolerance(src.transform, simplify)):
             area = reg.pixels * px_area
             if area < min_area:
                 small += 1
                 continue
-            feats.add(region_geometry(reg, src.transform, simplify), query=query, score=round(reg.mean_score, 4),
+            feats.add(region_geometry(reg, src.transform), query=query, score=round(reg.mean_score, 4),
                       max_score=round(reg.score_max, 4), area=area, pixels=reg.pixels)
     return feats, small
 
 
 def vectorize_class_map(class_map: str | Path, out: str | Path, *, confidence: str | Path | None = None,
-                        min_area: float = 0.0, simplify: float = 0.0) -> VectorSummary:
-    """``segment --vector``: the class map's polygons written to ``out`` (.gpkg or .geojson)."""
+                        min_area: float = 0.0, simplify: float = 0.0, gdal_cache_mb: int = 256) -> VectorSummary:
+    """``segment --vector``: the class map's polygons written to ``out`` (.gpkg or .geojson). GDAL's block cache
+    is capped at ``gdal_cache_mb`` (as in ``segment``; by default GDAL takes up to 5% of the machine's memory,
+    which the strips, read once each, do not need)."""
+    from .scene import bounded_gdal_cache
+
     driver_for(out)
-    feats, small = class_map_polygons(class_map, confidence=confidence, min_area=min_area, simplify=simplify)
+    with bounded_gdal_cache(gdal_cache_mb):
+        feats, small = class_map_polygons(class_map, confidence=confidence, min_area=min_area, simplify=simplify)
     with rasterio.open(class_map) as src:
         crs = src.crs
     write_features(feats, out, crs, layer=Path(out).stem)
