@@ -18,7 +18,8 @@ def test_quickstart_tiny(tmp_path):
     report = run_quickstart(tmp_path / "qs", size="tiny")
     text = report.read_text()
     assert "The data are synthetic" in text
-    for model in ("pretrained (stand-in CLIP)", "FarSLIP stage 1", "FarSLIP stage 2"):
+    for model in ("pretrained (stand-in CLIP)", "stage 1 without distillation", "FarSLIP stage 1",
+                  "stage 2 without region term", "FarSLIP stage 2"):
         assert f"| {model} |" in text
     for picture in ("loss_curves.png", "retrieval_example.png"):
         assert (tmp_path / "qs" / picture).stat().st_size > 0 and picture in text
@@ -48,26 +49,40 @@ def test_quickstart_tiny(tmp_path):
         assert (out.crs, out.transform, out.shape) == (inp.crs, inp.transform, inp.shape)
 
 
-def _fake_results(pre: float, s1: float, s2: float) -> dict:
+def _fake_results(pre: float, s1: float, s2: float, s1_abl: float | None = None, s2_abl: float | None = None) -> dict:
     def one(v):
         return {"dense": {"patch_acc": v, "crop_agreement": v / 100}, "ovss": {"mIoU": v},
                 "regions": {"top1": v}, "classification": {"top1": v},
                 "retrieval": {"text2img_mean": v / 100, "img2text_mean": v / 100}}
-    return {"pretrained (stand-in CLIP)": one(pre), "FarSLIP stage 1": one(s1), "FarSLIP stage 2": one(s2)}
+    runs = {"pretrained (stand-in CLIP)": one(pre), "FarSLIP stage 1": one(s1), "FarSLIP stage 2": one(s2)}
+    if s1_abl is not None:
+        runs["stage 1 without distillation"], runs["stage 2 without region term"] = one(s1_abl), one(s2_abl)
+    return runs
 
 
 def test_seed_table_mean_spread_and_stage_changes():
     from farslip.quickstart import seed_table
 
-    table = seed_table({0: _fake_results(10, 20, 40), 1: _fake_results(12, 18, 44), 2: _fake_results(14, 22, 42)})
+    table = seed_table({0: _fake_results(10, 20, 40, 15, 30), 1: _fake_results(12, 18, 44, 17, 40),
+                        2: _fake_results(14, 22, 42, 16, 41)})
+    header = [c.strip() for c in table.splitlines()[0].split("|")[1:-1]]
+    assert header[1:6] == ["pretrained (stand-in CLIP)", "stage 1 without distillation", "FarSLIP stage 1",
+                           "stage 2 without region term", "FarSLIP stage 2"]  # each stage beside its ablation
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in table.splitlines()[2:]}
     # pretrained 10/12/14 -> mean 12, sample sd 2; stage 1 - pretrained per seed: +10, +6, +8
-    assert rows["dense patch acc. %"] == ["12.00 ± 2.00", "20.00 ± 2.00", "42.00 ± 2.00",
-                                          "stage 1: +8.00 (+10.00, +6.00, +8.00)"]
-    # stage-2 rows compare stage 2 with stage 1: +20, +26, +20
-    assert rows["region-category acc. %"][-1] == "stage 2: +22.00 (+20.00, +26.00, +20.00)"
+    assert rows["dense patch acc. %"][:5] == ["12.00 ± 2.00", "16.00 ± 1.00", "20.00 ± 2.00", "37.00 ± 6.08",
+                                              "42.00 ± 2.00"]
+    assert rows["dense patch acc. %"][5] == "stage 1: +8.00 (+10.00, +6.00, +8.00)"
+    # the distillation term's share: stage 1 - stage 1 without it: +5, +1, +6
+    assert rows["dense patch acc. %"][6] == "stage 1: +4.00 (+5.00, +1.00, +6.00)"
+    # stage-2 rows compare stage 2 with stage 1 (+20, +26, +20) and with stage 2 without its region term
+    assert rows["region-category acc. %"][5:] == ["stage 2: +22.00 (+20.00, +26.00, +20.00)",
+                                                  "stage 2: +5.00 (+10.00, +4.00, +1.00)"]
     assert rows["crop agreement"][0] == "0.120 ± 0.020"
     assert rows["text->image mean R %"][0] == "12.00 ± 2.00"  # retrieval is stored as a fraction
+    # runs recorded without the ablations still tabulate (their columns stay empty)
+    old = seed_table({0: _fake_results(10, 20, 40), 1: _fake_results(12, 18, 44)})
+    assert "stage 1: +8.00 (+10.00, +6.00)" in old
 
 
 @pytest.mark.slow

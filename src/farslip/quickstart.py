@@ -24,6 +24,7 @@ SIZES = {
     "tiny": {"n": 48, "image": 64, "epochs": (1, 1, 1), "max_steps": 2, "batch": 8, "overlays": 1, "map_grid": 2},
 }
 ARCH = "FarSLIP-Tiny"
+MIXED = 0.5  # share of two-scene images (training and OVSS): where patch tokens that describe the whole image fail
 REAL_RECIPES = """\
 farslip train --config configs/stage1_vitb16_rs5m.yaml --set data.train='/data/rs5m/{pub11,rs3}-train-{0000..0031}.tar'
 farslip train --config configs/stage2_vitb16_mgrs.yaml --set data.train=/data/MGRS-200k/text_info.json \\
@@ -50,24 +51,40 @@ PAPER_SCHEDULES = {
 }
 
 
-def _train(name: str, out: Path, overrides: dict, schedules: dict) -> Path:
+# The five models the report compares: each FarSLIP stage beside the same run with its new loss term switched off
+# (the paper's ablation), so a change that more training alone would have made is not credited to the term.
+PRE, S1, S1_ABL, S2, S2_ABL = ("pretrained (stand-in CLIP)", "FarSLIP stage 1", "stage 1 without distillation",
+                               "FarSLIP stage 2", "stage 2 without region term")
+MODELS = (PRE, S1_ABL, S1, S2_ABL, S2)
+
+
+def _train(name: str, out: Path, overrides: dict, schedules: dict, run: str | None = None) -> Path:
     from .train import load_config, train
 
     cfg = load_config(_recipe(name), overrides)
-    cfg.run.out = str(out / "runs" / name)
+    cfg.run.out = str(out / "runs" / (run or name))
     train(cfg, overwrite=True)  # the quickstart remakes its whole folder, its runs included
     log = [json.loads(x) for x in (Path(cfg.run.out) / "log.jsonl").read_text().splitlines() if x]
     o = cfg.optim
-    schedules[name] = {"lr": o.lr, "weight_decay": o.weight_decay, "warmup": o.warmup, "epochs": o.epochs,
+    schedules[run or name] = {"lr": o.lr, "weight_decay": o.weight_decay, "warmup": o.warmup, "epochs": o.epochs,
                        "batch_size": o.batch_size, "steps": max((e.get("step", 0) for e in log), default=0)}
     return Path(cfg.run.out) / "final.pt"
 
 
 def run_quickstart(out: str | Path = "runs/quickstart", size: str = "full", seed: int = 0) -> Path:
+    threads = torch.get_num_threads()
+    # A 3-layer, 96-wide ViT is too small for intra-op parallelism to pay: one thread leaves the other core to the
+    # data-loader workers, and a second thread only adds synchronisation (several times slower on a busy machine).
+    torch.set_num_threads(1)
+    try:
+        return _run_quickstart(Path(out), SIZES[size], seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_quickstart(out: Path, spec: dict, seed: int) -> Path:
     from .dataprep import synth_world
 
-    spec = SIZES[size]
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     timings = {}
@@ -79,35 +96,42 @@ def run_quickstart(out: str | Path = "runs/quickstart", size: str = "full", seed
         return result
 
     torch.manual_seed(seed)
-    _say(f"1/6 writing a synthetic world of {spec['n']} training images ({spec['image']} px) to {out / 'world'}")
+    _say(f"1/6 writing a synthetic world of {spec['n']} training images ({spec['image']} px, {MIXED:.0%} of them "
+         f"two scenes side by side) to {out / 'world'}")
     world = out / "world"
     summary = timed("synthetic world", synth_world, world, n=spec["n"], seed=seed, size=spec["image"], overwrite=True,
-                    shard_size=max(1, spec["n"] // 4))  # four even shards: two per loader worker
+                    shard_size=max(1, spec["n"] // 4), mixed=MIXED)  # four even shards: two per loader worker
 
     e_pre, e_s1, e_s2 = spec["epochs"]
     limit = {"max_steps": spec["max_steps"]} if spec["max_steps"] else {}
     if spec["batch"]:
         limit["batch_size"] = spec["batch"]
     _say("2/6 pretraining a tiny CLIP on the global captions (the stand-in for OpenAI CLIP)")
-    schedules = {}
+    schedules, ablations = {}, {}
     pre = timed("pretrain", _train, "pretrain", out, {"data": {"train": str(world / "captions.csv")},
                                                        "optim": {"epochs": e_pre, **limit}}, schedules)
-    _say("3/6 FarSLIP stage 1: global ITC + patch-to-patch distillation on the RS5M-style shards")
-    s1 = timed("stage 1", _train, "stage1", out, {"model": {"pretrained": str(pre)},
-                                                    "data": {"train": str(world / "rs5m" / "*.tar")},
-                                                    "optim": {"epochs": e_s1, **limit}}, schedules)
-    _say("4/6 FarSLIP stage 2: global ITC + CLS-token region-category alignment on the MGRS-format data")
-    s2 = timed("stage 2", _train, "stage2", out, {"model": {"pretrained": str(s1)},
-                                                    "data": {"train": str(world / "mgrs" / "text_info.json")},
-                                                    "optim": {"epochs": e_s2, **limit}}, schedules)
+    _say("3/6 FarSLIP stage 1: global ITC + patch-to-patch distillation on the RS5M-style shards "
+         "(and the same run without the distillation term)")
+    s1_data = {"model": {"pretrained": str(pre)}, "data": {"train": str(world / "rs5m" / "*.tar")},
+               "optim": {"epochs": e_s1, **limit}}
+    s1 = timed("stage 1", _train, "stage1", out, s1_data, schedules)
+    s1_abl = timed("stage 1 without distillation", _train, "stage1", out,
+                   {**s1_data, "objective": {"distill_weight": 0.0}}, ablations, run="stage1-no-distill")
+    _say("4/6 FarSLIP stage 2: global ITC + CLS-token region-category alignment on the MGRS-format data "
+         "(and the same run without the region term)")
+    s2_data = {"model": {"pretrained": str(s1)}, "data": {"train": str(world / "mgrs" / "text_info.json")},
+               "optim": {"epochs": e_s2, **limit}}
+    s2 = timed("stage 2", _train, "stage2", out, s2_data, schedules)
+    s2_abl = timed("stage 2 without region term", _train, "stage2", out,
+                   {**s2_data, "objective": {"region_weight": 0.0}}, ablations, run="stage2-no-region")
     final = out / "farslip-tiny-stage2.pt"
     shutil.copyfile(s2, final)
 
-    _say("5/6 evaluating the pretrained, stage-1 and stage-2 models")
-    models = {"pretrained (stand-in CLIP)": pre, "FarSLIP stage 1": s1, "FarSLIP stage 2": s2}
+    _say("5/6 evaluating the pretrained model, both stages and their ablations")
+    models = {PRE: pre, S1_ABL: s1_abl, S1: s1, S2_ABL: s2_abl, S2: s2}
     results = {}
     for i, (name, ckpt) in enumerate(models.items()):
-        overlays = spec["overlays"] if i in (0, len(models) - 1) else 0
+        overlays = spec["overlays"] if name in (PRE, S2) else 0
         print(f"[quickstart]   {name} ({i + 1}/{len(models)}): classification, retrieval, OVSS, region crops, "
               f"dense metrics", flush=True)
         results[name] = timed(f"evaluate {name}", evaluate, ckpt, world, out / "overlays" / f"model{i}", overlays)
@@ -161,7 +185,7 @@ def evaluate(checkpoint: Path, world: Path, overlay_dir: Path, overlays: int) ->
 
 
 @torch.no_grad()
-def dense_metrics(model, tokenizer, dataset) -> dict:
+def dense_metrics(model, tokenizer, dataset, batch: int = 32) -> dict:
     """Stage 1's targets, on the held-out OVSS images squashed to the model's S x S input (as training sees them).
 
     ``patch_acc``: of the patches whose majority label (at least half the patch) is not background, the share
@@ -169,6 +193,7 @@ def dense_metrics(model, tokenizer, dataset) -> dict:
     background rule: the dense features' own alignment with text.
     ``crop_agreement``: mean cosine between the RoI-pooled dense tokens of each 2 x 2 grid cell of the image and
     the mean dense token of the cell encoded on its own -- stage 1's patch-to-patch distillation agreement.
+    Images go through the encoder ``batch`` at a time (the cells four times that).
     """
     import torch.nn.functional as F
     import torchvision.transforms.functional as TF
@@ -182,35 +207,46 @@ def dense_metrics(model, tokenizer, dataset) -> dict:
     classes = dataset.classes()
     names, owner = query_table(classes)
     text = name_embeddings(model, tokenizer, names, OVSS_TEMPLATES)
-    boxes = torch.tensor([[[0, 0, .5, .5], [.5, 0, 1, .5], [0, .5, .5, 1], [.5, .5, 1, 1]]])
+    cells = ((0, 0, .5, .5), (.5, 0, 1, .5), (0, .5, .5, 1), (.5, .5, 1, 1))
     hits = total = 0
     agreement = []
-    for image_path, label_path in dataset.pairs():
-        pixels = torch.from_numpy(read_rgb_array(image_path)).permute(2, 0, 1)
-        label = torch.from_numpy(read_label_array(label_path).astype("int64"))
-        H, W = label.shape
-        x = norm(TF.resize(pixels, [S, S], antialias=True))[None]
-        tokens, _ = dense_features(model, x, with_cls=False)
-        sims = F.normalize(tokens[0], dim=-1) @ text.T  # [gh, gw, Q]
-        scores = sims.new_full(sims.shape[:2] + (len(classes),), -2.0)
-        scores.scatter_reduce_(2, owner.view(1, 1, -1).expand_as(sims), sims, reduce="amax")
-        scores[..., dataset.background_index] = -2.0  # background is not a thing a patch can look like
-        pred = scores.argmax(-1)
-        gh, gw = pred.shape
-        valid = label != dataset.ignore_index
-        onehot = F.one_hot(label.clamp(0, len(classes) - 1) * valid, len(classes)).permute(2, 0, 1).float()
-        share = F.adaptive_avg_pool2d(onehot * valid, (gh, gw))  # [C, gh, gw] fraction of each patch
-        best, truth = share.max(0)
-        keep = (best >= 0.5) & (truth != dataset.background_index)
-        hits += int((pred[keep] == truth[keep]).sum())
-        total += int(keep.sum())
-        cells = torch.cat([TF.resize(pixels[:, int(b[1] * H):int(b[3] * H), int(b[0] * W):int(b[2] * W)], [S, S],
-                                     antialias=True)[None] for b in boxes[0].tolist()])
-        cell_tokens, _ = dense_features(model, norm(cells), with_cls=False)
-        student = roi_pooled(tokens, boxes)
-        agreement.append(F.cosine_similarity(student, cell_tokens.mean(dim=(1, 2)), dim=-1).mean().item())
+    pairs = list(dataset.pairs())
+    for start in range(0, len(pairs), batch):
+        images, labels, crops = [], [], []
+        for image_path, label_path in pairs[start:start + batch]:
+            pixels = torch.from_numpy(read_rgb_array(image_path)).permute(2, 0, 1)
+            H, W = pixels.shape[1:]
+            images.append(norm(TF.resize(pixels, [S, S], antialias=True)))
+            labels.append(torch.from_numpy(read_label_array(label_path).astype("int64")))
+            crops += [norm(TF.resize(pixels[:, int(y1 * H):int(y2 * H), int(x1 * W):int(x2 * W)], [S, S],
+                                     antialias=True)) for x1, y1, x2, y2 in cells]
+        tokens, _ = dense_features(model, torch.stack(images), with_cls=False)
+        for tok, label in zip(tokens, labels):
+            h, t = _patch_hits(tok, label, text, owner, len(classes), dataset.background_index, dataset.ignore_index)
+            hits, total = hits + h, total + t
+        crop_tokens, _ = dense_features(model, torch.stack(crops), with_cls=False)
+        student = roi_pooled(tokens, torch.tensor([cells], dtype=torch.float32).expand(len(images), -1, -1))
+        agreement += F.cosine_similarity(student, crop_tokens.mean(dim=(1, 2)), dim=-1).view(-1, 4).mean(1).tolist()
     return {"patch_acc": round(100 * hits / max(1, total), 2), "patches": total,
             "crop_agreement": round(sum(agreement) / max(1, len(agreement)), 4)}
+
+
+def _patch_hits(tokens, label, text, owner, n_classes: int, background: int, ignore: int) -> tuple[int, int]:
+    """(correct, counted) patches of one image's dense tokens ``[gh, gw, D]`` against its label map."""
+    import torch.nn.functional as F
+
+    sims = F.normalize(tokens, dim=-1) @ text.T  # [gh, gw, Q]
+    scores = sims.new_full(sims.shape[:2] + (n_classes,), -2.0)
+    scores.scatter_reduce_(2, owner.view(1, 1, -1).expand_as(sims), sims, reduce="amax")
+    scores[..., background] = -2.0  # background is not a thing a patch can look like
+    pred = scores.argmax(-1)
+    gh, gw = pred.shape
+    valid = label != ignore
+    onehot = F.one_hot(label.clamp(0, n_classes - 1) * valid, n_classes).permute(2, 0, 1).float()
+    share = F.adaptive_avg_pool2d(onehot * valid, (gh, gw))  # [C, gh, gw] fraction of each patch
+    best, truth = share.max(0)
+    keep = (best >= 0.5) & (truth != background)
+    return int((pred[keep] == truth[keep]).sum()), int(keep.sum())
 
 
 def maps_example(checkpoint: Path, world: Path, out: Path, tile: int, grid: int, seed: int = 0) -> dict:
@@ -331,14 +367,20 @@ def seed_table_link() -> str:
 
 
 def verdicts(results: dict) -> list[str]:
-    """One line per stage: the metric it targets, before and after, in this run."""
-    pre, s1, s2 = results
-    return [f"* stage 1 (dense alignment): dense patch accuracy {_change(results, pre, s1, ('dense', 'patch_acc'))}, "
-            f"crop agreement {_change(results, pre, s1, ('dense', 'crop_agreement'), '')}, OVSS mIoU "
-            f"{_change(results, pre, s1, ('ovss', 'mIoU'))};",
+    """One line per stage: the metric it targets, before and after, and how much of the change the stage's own
+    loss term made (the stage against the same run with that term off)."""
+    def term(after, ablation, key, unit=" points"):
+        d = results[after][key[0]][key[1]] - results[ablation][key[0]][key[1]]
+        return f"{d:+.{3 if unit == '' else 2}f}{unit}"
+
+    return [f"* stage 1 (dense alignment): dense patch accuracy {_change(results, PRE, S1, ('dense', 'patch_acc'))}, "
+            f"of which the distillation term {term(S1, S1_ABL, ('dense', 'patch_acc'))}; crop agreement "
+            f"{_change(results, PRE, S1, ('dense', 'crop_agreement'), '')} (the term: "
+            f"{term(S1, S1_ABL, ('dense', 'crop_agreement'), '')}); OVSS mIoU {_change(results, PRE, S1, ('ovss', 'mIoU'))};",
             f"* stage 2 (region-category alignment): region-category accuracy "
-            f"{_change(results, s1, s2, ('regions', 'top1'))}, at an image-level ZSC cost of "
-            f"{_change(results, s1, s2, ('classification', 'top1'))}."]
+            f"{_change(results, S1, S2, ('regions', 'top1'))}, of which the region term "
+            f"{term(S2, S2_ABL, ('regions', 'top1'))}; image-level ZSC {_change(results, S1, S2, ('classification', 'top1'))} "
+            f"(the region term: {term(S2, S2_ABL, ('classification', 'top1'))})."]
 
 
 def write_report(out: Path, world_summary: dict, models: dict, results: dict, timings: dict, total: float,
@@ -346,7 +388,7 @@ def write_report(out: Path, world_summary: dict, models: dict, results: dict, ti
     from .eval.report import markdown_table
 
     loss_curves(out, out / "loss_curves.png")
-    caption, truth, top = retrieval_example(models["FarSLIP stage 2"], out / "world", out / "retrieval_example.png")
+    caption, truth, top = retrieval_example(models[S2], out / "world", out / "retrieval_example.png")
     stage_rows, image_rows = [], []
     for name, r in results.items():
         c, t, s, d, g = r["classification"], r["retrieval"], r["ovss"], r["dense"], r["regions"]
@@ -381,8 +423,11 @@ public benchmarks.
 ## What each stage targets (held-out synthetic images, seed {seed})
 
 The world has the problem FarSLIP addresses: its global captions say what is in an image (scene, counted objects,
-main land covers) but never where, and most objects are a few pixels across, smaller than one ViT patch. A CLIP
-trained on such captions aligns its *global* embedding with text; its *patch* tokens are aligned only loosely.
+main land covers) but never where; {world_summary.get('train_mixed', 0)} of its training images are two scenes side
+by side, captioned with both ("a harbor and a forest with ..."), and most objects are a few pixels across, smaller
+than one ViT patch. A CLIP trained on such captions aligns its *global* embedding with text; its *patch* tokens
+describe the whole image rather than their own place in it. Each stage is shown beside the same run with its new
+loss term switched off (the paper's ablation), so that what more training alone does is not credited to the term.
 
 {stage_table}
 
@@ -417,8 +462,9 @@ Retrieval: unique images and captions, hit if a true partner is in the top k. OV
 
 The tiny model starts from scratch rather than from OpenAI CLIP, sees hundreds of images rather than millions, and
 is about a thousand times smaller than ViT-B/16: its learning rates are a hundred times and more the paper's and
-each FarSLIP stage is one epoch of a few dozen steps. Stage 2's rate stays well below stage 1's, as in the paper,
-which keeps stage 2 close to its stage-1 start (and so keeps image-level accuracy).
+each FarSLIP stage is one epoch of a few dozen steps. Stage 2's rate stays below stage 1's, as in the paper. The
+ablations run the same recipe with `objective.distill_weight` (stage 1) or `objective.region_weight` (stage 2) set to
+0; the objectives' weights are otherwise the paper's (1 / 0.1 and 1 / 1).
 
 ![loss curves](loss_curves.png)
 
@@ -468,6 +514,8 @@ SEED_ROWS = (("dense patch acc. %", "dense", "patch_acc", 1, 1), ("crop agreemen
              ("ZSC top-1 %", "classification", "top1", 1, 2),
              ("text->image mean R %", "retrieval", "text2img_mean", 100, 2),
              ("image->text mean R %", "retrieval", "img2text_mean", 100, 2))
+# per stage: (the model before it, the stage, the stage without its own loss term)
+STAGE_MODELS = {1: (PRE, S1, S1_ABL), 2: (S1, S2, S2_ABL)}
 
 
 def _mean_sd(values: list[float]) -> tuple[float, float]:
@@ -477,22 +525,28 @@ def _mean_sd(values: list[float]) -> tuple[float, float]:
 
 
 def seed_table(runs: dict[int, dict]) -> str:
-    """Markdown: per metric, each model's mean +- sample standard deviation over the seeds, and the change the
-    stage that targets the metric made, seed by seed (stage 1: stage 1 - pretrained; stage 2: stage 2 - stage 1)."""
+    """Markdown: per metric, each model's mean +- sample standard deviation over the seeds, then for the stage
+    that targets the metric its change, seed by seed: against the model it started from (stage 1 - pretrained,
+    stage 2 - stage 1) and against the same run without its loss term (the term's own share)."""
     from .eval.report import markdown_table
 
-    models = list(next(iter(runs.values())).keys())
+    models = [m for m in MODELS if m in next(iter(runs.values()))]
     digits = lambda label: 3 if label == "crop agreement" else 2  # noqa: E731 -- a cosine, not a percentage
     rows = []
     for label, group, field, scale, stage in SEED_ROWS:
-        per_model = [[scale * runs[s][m][group][field] for s in runs] for m in models]
+        value = lambda model, seed: scale * runs[seed][model][group][field]  # noqa: E731
         d = digits(label)
-        cells = [f"{m:.{d}f} ± {sd:.{d}f}" for m, sd in map(_mean_sd, per_model)]
-        delta = [b - a for a, b in zip(per_model[stage - 1], per_model[stage])]
-        mean_delta, _ = _mean_sd(delta)
-        per_seed = ", ".join(f"{x:+.{d}f}" for x in delta)
-        rows.append([label] + cells + [f"stage {stage}: {mean_delta:+.{d}f} ({per_seed})"])
-    return markdown_table(["metric"] + models + ["change by the stage that targets it: mean (per seed)"], rows)
+        cells = [f"{m:.{d}f} ± {sd:.{d}f}" for m, sd in (_mean_sd([value(m, s) for s in runs]) for m in models)]
+        before, after, ablation = STAGE_MODELS[stage]
+        for base in (before, ablation):
+            if base not in models:
+                cells.append("")
+                continue
+            delta = [value(after, s) - value(base, s) for s in runs]
+            cells.append(f"stage {stage}: {_mean_sd(delta)[0]:+.{d}f} ({', '.join(f'{x:+.{d}f}' for x in delta)})")
+        rows.append([label] + cells)
+    return markdown_table(["metric"] + models + ["change by its stage: mean (per seed)",
+                                                 "of which its loss term: mean (per seed)"], rows)
 
 
 def run_seeds(out: str | Path = "runs/quickstart-seeds", seeds=(0, 1, 2), size: str = "full") -> Path:

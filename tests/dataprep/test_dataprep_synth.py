@@ -238,3 +238,48 @@ def test_cli_synth(tmp_path, capsys):
     assert "overwrite" in capsys.readouterr().err
     assert main(["data", "synth", "--out", str(out), "--n", "8", "--n-test", "8", "--overwrite",
                  "--no-progress"]) == 0
+
+
+def test_mixed_world_composes_two_scenes(tmp_path):
+    """``mixed``: that share of training and OVSS images holds two scene classes on either side of a boundary; the
+    caption names both; classification, retrieval and region crops stay single-scene; ``mixed=0`` writes the same
+    bytes as a world without the option."""
+    from farslip.dataprep.synth import land_cover_fractions
+
+    plain = synth_world(tmp_path / "plain", n=16, seed=5, n_test=16, progress=False)
+    zero = synth_world(tmp_path / "zero", n=16, seed=5, n_test=16, progress=False, mixed=0.0)
+    assert _tree(tmp_path / "plain") == _tree(tmp_path / "zero") and plain["train_mixed"] == 0 == zero["ovss_mixed"]
+
+    s = synth_world(tmp_path / "mixed", n=16, seed=5, n_test=16, progress=False, mixed=1.0)
+    assert s["train_mixed"] == 16 and s["ovss_mixed"] == 16
+    recs = json.loads((tmp_path / "mixed" / "mgrs" / "text_info.json").read_text())
+    for r in recs:  # "a harbor and a forest": both scene words, never the same scene twice
+        named = [sc for sc in SCENES if sc in r["global_caption"]]
+        assert len(named) >= 2, r["global_caption"]
+    a, m = _tree(tmp_path / "plain"), _tree(tmp_path / "mixed")
+    for part in ("cls/", "retrieval/", "regions/"):  # the single-scene sets are the plain world's
+        assert {k: v for k, v in a.items() if k.startswith(part)} == {k: v for k, v in m.items() if k.startswith(part)}
+    changed = [k for k in a if k.startswith("ovss/ann_dir/") and a[k] != m[k]]
+    assert len(changed) == 16  # every OVSS image is a composite ...
+    for k in changed:  # ... whose label map keeps both halves' land covers where the plain image had one scene
+        lab = np.asarray(Image.open(io.BytesIO(m[k])))
+        assert lab.shape == (224, 224) and len(np.unique(lab)) >= 2
+    assert all(0 <= f <= 1 for f in land_cover_fractions(lab).values())
+    with pytest.raises(ValueError, match="mixed"):
+        synth_world(tmp_path / "bad", n=4, progress=False, mixed=1.5)
+
+
+def test_render_pair_keeps_objects_on_their_side():
+    from farslip.dataprep.synth.scenes import render_pair
+
+    rng = np.random.default_rng(0)
+    a, b = render_scene("harbor", 128, rng), render_scene("industrial area", 128, rng)
+    rgb, lab, objs = render_pair(a, b, np.random.default_rng(1))
+    assert rgb.shape == (128, 128, 3) and lab.shape == (128, 128)
+    from_a = (rgb == a[0]).all(-1)
+    assert 0.2 < from_a.mean() < 0.8  # the boundary runs through the middle third
+    for o in objs:
+        x1, y1, x2, y2 = (int(round(c)) for c in o["box"])
+        side = from_a[y1:y2, x1:x2] if o in a[2] else ~from_a[y1:y2, x1:x2]
+        assert side.mean() >= 0.85, o  # (pixels equal in both images count as side a)
+    assert set(map(id, objs)) <= set(map(id, a[2] + b[2]))

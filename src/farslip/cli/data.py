@@ -204,6 +204,9 @@ def add_commands(subparsers) -> None:
     y.add_argument("--seed", type=int, default=0, help="(default %(default)s)")
     y.add_argument("--size", type=int, default=224, help="image side in px (default %(default)s)")
     y.add_argument("--shard-size", type=int, default=1000, help="samples per webdataset shard (default %(default)s)")
+    y.add_argument("--mixed", type=float, default=0.0,
+                   help="share of training and OVSS images that are two scenes side by side, captions naming both "
+                        "without saying which side is which (default %(default)s; the quickstart uses 0.5)")
     y.add_argument("--overwrite", action="store_true", help="replace an earlier world in OUT")
     y.add_argument("--no-progress", action="store_true")
     y.set_defaults(func=_cmd_synth)
@@ -299,7 +302,8 @@ def _cmd_synth(args) -> int:
 
     try:
         s = synth_world(args.out, n=args.n, seed=args.seed, size=args.size, n_test=args.n_test,
-                        shard_size=args.shard_size, overwrite=args.overwrite, progress=not args.no_progress)
+                        shard_size=args.shard_size, overwrite=args.overwrite, progress=not args.no_progress,
+                        mixed=args.mixed)
     except (FileExistsError, ValueError) as exc:
         return _err(str(exc))
     print(f"synthetic world in {args.out}: {s['train_images']} training images ({s['objects']} objects), "

@@ -116,7 +116,7 @@ class TemplateCaptioner:
     def __init__(self, vary_opening: bool = True):
         self.vary_opening = vary_opening
 
-    def __call__(self, objects: Iterable[dict], width: int, height: int, scene: str | None = None,
+    def __call__(self, objects: Iterable[dict], width: int, height: int, scene: str | Sequence[str] | None = None,
                  land_cover: dict[str, float] | None = None, gsd: float | None = None,
                  key: str | None = None) -> dict[str, str]:
         objs = [o for o in objects if o.get("category")]
@@ -125,7 +125,8 @@ class TemplateCaptioner:
         summary = [count_phrase(counts[c], c) for c in order]
         h = zlib.crc32((key or "").encode("utf-8"))
         opening = self.openings[h % len(self.openings)] if self.vary_opening and key else self.openings[0]
-        subject = article(scene) if scene else None
+        scenes = [scene] if isinstance(scene, str) else list(scene or ())
+        subject = join_words([article(s) for s in scenes]) or None  # "a harbor and a forest"
 
         # brief: the scene (or the image) and its two most frequent categories
         if subject:

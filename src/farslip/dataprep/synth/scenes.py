@@ -343,3 +343,31 @@ def land_cover_fractions(label: np.ndarray) -> dict[str, float]:
     return {name: float(counts[c]) for c, name in LAND_COVER_NAMES.items() if counts[c] > 0}
 
 
+
+
+
+def render_pair(a: tuple, b: tuple, rng: np.random.Generator):
+    """Two rendered scenes (:func:`render_scene`'s triples, of different classes) on either side of a wavy
+    boundary through the image's middle third: a tile where a harbour meets a forest. Returns the same triple; an
+    object is kept when at least 90% of its box lies on its own scene's side (a cut object's pixels stay in the
+    label map).
+
+    The world's global captions name both scenes and never say which side is which, so a CLIP trained on them
+    learns patch tokens that describe the whole image -- the dense-feature problem FarSLIP's stage 1 addresses."""
+    (rgb_a, lab_a, objs_a), (rgb_b, lab_b, objs_b) = a, b
+    size = lab_a.shape[0]
+    yy, xx = grid(size)
+    ang = rng.uniform(0, 2 * math.pi)
+    offset = rng.uniform(-size / 6, size / 6)
+    wobble = (noise(rng, size, 3) - 0.5) * 0.2 * size
+    side_a = (xx - size / 2) * math.cos(ang) + (yy - size / 2) * math.sin(ang) + wobble > offset
+    rgb = np.where(side_a[..., None], rgb_a, rgb_b)
+    lab = np.where(side_a, lab_a, lab_b)
+
+    def inside(o, mask):
+        x1, y1, x2, y2 = (int(round(c)) for c in o["box"])
+        box = mask[max(0, y1):max(y1 + 1, y2), max(0, x1):max(x1 + 1, x2)]
+        return box.size > 0 and box.mean() >= 0.9
+
+    objs = [o for o in objs_a if inside(o, side_a)] + [o for o in objs_b if inside(o, ~side_a)]
+    return rgb, lab, objs

@@ -16,7 +16,7 @@ from ..captions import TemplateCaptioner, join_words
 from ..mgrs import mgrs_record, write_mgrs_json
 from ..names import assign_category_ids
 from .labels import OBJECT_CATEGORIES, OVSS_CLASSES, SCENES
-from .scenes import land_cover_fractions, render_scene
+from .scenes import land_cover_fractions, render_pair, render_scene
 
 # ------------------------------------------------------------------------------------------------ world
 
@@ -65,7 +65,28 @@ def _scene_order(n: int, rng: np.random.Generator) -> list[str]:
     return [SCENES[i] for i in order]
 
 
-def _captions(captioner: TemplateCaptioner, objs: list[dict], lab: np.ndarray, scene: str, key: str) -> dict:
+def _partners(scenes: list[str], share: float, rng: np.random.Generator) -> list[str | None]:
+    """For a ``share`` of the images, a second scene class (never the image's own) to compose it with."""
+    out = []
+    for scene in scenes:
+        other = [s for s in SCENES if s != scene]
+        partner = other[int(rng.integers(len(other)))]
+        out.append(partner if rng.random() < share else None)
+    return out
+
+
+def _render(scene: str, partner: str | None, size: int, ss: np.random.SeedSequence):
+    """One image of ``scene``, or -- with a ``partner`` -- the same image composed with a partner scene drawn from
+    a stream of its own (so the single-scene rendering is the one a world without mixing writes)."""
+    single = render_scene(scene, size, np.random.default_rng(ss))
+    if partner is None:
+        return single, single
+    ss_b, ss_cut = ss.spawn(2)
+    other = render_scene(partner, size, np.random.default_rng(ss_b))
+    return single, render_pair(single, other, np.random.default_rng(ss_cut))
+
+
+def _captions(captioner: TemplateCaptioner, objs: list[dict], lab: np.ndarray, scene, key: str) -> dict:
     """The template captions, with the global caption also naming the land covers that fill at least 5% of the
     image -- what is there, never where: the caption a web-scale CLIP learns from. The OVSS classes' words thereby
     occur in the training text, so a model can be asked for them at all; where they are it must work out itself."""
@@ -95,15 +116,19 @@ def _object_crops(rgb: np.ndarray, objs: list[dict], min_side: int, side: int = 
 
 def synth_world(out: str | Path, n: int = 512, seed: int = 0, size: int = 224, n_test: int | None = None,
                 shard_size: int = 1000, overwrite: bool = False, progress: bool = True,
-                min_region_side: int = 8) -> dict:
+                min_region_side: int = 8, mixed: float = 0.0) -> dict:
     """Write a synthetic RS world to ``out`` (see the module doc for the layout); return the summary that is also
     written to ``out/world.json``. ``n`` training images, ``n_test`` held-out images (default: max(24, n // 4))
     for classification, retrieval, OVSS and region-category classification (one crop per object category per image,
-    boxes of at least ``min_region_side**2`` px: the objects stage 2 trains on)."""
+    boxes of at least ``min_region_side**2`` px: the objects stage 2 trains on). A ``mixed`` share of the training
+    images and of the OVSS images are two scenes composed (:func:`~farslip.dataprep.synth.scenes.render_pair`,
+    captions naming both); classification, retrieval and region crops always use single scenes."""
     from tqdm.auto import tqdm
 
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
+    if not 0.0 <= mixed <= 1.0:
+        raise ValueError(f"mixed must be a share between 0 and 1, got {mixed}")
     if size < 64:
         raise ValueError(f"size must be >= 64 px, got {size}")
     n_test = max(3 * len(SCENES), n // 4) if n_test is None else n_test
@@ -124,21 +149,25 @@ def synth_world(out: str | Path, n: int = 512, seed: int = 0, size: int = 224, n
     train_ss, test_ss, order_ss = root.spawn(3)
     train_scenes = _scene_order(n, np.random.default_rng(order_ss))
     test_scenes = [SCENES[i % len(SCENES)] for i in range(n_test)]
+    mix_train, mix_test = (np.random.default_rng(s) for s in root.spawn(2))  # after the others: mixed=0 is unchanged
+    train_partners, test_partners = _partners(train_scenes, mixed, mix_train), _partners(test_scenes, mixed, mix_test)
 
     records, cap_rows = [], []
     shards = _Tar(out / "rs5m", shard_size)
     n_objects = 0
     try:
-        for i, (scene, ss) in enumerate(tqdm(list(zip(train_scenes, train_ss.spawn(n))), desc="synth train",
-                                             unit="img", disable=not progress)):
-            rgb, lab, objs = render_scene(scene, size, np.random.default_rng(ss))
+        for i, (scene, partner, ss) in enumerate(tqdm(list(zip(train_scenes, train_partners, train_ss.spawn(n))),
+                                                      desc="synth train", unit="img", disable=not progress)):
+            _, (rgb, lab, objs) = _render(scene, partner, size, ss)
             name = f"{i:06d}.jpg"
-            caps = _captions(captioner, objs, lab, scene, name)
+            scene_words = (scene, partner) if partner else scene
+            caps = _captions(captioner, objs, lab, scene_words, name)
             data = _jpeg(rgb)
             (out / "mgrs/global_imgs" / name).write_bytes(data)
             for o in objs:
                 o["category_id"] = cat_ids[o["category"]]
-            records.append(mgrs_record(name, caps, objs, size, size, scene=scene))  # relative to global_imgs/
+            records.append(mgrs_record(name, caps, objs, size, size,
+                                       scene=join_words(scene_words) if partner else scene))  # relative to global_imgs/
             cap_rows.append((f"mgrs/global_imgs/{name}", caps["global_caption"]))
             shards.write(f"{i:06d}", {"img_content": data, "img_name": name.encode(),
                                       "caption": caps["global_caption"].encode("utf-8")})
@@ -150,16 +179,16 @@ def synth_world(out: str | Path, n: int = 512, seed: int = 0, size: int = 224, n
 
     cls_rows, ret_rows, region_rows = [], [], []
     ovss_counts = np.zeros(len(OVSS_CLASSES), np.int64)
-    for i, (scene, ss) in enumerate(tqdm(list(zip(test_scenes, test_ss.spawn(n_test))), desc="synth test",
-                                         unit="img", disable=not progress)):
-        rgb, lab, objs = render_scene(scene, size, np.random.default_rng(ss))
+    for i, (scene, partner, ss) in enumerate(tqdm(list(zip(test_scenes, test_partners, test_ss.spawn(n_test))),
+                                              desc="synth test", unit="img", disable=not progress)):
+        (rgb, lab, objs), (ovss_rgb, ovss_lab, _) = _render(scene, partner, size, ss)
         stem = f"{i:06d}"
         data = _jpeg(rgb)
         (out / "cls/images" / f"{stem}.jpg").write_bytes(data)
         (out / "retrieval/images" / f"{stem}.jpg").write_bytes(data)
-        (out / "ovss/img_dir/val" / f"{stem}.png").write_bytes(_png(rgb))
-        (out / "ovss/ann_dir/val" / f"{stem}.png").write_bytes(_png(lab))
-        ovss_counts += np.bincount(lab.ravel(), minlength=len(OVSS_CLASSES))
+        (out / "ovss/img_dir/val" / f"{stem}.png").write_bytes(_png(ovss_rgb))
+        (out / "ovss/ann_dir/val" / f"{stem}.png").write_bytes(_png(ovss_lab))
+        ovss_counts += np.bincount(ovss_lab.ravel(), minlength=len(OVSS_CLASSES))
         caps = _captions(captioner, objs, lab, scene, f"test-{stem}")
         for k, (category, crop) in enumerate(_object_crops(rgb, objs, min_region_side)):
             (out / "regions/images" / f"{stem}-{k}.png").write_bytes(_png(crop))
@@ -176,7 +205,9 @@ def synth_world(out: str | Path, n: int = 512, seed: int = 0, size: int = 224, n
 
     summary = {
         "generator": "farslip.dataprep.synth", "version": 1, "seed": seed, "size": size,
-        "train_images": n, "test_images": n_test, "objects": n_objects,
+        "train_images": n, "test_images": n_test, "objects": n_objects, "mixed": mixed,
+        "train_mixed": sum(p is not None for p in train_partners),
+        "ovss_mixed": sum(p is not None for p in test_partners),
         "scenes": list(SCENES),
         "train_scene_counts": {s: train_scenes.count(s) for s in SCENES},
         "test_scene_counts": {s: test_scenes.count(s) for s in SCENES},
