@@ -374,13 +374,14 @@ def verdicts(results: dict) -> list[str]:
         return f"{d:+.{3 if unit == '' else 2}f}{unit}"
 
     return [f"* stage 1 (dense alignment): dense patch accuracy {_change(results, PRE, S1, ('dense', 'patch_acc'))}, "
-            f"of which the distillation term {term(S1, S1_ABL, ('dense', 'patch_acc'))}; crop agreement "
-            f"{_change(results, PRE, S1, ('dense', 'crop_agreement'), '')} (the term: "
-            f"{term(S1, S1_ABL, ('dense', 'crop_agreement'), '')}); OVSS mIoU {_change(results, PRE, S1, ('ovss', 'mIoU'))};",
+            f"the distillation term's share {term(S1, S1_ABL, ('dense', 'patch_acc'))}; crop agreement "
+            f"{_change(results, PRE, S1, ('dense', 'crop_agreement'), '')}, the term's share "
+            f"{term(S1, S1_ABL, ('dense', 'crop_agreement'), '')}; OVSS mIoU {_change(results, PRE, S1, ('ovss', 'mIoU'))};",
             f"* stage 2 (region-category alignment): region-category accuracy "
-            f"{_change(results, S1, S2, ('regions', 'top1'))}, of which the region term "
-            f"{term(S2, S2_ABL, ('regions', 'top1'))}; image-level ZSC {_change(results, S1, S2, ('classification', 'top1'))} "
-            f"(the region term: {term(S2, S2_ABL, ('classification', 'top1'))})."]
+            f"{_change(results, S1, S2, ('regions', 'top1'))}, the region term's share "
+            f"{term(S2, S2_ABL, ('regions', 'top1'))}; image-level ZSC {_change(results, S1, S2, ('classification', 'top1'))}, "
+            f"the region term's share {term(S2, S2_ABL, ('classification', 'top1'))}.",
+            "(A term's share: the stage against the same run with that term's weight 0.)"]
 
 
 def write_report(out: Path, world_summary: dict, models: dict, results: dict, timings: dict, total: float,
@@ -587,7 +588,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/quickstart", help="output folder (default: runs/quickstart)")
     p.add_argument("--size", choices=sorted(SIZES), default="full",
-                   help="full (about 4-5 minutes on 2 idle CPU cores, longer on a busy machine) or tiny (a smoke test)")
+                   help="full (about 5 minutes on 2 CPU cores) or tiny (a smoke test)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seeds", type=int, nargs="+", metavar="SEED",
                    help="run once per seed into OUT/seed-N and write OUT/seeds.md, each metric's mean and spread "

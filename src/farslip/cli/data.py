@@ -67,6 +67,7 @@ SYNTH_EPILOG = """\
 examples:
   farslip data synth --out world --n 2000 --seed 0           # 2000 training + 500 held-out images, 224 px
   farslip data synth --out tiny --n 16 --n-test 8 --seed 1   # a few seconds
+  farslip data synth --out mixed --n 768 --size 96 --mixed 0.5  # the quickstart's world: half two-scene images
 
 layout written:
   OUT/mgrs/text_info.json + global_imgs/    MGRS JSON with template captions (training images);
