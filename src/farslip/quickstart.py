@@ -177,7 +177,7 @@ def evaluate(checkpoint: Path, world: Path, overlay_dir: Path, overlays: int) ->
                                            world / "regions" / "classnames.txt", world / "regions",
                                            templates=REGION_TEMPLATES, num_workers=0, show_progress=False)
         dense = dense_metrics(model, tokenizer, ds)
-    return {"classification": dict(cls), "retrieval": dict(ret), "ovss_protocol": {"fit": 2 * S, "window": S,
+    return {"classification": dict(cls), "classification_per_class": cls.info["per_class_top1"], "retrieval": dict(ret), "ovss_protocol": {"fit": 2 * S, "window": S,
                                                                                   "stride": S // 2},
             "regions": dict(regions), "dense": dense,
             "ovss": {k: v for k, v in seg.items() if not isinstance(v, dict)}, "ovss_iou": seg.get("IoU", {}),
@@ -358,12 +358,13 @@ def _change(results: dict, before: str, after: str, key: tuple[str, str], unit: 
     return f"{a:g} -> {b:g} ({b - a:+.{3 if unit == '' else 2}f}{unit})"
 
 
-def seed_table_link() -> str:
-    """A link to the three-seed table: the checkout's docs/quickstart.md when there is one, else its name."""
+def seed_table_link(anchor: str = "three-seeds") -> str:
+    """A link to a section of docs/quickstart.md (the three-seed table by default): the checkout's file when there
+    is one, else its name."""
     docs = Path(__file__).resolve().parents[2] / "docs" / "quickstart.md"
     if docs.is_file():
-        return f"[docs/quickstart.md]({docs.as_uri()}#three-seeds)"
-    return "`docs/quickstart.md` (section *Three seeds*) in the farslip repository"
+        return f"[docs/quickstart.md]({docs.as_uri()}#{anchor})"
+    return f"`docs/quickstart.md` (#{anchor}) in the farslip repository"
 
 
 def verdicts(results: dict) -> list[str]:
@@ -382,6 +383,31 @@ def verdicts(results: dict) -> list[str]:
             f"{term(S2, S2_ABL, ('regions', 'top1'))}; image-level ZSC {_change(results, S1, S2, ('classification', 'top1'))}, "
             f"the region term's share {term(S2, S2_ABL, ('classification', 'top1'))}.",
             "(A term's share: the stage against the same run with that term's weight 0.)"]
+
+
+def distill_share(out: Path) -> str:
+    """Stage 1's distillation loss in this run's log: its mean, and its weighted share of the total loss."""
+    log = [json.loads(x) for x in (out / "runs" / "stage1" / "log.jsonl").read_text().splitlines() if x]
+    log = [e for e in log if "distill" in e and "total" in e and "global_itc" in e]
+    if not log:
+        return ""
+    d, total, itc = (sum(e[k] for e in log) / len(log) for k in ("distill", "total", "global_itc"))
+    return (f"Stage 1's distillation loss (1 - cosine) averaged {d:.4f} over its steps; weighted, it is "
+            f"{(total - itc) / total:.1%} of the total loss: the stand-in's crops already agree with their in-context "
+            f"tokens, so the term moves little ({seed_table_link('stage-1-does-not-improve-its-dense-metric-on-this-world-and-why')}).")
+
+
+def zsc_per_class(results: dict) -> str:
+    """Markdown: scene ZSC top-1 per class (correct of n) for stage 1 and both stage-2 runs: where ZSC is lost."""
+    from .eval.report import markdown_table
+
+    models = [m for m in (S1, S2_ABL, S2) if "classification_per_class" in results.get(m, {})]
+    if not models:
+        return ""
+    classes = list(results[models[0]]["classification_per_class"])
+    rows = [[c] + [f"{results[m]['classification_per_class'][c]['correct']}/"
+                   f"{results[m]['classification_per_class'][c]['n']}" for m in models] for c in classes]
+    return markdown_table(["scene class: ZSC top-1 correct"] + models, rows)
 
 
 def write_report(out: Path, world_summary: dict, models: dict, results: dict, timings: dict, total: float,
@@ -436,6 +462,8 @@ In this run:
 
 {chr(10).join(verdicts(results))}
 
+{distill_share(out)}
+
 One run on a few minutes of CPU training moves these numbers by chance too: the mean and spread over three seeds,
 and what they do and do not show, are in {seed_table_link()}.
 
@@ -456,6 +484,12 @@ ZSC: zero-shot scene classification ({len(world_summary.get('scenes', []))} clas
 Retrieval: unique images and captions, hit if a true partner is in the top k. OVSS: FarSLIP's protocol (RS-OVSS:
 80 templates, synonym max, sliding windows, no CLS-bias, no threshold) scaled to the tiny model: images resized to fit
 {proto['fit']} px, windows of {proto['window']} px, stride {proto['stride']} (the paper's 448 / 224 / 112 at 224 px).
+
+Where stage 2 gains or loses scene ZSC, class by class (stage 2's region prompt "a satellite image of {{category}}"
+is one of the two ZSC templates, so pulling object prompts toward object crops can carry a scene prompt along:
+{seed_table_link('stage-2-does-what-it-is-for-it-costs-scene-zsc-on-this-world')}):
+
+{zsc_per_class(results)}
 
 ## Training
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from farslip.eval.metrics import (SegmentationMeter, best_positive_rank, intersect_and_union, percent, recall_at_k,
-                                  recall_from_ranks, reduce_zero_label, segmentation_scores, topk_correct)
+                                  recall_from_ranks, reduce_zero_label, segmentation_scores, top1_hits,
+                                  topk_correct)
 from farslip.engine import class_scores, predict_classes, query_table
 from farslip.eval.retrieval import rank_queries
 
@@ -89,6 +90,11 @@ def test_topk_by_hand_with_ties():
     c1, c5 = topk_correct(logits[[0, 2]], targets[[0, 2]], (1, 5), ties="official")
     assert (c1, c5) == (1, 2)
     assert percent(1, 3) == 33.33 and percent(2, 3) == 66.67
+    # per-row top-1 hits follow the same tie rules (the per-class accuracy of zero-shot classification)
+    for ties, expect in (("stable", [False, False, True]), ("optimistic", [False, True, True]),
+                         ("official", [False, logits[1].topk(1)[1].item() == 1, True])):
+        hits = top1_hits(logits, targets, ties)
+        assert hits.tolist() == expect and int(hits.sum()) == topk_correct(logits, targets, (1,), ties)[0]
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -72,6 +72,9 @@ def test_classification_equals_official(bench_root, model_parts, name):
                                       num_workers=0, show_progress=False)
     assert res == _official_classification(model, tokenizer, preprocess, p["csv"], p["classnames"], p["image_root"])
     assert set(res) == {"top1", "top5"} and res.info["n"] == 6
+    per_class = res.info["per_class_top1"]  # per class: top-1 hits of n, the same tie rule as top1
+    assert sum(c["n"] for c in per_class.values()) == 6
+    assert sum(c["correct"] for c in per_class.values()) == res.info["correct_top1"]
 
 
 def test_classification_bad_inputs(bench_root, model_parts, tmp_path):

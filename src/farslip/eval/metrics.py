@@ -278,6 +278,16 @@ def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks: Sequence[int] 
     return [int((ranks < k).sum()) for k in ks]
 
 
+def top1_hits(logits: torch.Tensor, targets: torch.Tensor, ties: str = "official") -> torch.Tensor:
+    """Per row, whether the target is the top-1 class under the same tie rule as :func:`topk_correct`
+    (``hits.sum()`` is its top-1 count); for per-class accuracy."""
+    targets = targets.to(logits.device).long()
+    if ties == "official":
+        return logits.topk(1, dim=1)[1][:, 0].eq(targets)
+    positives = torch.nn.functional.one_hot(targets, logits.shape[1]).bool()
+    return best_positive_rank(logits, positives, ties) < 1
+
+
 def percent(count: float, n: int, digits: int = 2) -> float:
     """``count / n`` as a percentage rounded to ``digits`` (fraction first, then x 100, as the official scripts)."""
     return round(count / n * 100, digits) if n else float("nan")

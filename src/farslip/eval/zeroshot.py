@@ -22,7 +22,7 @@ from .common import EvalResult, make_loader, progress, split_bad
 from ..engine.images import open_image
 from ..core.problems import Problem
 from .io import ErrorPolicy, EvalDataError, read_csv, read_name_lines
-from .metrics import percent, topk_correct
+from .metrics import percent, top1_hits, topk_correct
 
 
 class ImageLabelDataset(Dataset):
@@ -127,7 +127,8 @@ def zero_shot_classification(model: nn.Module, tokenizer, preprocess, csv_path, 
         ties: how equal logits rank (see :mod:`farslip.eval.metrics`); the default mirrors ``torch.topk``.
 
     Returns:
-        ``{"top1": %, "top5": %}`` rounded to 2 decimals; ``.info`` has ``n``, ``skipped``, ``errors``, timing.
+        ``{"top1": %, "top5": %}`` rounded to 2 decimals; ``.info`` has ``n``, ``skipped``, ``errors``, timing and
+        ``per_class_top1`` (per class name: top-1 ``correct`` of ``n``).
     """
     t0 = time.time()
     if device is not None:
@@ -147,6 +148,7 @@ def zero_shot_classification(model: nn.Module, tokenizer, preprocess, csv_path, 
     loader = make_loader(ImageLabelDataset(shard, preprocess), batch_size, num_workers, _collate,
                          pin=device.type == "cuda")
     correct1 = correct5 = n = 0
+    class_hits, class_n = torch.zeros(len(classnames), dtype=torch.long), torch.zeros(len(classnames), dtype=torch.long)
     with distributed.all_or_none():
         for images, labels, bad in progress(loader, desc=desc or "classification",
                                             enabled=show_progress and distributed.is_main()):
@@ -161,11 +163,16 @@ def zero_shot_classification(model: nn.Module, tokenizer, preprocess, csv_path, 
                 logits = 100.0 * feats @ classifier.t().to(feats.dtype)
             c1, c5 = topk_correct(logits, labels, (1, 5), ties=ties)
             correct1, correct5, n = correct1 + c1, correct5 + c5, n + images.shape[0]
-    totals = distributed.sum_tensors([torch.tensor([correct1, correct5, n])])[0]
+            hit = top1_hits(logits, labels, ties=ties).cpu()
+            class_hits += torch.bincount(labels.cpu()[hit], minlength=len(classnames))
+            class_n += torch.bincount(labels.cpu(), minlength=len(classnames))
+    totals, class_hits, class_n = distributed.sum_tensors([torch.tensor([correct1, correct5, n]), class_hits, class_n])
     correct1, correct5, n = (int(v) for v in totals)
     errors = distributed.merge_errors(errors)
     if n == 0:
         raise EvalDataError(f"{csv_path}: no image could be read ({errors.count} skipped)")
+    per_class = {name: {"correct": int(h), "n": int(k)} for name, h, k in zip(classnames, class_hits, class_n)}
     info = {"n": n, "classes": len(classnames), "correct_top1": correct1, "correct_top5": correct5,
+            "per_class_top1": per_class,
             "seconds": round(time.time() - t0, 2), **errors.summary()}
     return EvalResult({"top1": percent(correct1, n), "top5": percent(correct5, n)}, info=info)
