@@ -164,6 +164,7 @@ def _amp(args) -> str | None:
 
 
 def run_segment(args) -> int:
+    from ..core.memory import return_freed_memory
     from ..models.precision import cpu_has_native_bf16
     from ..infer.distributed import segment_many
     from ..infer.segmentation import SegmentOptions
@@ -181,6 +182,7 @@ def run_segment(args) -> int:
     opts.apply_protocol(explicit=given)
     for k, v in given.items():
         setattr(opts, k, v)
+    return_freed_memory()
     summary = segment_many(args.images, args.classes, checkpoint=args.checkpoint, classes_file=args.classes_file,
                            out=args.out, arch=args.arch, device=args.device, options=opts, redo=args.redo,
                            inputs_from=args.inputs_from, stac_asset=args.stac_asset)
@@ -328,6 +330,7 @@ def _bands(text: str | None) -> list[int] | None:
 
 
 def run_locate(args) -> int:
+    from ..core.memory import return_freed_memory
     from ..infer.distributed import locate_many
     from ..infer.inputs import names_input
     from ..infer.localization import BACKGROUND, LocateOptions
@@ -341,6 +344,7 @@ def run_locate(args) -> int:
                          min_area=args.min_area, simplify=args.simplify, vector_format=args.vector_format,
                          scale=args.scale, window=args.window, stride=args.stride, block=args.block,
                          bands=_bands(args.bands), progress=not args.no_progress, amp=_amp(args), html=args.html)
+    return_freed_memory()  # a whole scene's thousands of windows: keep the peak where the work is
     summary = locate_many(queries, images, checkpoint=args.checkpoint, out=args.out, arch=args.arch,
                           device=args.device, options=opts, redo=args.redo, inputs_from=args.inputs_from,
                           stac_asset=args.stac_asset)
