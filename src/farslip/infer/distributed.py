@@ -213,7 +213,7 @@ def segment_many(inputs: Sequence[str | Path], classes: Sequence[str] | None = N
                     options=replace(opts, vector=vector), text_cache=cache)[0]
         mp = r.pixels / max(r.seconds, 1e-9) / 1e6
         top = sorted(r.class_fractions.items(), key=lambda kv: -kv[1])[:5]
-        log(f"{_prefix()}{r.image} -> {r.geotiff} ({r.pixels / 1e6:.1f} Mpx, {mp:.2f} Mpx/s); preview {r.preview}")
+        log(f"{_prefix()}{r.image} -> {r.geotiff} ({r.pixels / 1e6:.1f} Mpx, {mp:.3g} Mpx/s); preview {r.preview}")
         log("   " + ", ".join(f"{n} {100 * f:.1f}%" for n, f in top))
         written = [r.geotiff, r.preview, r.confidence, r.probabilities, r.vectors, r.html,
                    str(out / f"{path.stem}.json")]
