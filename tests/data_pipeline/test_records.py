@@ -76,3 +76,16 @@ def test_map_style_order_is_the_official_distributed_samplers():
                 assert [[i for _, i in b] for b in ours] == expected
                 ours.set_epoch(epoch, start_batch=1)  # a resumed epoch: the same batches from the second on
                 assert [[i for _, i in b] for b in ours] == expected[1:]
+
+
+def test_undecodable_shard_image_names_the_sample_not_a_python_object():
+    """A corrupt image inside a shard: one line with the shard, the sample and the byte count -- no object repr."""
+    from farslip.core.problems import BadInput
+    from farslip.data.records import Record, open_rgb
+
+    rec = Record(source="shard-000003.tar", key="sample 000042", caption="x", image_bytes=b"not a jpeg")
+    with pytest.raises(BadInput) as info:
+        open_rgb(rec)
+    text = str(info.value)
+    assert "shard-000003.tar" in text and "sample 000042" in text and "(10 encoded bytes)" in text
+    assert "BytesIO" not in text and "0x" not in text

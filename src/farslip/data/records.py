@@ -10,6 +10,7 @@ import io
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,10 @@ def open_rgb(record: Record) -> Image.Image:
     except BadInput:
         raise
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise bad_record(record.source, record.key, "image", f"cannot decode image {record.path or ''}: {exc}") from exc
+        what = record.path or f"({len(record.image_bytes)} encoded bytes)"
+        # PIL names an in-memory stream by its repr ("<_io.BytesIO object at 0x...>"), which tells a user nothing
+        reason = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(exc))
+        raise bad_record(record.source, record.key, "image", f"cannot decode image {what}: {reason}") from exc
     return img.convert("RGB") if img.mode != "RGB" else img
 
 
