@@ -379,7 +379,7 @@ class TrainLoader:
         workers = self.cfg.workers
         common = dict(num_workers=workers, pin_memory=torch.cuda.is_available())
         if workers > 0:
-            common["prefetch_factor"] = 4
+            common.update(prefetch_factor=4, worker_init_fn=_ignore_sigterm)
         if isinstance(self.dataset, ShardStream):
             # Workers hold their own copy of a stream, so a new epoch needs new workers.
             self.dataset.set_epoch(epoch, start_batch, cursors)
@@ -390,6 +390,15 @@ class TrainLoader:
             self._map_loader = DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=_Collate(self.tokenizer),
                                           persistent_workers=workers > 0, **common)
         yield from self._map_loader
+
+
+def _ignore_sigterm(worker_id: int) -> None:
+    """Loader workers leave SIGTERM to the training process: a scheduler that signals the whole process group
+    (SLURM's scancel, a preemption) must not kill the workers while the trainer finishes its step and saves. They
+    still go when the trainer does (torch's workers watch their parent)."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class _Collate:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -64,6 +66,7 @@ def train(cfg: TrainConfig, resume: str | None = None, *, validate: Validator | 
     log = RunLog(Path(cfg.run.out), cfg, ctx, resume_step=start.step)
     bar = tqdm(total=job.last_step, initial=progress.step, disable=not (ctx.is_main and cfg.run.progress),
                desc=cfg.name, unit="step", dynamic_ncols=True)
+    stop = StopOnSigterm()
     try:
         while progress.step < job.last_step:
             steps_before = progress.step
@@ -80,6 +83,8 @@ def train(cfg: TrainConfig, resume: str | None = None, *, validate: Validator | 
                 if step % cfg.run.save_every == 0 and step != job.last_step:
                     save_checkpoint(cfg, ctx, job, log, progress, start.run_id)
                 bar.update(1)
+                if stop.agreed(ctx) and step < job.last_step:
+                    stop_at_step(cfg, ctx, job, log, progress, start.run_id)
                 if step >= job.last_step:
                     break
             if progress.step == steps_before:
@@ -88,6 +93,7 @@ def train(cfg: TrainConfig, resume: str | None = None, *, validate: Validator | 
         save_on_interrupt(cfg, ctx, job, log, progress, start.run_id)
         raise
     finally:
+        stop.restore()
         bar.close()
     save_checkpoint(cfg, ctx, job, log, progress, start.run_id)
     return finish_run(cfg, ctx, job, log, progress)
@@ -450,6 +456,45 @@ def save_on_interrupt(cfg, ctx, job, log, progress, run_id) -> None:
         save_checkpoint(cfg, ctx, job, log, progress, run_id)
     elif ctx.is_main:
         print(f"\n[farslip] interrupted at step {progress.step}; --resume auto continues from the last checkpoint")
+
+
+class StopOnSigterm:
+    """SIGTERM (a scheduler's preemption notice, ``kill``, ``scancel``) asks the run to stop after the step in
+    flight, with a checkpoint of that step, instead of ending the process mid-step with nothing saved."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            self._previous = signal.signal(signal.SIGTERM, self._request)
+
+    def _request(self, signum, frame) -> None:
+        if self.requested:  # a second SIGTERM: the step is not finishing, stop now (as without this handler)
+            raise SystemExit(128 + signum)
+        self.requested = True
+
+    def agreed(self, ctx: distributed.Dist) -> bool:
+        """Whether any rank was asked to stop. Every rank asks after every step, so all stop after the same one
+        (a scheduler's signals reach the ranks at different moments)."""
+        if ctx.world == 1:
+            return self.requested
+        return distributed.all_sum(int(self.requested), ctx) > 0
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+
+def stop_at_step(cfg, ctx, job, log, progress, run_id) -> None:
+    """The checkpoint of the step just taken, then the exit status of a terminated process (128 + SIGTERM)."""
+    if ctx.is_main:
+        print(f"\n[farslip] SIGTERM: stopping after step {progress.step}; writing a checkpoint (--resume auto "
+              f"continues from it)", flush=True)
+    save_checkpoint(cfg, ctx, job, log, progress, run_id)
+    log.close()
+    distributed.teardown()
+    raise SystemExit(128 + signal.SIGTERM)
 
 
 def finish_run(cfg: TrainConfig, ctx: distributed.Dist, job: Job, log: RunLog, progress: Progress) -> dict:
