@@ -129,6 +129,7 @@ def _run_quickstart(out: Path, spec: dict, seed: int) -> Path:
 
     _say("5/6 evaluating the pretrained model, both stages and their ablations")
     models = {PRE: pre, S1_ABL: s1_abl, S1: s1, S2_ABL: s2_abl, S2: s2}
+    shutil.rmtree(out / "overlays", ignore_errors=True)  # an earlier run's pictures are not this run's
     results = {}
     for i, (name, ckpt) in enumerate(models.items()):
         overlays = spec["overlays"] if name in (PRE, S2) else 0
