@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from ..core.errors import UsageError
 from ..core.files import atomic_path, atomic_write
+from ..core.memory import trim
 from ..engine import OVSS_TEMPLATES, TextEmbeddingCache, model_input_size, name_embeddings, query_table
 from .cog import score_writer
 from .common import load_for_inference, parse_classes
@@ -60,7 +61,7 @@ class LocateOptions:
     percentiles: tuple[float, float] = (2.0, 98.0)
     preview_size: int = 1024
     progress: bool = True
-    gdal_cache_mb: int = 256
+    gdal_cache_mb: int = 128            # two float32 heatmaps and the image share it (segment: 256)
     amp: str | None = None
     html: bool = False                  # OUT/<stem>.locate.html: the offline interactive map
 
@@ -173,6 +174,7 @@ def _locate_one(path: Path, model, text, owner, queries, slugs, out: Path, opts:
                                      amp=opts.amp, window_batch_size=opts.window_batch_size)
                 if logits is None:
                     continue  # nothing valid: the COG keeps its nodata there
+                trim()  # the windows' buffers are freed: hand their pages back before the next tile
                 prob = query_probabilities(logits.float(), owner, len(queries), opts.logit_scale).cpu().numpy()
                 valid = scene.valid(tile)
                 if valid is not None:

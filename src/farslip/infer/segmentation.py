@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from ..engine.colours import palette as make_palette
 from ..core.errors import UsageError
 from ..core.files import atomic_path, atomic_write, distinct_stems, refuse_overwriting_inputs
+from ..core.memory import trim
 from ..engine import (OVSS_TEMPLATES, TextEmbeddingCache, class_scores, model_input_size, name_embeddings,
                       predict_classes, query_table)
 from ..engine.protocols import OVSSProtocol, get_protocol
@@ -196,6 +197,7 @@ def _segment_one(path: Path, stem: str, runtime: ProtocolRuntime, text, query_to
                                      **protocol_options)
                 if logits is None:
                     continue  # no valid pixel: the rasters keep their nodata there
+                trim()  # the windows' buffers are freed: hand their pages back before the next tile
                 scores = class_scores(logits, query_to_class, len(names), logit_scale=opts.logit_scale)
                 pred = predict_classes(scores, opts.threshold, opts.background_index)
                 valid = scene.valid(tile)
