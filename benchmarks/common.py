@@ -50,9 +50,11 @@ def run_child(kind: str, params: dict, threads: int, timeout: float | None = Non
 
 def run_measured(cmd: list[str], threads: int, timeout: float | None = None, parse_result: bool = False,
                  cwd: str | None = None) -> dict:
-    """Run ``cmd``; wall time and the peak RSS of exactly this child from ``os.wait4``."""
+    """Run ``cmd``; wall time and the peak RSS of exactly this command (``os.wait4``, through ``launch.py`` so that
+    this process's own RSS is not counted in the child's)."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=None, env=child_env(threads), text=True, cwd=cwd)
+    proc = subprocess.Popen([sys.executable, str(HERE / "launch.py"), *cmd], stdout=subprocess.PIPE, stderr=None,
+                            env=child_env(threads), text=True, cwd=cwd)
     out_lines = []
     deadline = None if timeout is None else t0 + timeout
     assert proc.stdout is not None
@@ -75,8 +77,9 @@ def run_measured(cmd: list[str], threads: int, timeout: float | None = None, par
     else:
         res["stdout"] = stdout
     res["child_wall_s"] = wall
-    # ru_maxrss is in KiB on Linux
-    res["child_peak_rss_mib"] = usage.ru_maxrss / 1024
+    # ru_maxrss is in KiB on Linux; the command's own, as launch.py reports it
+    peak = [int(line.split()[1]) for line in out_lines if line.startswith("PEAK_RSS_KIB ")]
+    res["child_peak_rss_mib"] = (peak[-1] if peak else usage.ru_maxrss) / 1024
     return res
 
 
