@@ -8,7 +8,7 @@
 * vectors: the polygons of a generated class map of the same size (regions of every size, holes, a confidence
   raster) written to a GeoPackage by ``farslip.infer.vectors.vectorize_class_map`` in a child process.
 
-Peak RSS is ``ru_maxrss`` of exactly that child (``os.wait4``).
+Peak RSS is ``ru_maxrss`` of exactly that child (``os.wait4`` in ``launch.py``, so the parent's RSS is not counted).
 """
 from __future__ import annotations
 
