@@ -1,4 +1,4 @@
-"""The allocator setting segment and locate make (glibc's fixed mmap threshold)."""
+"""The allocator setting locate makes (glibc's fixed mmap threshold)."""
 from __future__ import annotations
 
 import platform

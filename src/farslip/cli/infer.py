@@ -164,7 +164,6 @@ def _amp(args) -> str | None:
 
 
 def run_segment(args) -> int:
-    from ..core.memory import return_freed_memory
     from ..models.precision import cpu_has_native_bf16
     from ..infer.distributed import segment_many
     from ..infer.segmentation import SegmentOptions
@@ -182,7 +181,6 @@ def run_segment(args) -> int:
     opts.apply_protocol(explicit=given)
     for k, v in given.items():
         setattr(opts, k, v)
-    return_freed_memory()
     summary = segment_many(args.images, args.classes, checkpoint=args.checkpoint, classes_file=args.classes_file,
                            out=args.out, arch=args.arch, device=args.device, options=opts, redo=args.redo,
                            inputs_from=args.inputs_from, stac_asset=args.stac_asset)
