@@ -107,23 +107,26 @@ def _run_quickstart(out: Path, spec: dict, seed: int) -> Path:
     if spec["batch"]:
         limit["batch_size"] = spec["batch"]
     _say("2/6 pretraining a tiny CLIP on the global captions (the stand-in for OpenAI CLIP)")
-    schedules, ablations = {}, {}
+    schedules = {}
     pre = timed("pretrain", _train, "pretrain", out, {"data": {"train": str(world / "captions.csv")},
                                                        "optim": {"epochs": e_pre, **limit}}, schedules)
+    def stage_and_ablation(recipe, label, start, train_data, epochs, term, weight, run):
+        """The stage as the paper has it, then the same run with its new loss term's weight 0."""
+        over = {"model": {"pretrained": str(start)}, "data": {"train": str(train_data)},
+                "optim": {"epochs": epochs, **limit}}
+        model = timed(label, _train, recipe, out, over, schedules)
+        ablation = timed(f"{label} without {term}", _train, recipe, out, {**over, "objective": {weight: 0.0}},
+                         {}, run=run)  # the ablations' schedules are the stage's: not listed again
+        return model, ablation
+
     _say("3/6 FarSLIP stage 1: global ITC + patch-to-patch distillation on the RS5M-style shards "
          "(and the same run without the distillation term)")
-    s1_data = {"model": {"pretrained": str(pre)}, "data": {"train": str(world / "rs5m" / "*.tar")},
-               "optim": {"epochs": e_s1, **limit}}
-    s1 = timed("stage 1", _train, "stage1", out, s1_data, schedules)
-    s1_abl = timed("stage 1 without distillation", _train, "stage1", out,
-                   {**s1_data, "objective": {"distill_weight": 0.0}}, ablations, run="stage1-no-distill")
+    s1, s1_abl = stage_and_ablation("stage1", "stage 1", pre, world / "rs5m" / "*.tar", e_s1, "distillation",
+                                    "distill_weight", "stage1-no-distill")
     _say("4/6 FarSLIP stage 2: global ITC + CLS-token region-category alignment on the MGRS-format data "
          "(and the same run without the region term)")
-    s2_data = {"model": {"pretrained": str(s1)}, "data": {"train": str(world / "mgrs" / "text_info.json")},
-               "optim": {"epochs": e_s2, **limit}}
-    s2 = timed("stage 2", _train, "stage2", out, s2_data, schedules)
-    s2_abl = timed("stage 2 without region term", _train, "stage2", out,
-                   {**s2_data, "objective": {"region_weight": 0.0}}, ablations, run="stage2-no-region")
+    s2, s2_abl = stage_and_ablation("stage2", "stage 2", s1, world / "mgrs" / "text_info.json", e_s2, "region term",
+                                    "region_weight", "stage2-no-region")
     final = out / "farslip-tiny-stage2.pt"
     shutil.copyfile(s2, final)
 
