@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from farslip.eval.distributed import batch_shard
+from farslip.core.distributed import batch_shard
 
 MAKE = Path(__file__).resolve().parents[1] / "data" / "eval_benchmarks" / "make.py"
 

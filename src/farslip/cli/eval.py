@@ -306,20 +306,20 @@ def _default_output(args, kind: str) -> Path:
 
 
 def run_command(args) -> int:
-    from ..eval import distributed
+    from ..core import distributed
 
-    rank_device = distributed.init_from_env()  # torchrun: join the group, one GPU per local rank
-    if rank_device and args.device in (None, "cuda"):
-        args.device = rank_device
+    if distributed.launched():  # torchrun: join the group, one GPU per local rank
+        ctx = distributed.join(args.device or "auto")
+        args.device = str(ctx.device)
     rc = _run(args, distributed.is_main())
-    distributed.shutdown()
+    distributed.leave()
     return rc
 
 
 def _run(args, main: bool) -> int:
     """The evaluation; under torchrun every rank runs it on its share of each dataset and gets the same
     numbers, and only the first (``main``) prints and writes the report."""
-    from ..eval import distributed
+    from ..core import distributed
     from ..eval.report import console_report, write_report
     from ..eval.suite import run_custom, run_registered
 

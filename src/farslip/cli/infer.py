@@ -189,7 +189,7 @@ def run_segment(args) -> int:
 
 def _report_many(command: str, summary: dict, out: Path | None) -> int:
     """The one summary of a run over many inputs (printed by the first process), its JSON record in OUT."""
-    from ..eval.distributed import is_main, shutdown
+    from ..core.distributed import is_main, leave
     from ..infer.distributed import summary_line, write_summary
 
     if is_main() and (summary["inputs"] > 1 or summary["processes"] > 1 or summary["complete"]):
@@ -198,12 +198,12 @@ def _report_many(command: str, summary: dict, out: Path | None) -> int:
             print(f"   failed: {path}: {error}")
         if out is not None:
             print(f"   run record: {write_summary(out, command, summary)}")
-    shutdown()
+    leave()
     return 1 if summary["failed"] else 0
 
 
 def run_classify(args) -> int:
-    from ..eval.distributed import is_main
+    from ..core.distributed import is_main
     from ..infer.classify import check_predictions_path, table, write_predictions
     from ..infer.distributed import classify_many
     from ..infer.inputs import expand_inputs
@@ -222,16 +222,15 @@ def run_classify(args) -> int:
 
 
 def run_index(args) -> int:
-    from ..eval.distributed import init_from_env, is_main, shutdown
+    from ..core.distributed import is_main, join, launched, leave
     from ..infer.search import index
 
-    rank_device = init_from_env()  # torchrun: the images to embed are split between the processes
-    device = rank_device if rank_device and args.device in ("auto", "cuda") else args.device
+    device = str(join(args.device).device) if launched() else args.device  # torchrun: the images are split
     summary = index(args.folder, checkpoint=args.checkpoint, arch=args.arch, device=device, chip=args.chip,
                     stride=args.stride, batch_size=args.batch_size, progress=not args.no_progress, amp=_amp(args))
     if is_main():
         print(json.dumps(summary, indent=2))
-    shutdown()
+    leave()
     return 0
 
 

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..core.distributed import batch_shard, is_main
 from ..core.problems import Problem
 from ..engine import (OVSS_TEMPLATES, Template, TextEmbeddingCache, class_scores, name_embeddings, predict_classes,
                       prepare_image, query_table, sliding_window_logits)
@@ -224,13 +225,13 @@ def ovss(model: nn.Module, tokenizer, dataset: OVSSDataset, *, protocol: str | O
     queries = name_embeddings(runtime.model, tokenizer, names, templates or OVSS_TEMPLATES, amp=amp,
                               cache=text_cache)
     meter = SegmentationMeter(len(classes), class_names, dataset.ignore_index)
-    shard = distributed.batch_shard(len(pairs), batch_size)  # torchrun: this rank's whole batches
+    shard = batch_shard(len(pairs), batch_size)  # torchrun: this rank's whole batches
     loader = make_loader(SegmentationSamples(pairs[shard.start:shard.stop], dataset, proto.scale), batch_size,
                          num_workers, _collate)
     written = []
     with distributed.all_or_none():
         for batch in progress(loader, desc=desc or f"ovss {dataset.name} ({proto.name})",
-                              enabled=show_progress and distributed.is_main(), unit="batch"):
+                              enabled=show_progress and is_main(), unit="batch"):
             samples, bad = split_bad(batch)
             for b in bad:
                 errors(b)
@@ -245,7 +246,7 @@ def ovss(model: nn.Module, tokenizer, dataset: OVSSDataset, *, protocol: str | O
                 pred = predict_classes(scores, prob_threshold, background)
                 label = s["label"].to(device)
                 meter.update(pred, label)
-                if overlay_dir is not None and len(written) < overlays and distributed.is_main():
+                if overlay_dir is not None and len(written) < overlays and is_main():
                     from .overlays import save_overlay
 
                     out = Path(overlay_dir) / f"{Path(s['path']).stem}.png"

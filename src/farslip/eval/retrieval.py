@@ -17,11 +17,12 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..core.distributed import batch_shard, gather, is_main
+from ..core.problems import Problem
+from ..engine.images import open_image
 from ..models.precision import Amp, autocast_for, model_device, model_dtype
 from . import distributed
 from .common import EvalResult, make_loader, progress, split_bad
-from ..engine.images import open_image
-from ..core.problems import Problem
 from .io import ErrorPolicy, EvalDataError, read_csv
 from .metrics import best_positive_rank_indexed, recall_from_ranks
 
@@ -83,13 +84,13 @@ def _image_features(model, preprocess, paths, where, *, batch_size, num_workers,
     """Normalised features of the readable images among ``paths`` and their indexes, in ``paths`` order; under
     torchrun each rank encodes its whole batches and every rank gets all of them."""
     device = model_device(model)
-    shard = distributed.batch_shard(len(paths), batch_size)
+    shard = batch_shard(len(paths), batch_size)
     loader = make_loader(ImageDataset([paths[i] for i in shard], preprocess, where), batch_size, num_workers,
                          _collate, pin=device.type == "cuda")
     feats, kept = [], []
     with distributed.all_or_none():
         for images, idx, bad in progress(loader, desc=f"{desc} images",
-                                         enabled=show_progress and distributed.is_main()):
+                                         enabled=show_progress and is_main()):
             for b in bad:
                 errors(b)
             if images is None:
@@ -99,7 +100,7 @@ def _image_features(model, preprocess, paths, where, *, batch_size, num_workers,
                                        normalize=True)
             feats.append(f.cpu())
             kept.append(idx + shard.start)
-    parts = [p for p in distributed.gather((feats, kept)) if p[0]]
+    parts = [p for p in gather((feats, kept)) if p[0]]
     if not parts:
         raise EvalDataError("no image could be read")
     return torch.cat([f for fs, _ in parts for f in fs]), torch.cat([k for _, ks in parts for k in ks])
@@ -108,15 +109,15 @@ def _image_features(model, preprocess, paths, where, *, batch_size, num_workers,
 @torch.no_grad()
 def _text_features(model, tokenizer, texts, *, batch_size, amp, show_progress, desc):
     device = model_device(model)
-    shard = distributed.batch_shard(len(texts), batch_size)
+    shard = batch_shard(len(texts), batch_size)
     feats = []
     with distributed.all_or_none():
         for i in progress(range(shard.start, shard.stop, batch_size), desc=f"{desc} texts",
-                          enabled=show_progress and distributed.is_main()):
+                          enabled=show_progress and is_main()):
             tokens = tokenizer(list(texts[i:i + batch_size])).to(device)
             with autocast_for(model, amp):
                 feats.append(model.encode_text(tokens, normalize=True).cpu())
-    return torch.cat([f for part in distributed.gather(feats) for f in part])
+    return torch.cat([f for part in gather(feats) for f in part])
 
 
 def rank_queries(queries: torch.Tensor, gallery: torch.Tensor, positives: list[list[int]], *,
@@ -265,11 +266,11 @@ def retrieval(model: nn.Module, tokenizer, preprocess, csv_path, image_root=None
     dev = rank_device or model_device(model)
     ranks = None
     with distributed.all_or_none():  # all features are on every rank: rank 0 ranks them once, as one process
-        if distributed.is_main():
+        if is_main():
             ranks = rank_both_ways(txt_feats, img_feats, [sorted(txt2img[i]) for i in text_queries],
                                    [sorted(s) for s in img2txt], text_queries=text_queries, ties=ties,
                                    device=dev, ks=ks)
-    t_ranks, i_ranks = distributed.gather(ranks)[0]
+    t_ranks, i_ranks = gather(ranks)[0]
     errors = distributed.merge_errors(errors)
     res = EvalResult()
     for name, ranks in (("text2img", t_ranks), ("img2text", i_ranks)):

@@ -15,12 +15,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from ..core.distributed import batch_shard, is_main
+from ..core.problems import Problem
 from ..engine import SCENE_TEMPLATES, Template, TextEmbeddingCache, name_embeddings
+from ..engine.images import open_image
 from ..models.precision import Amp, autocast_for, model_device, model_dtype
 from . import distributed
 from .common import EvalResult, make_loader, progress, split_bad
-from ..engine.images import open_image
-from ..core.problems import Problem
 from .io import ErrorPolicy, EvalDataError, read_csv, read_name_lines
 from .metrics import percent, top1_hits, topk_correct
 
@@ -144,14 +145,14 @@ def zero_shot_classification(model: nn.Module, tokenizer, preprocess, csv_path, 
     classifier = name_embeddings(model, tokenizer, classnames, templates or SCENE_TEMPLATES, amp=False,
                                  cache=text_cache)
     # torchrun: this rank's whole batches; the counts are summed over ranks below
-    shard = [records[i] for i in distributed.batch_shard(len(records), batch_size)]
+    shard = [records[i] for i in batch_shard(len(records), batch_size)]
     loader = make_loader(ImageLabelDataset(shard, preprocess), batch_size, num_workers, _collate,
                          pin=device.type == "cuda")
     correct1 = correct5 = n = 0
     class_hits, class_n = torch.zeros(len(classnames), dtype=torch.long), torch.zeros(len(classnames), dtype=torch.long)
     with distributed.all_or_none():
         for images, labels, bad in progress(loader, desc=desc or "classification",
-                                            enabled=show_progress and distributed.is_main()):
+                                            enabled=show_progress and is_main()):
             for b in bad:
                 errors(b)
             if images is None:

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 from ..core.errors import FarslipError, UsageError
 from ..core.files import atomic_write
 from ..core.problems import Problem, append_problems
-from ..eval.distributed import gather, world
+from ..core.distributed import gather, world
 
 DONE_DIR = ".farslip-done"
 
@@ -170,14 +170,14 @@ def _prefix() -> str:
 
 
 def _load(model, tokenizer, checkpoint, arch, device, preprocess=None):
-    from ..eval.distributed import init_from_env
+    from ..core.distributed import join, launched
     from .common import load_for_inference
 
-    rank_device = init_from_env()
+    if launched():
+        device = str(join(device).device)
     if model is None:
         if checkpoint is None:
             raise FarslipError("give a checkpoint (or a model and its tokenizer)")
-        device = rank_device if rank_device and device in ("auto", "cuda") else device
         model, preprocess, tokenizer = load_for_inference(checkpoint, arch, device)
     return model, preprocess, tokenizer
 

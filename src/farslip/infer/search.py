@@ -29,7 +29,7 @@ from ..models.precision import Amp, autocast_for
 from .classify import load_image
 from ..core.errors import UsageError
 from ..core.files import atomic_path, atomic_write
-from ..eval.distributed import batch_shard, gather, world
+from ..core.distributed import batch_shard, gather, world
 from .common import load_for_inference
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".jp2"}

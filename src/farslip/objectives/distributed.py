@@ -4,12 +4,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-
-def world() -> tuple[int, int]:
-    """``(rank, world_size)``; ``(0, 1)`` when torch.distributed is not initialised."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+from ..core.distributed import world
 
 
 def gather_with_grad(t: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,7 @@ from ..models.loading import load_model, save_model
 from ..models.precision import TRAINING_PRECISION, autocast_for
 from ..models.long_text import LONG_CONTEXT, extend_text_context, freeze_leading_text_rows, restore_frozen_rows
 from ..objectives import FarSLIPObjective, make_teacher, update_ema
-from . import distributed
+from ..core import distributed
 from .checkpoint import load_training_checkpoint, rank_state, rng_state, save_training_checkpoint, set_rng_state
 from .config import TrainConfig
 from .optim import build_optimizer, cosine_lr, set_lr
@@ -59,7 +59,7 @@ def train(cfg: TrainConfig, resume: str | None = None, *, validate: Validator | 
     ``run.out``) or a checkpoint path; ``validate`` (optional) is called every ``run.val_every`` steps and its
     metrics are logged as ``val/...``; ``overwrite`` lets a fresh start replace another run in ``run.out``."""
     warn_if_validation_is_lost(cfg, validate)
-    ctx = distributed.setup(cfg.run.device)
+    ctx = distributed.join(cfg.run.device)
     start = start_run(cfg, ctx, resume, overwrite)
     job = build_job(cfg, ctx, start.state)
     progress = restore_progress(start, job, ctx)
@@ -120,10 +120,10 @@ def start_run(cfg: TrainConfig, ctx: distributed.Dist, resume: str | None, overw
             record_run(run_dir, start.run_id, cfg.name)
             atomic_write(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         except Exception as exc:
-            distributed.broadcast({"error": str(exc)}, ctx)  # the other ranks stop too, instead of waiting
+            distributed.broadcast({"error": str(exc)})  # the other ranks stop too, instead of waiting
             raise
         decision = {"run_id": start.run_id, "checkpoint": str(start.checkpoint) if start.checkpoint else None}
-    decision = distributed.broadcast(decision, ctx)
+    decision = distributed.broadcast(decision)
     if "error" in decision:
         raise RunStartError(f"rank 0 could not start the run: {decision['error']}")
     if ctx.is_main:
@@ -368,7 +368,7 @@ class RunLog:
 
     def write_skipped(self) -> None:
         """Every rank's held skipped records, written by rank 0 (a collective: all ranks call it at one step)."""
-        gathered = distributed.gather(self.pending, self.ctx)
+        gathered = distributed.gather(self.pending)
         self.pending = []
         lines = [r for rank_records in gathered for r in rank_records]
         if self.ctx.is_main:
@@ -401,7 +401,7 @@ def log_step(cfg: TrainConfig, ctx: distributed.Dist, job: Job, log: RunLog, pro
     """One log line: rank 0's losses and every rank's total loss; skip counts over all ranks; the bad-data check."""
     log.write_skipped()
     ranks = distributed.gather({"total": losses["total"].item(), "skipped": progress.skipped,
-                                "notes": progress.notes}, ctx)
+                                "notes": progress.notes})
     skipped = sum(r["skipped"] for r in ranks)
     samples_per_step = cfg.optim.batch_size * ctx.world
     entry = {"step": progress.step, "epoch": progress.step_epoch, "lr": lr,
@@ -441,7 +441,7 @@ def save_checkpoint(cfg: TrainConfig, ctx: distributed.Dist, job: Job, log: RunL
                     run_id: str) -> None:
     """``step_N.pt`` with every rank's own state (gathered: all ranks call this at the same step)."""
     log.write_skipped()  # a resume from here keeps exactly the skipped records up to here
-    ranks = distributed.gather(progress.own(), ctx)
+    ranks = distributed.gather(progress.own())
     if ctx.is_main:
         save_training_checkpoint(Path(cfg.run.out), job.model, optimizer=job.optimizer, scaler=job.scaler,
                                  teacher=job.teacher, progress=progress.shared(), ranks=ranks, run_id=run_id,
@@ -478,7 +478,7 @@ class StopOnSigterm:
         (a scheduler's signals reach the ranks at different moments)."""
         if ctx.world == 1:
             return self.requested
-        return distributed.all_sum(int(self.requested), ctx) > 0
+        return distributed.all_sum(int(self.requested)) > 0
 
     def restore(self) -> None:
         if self._previous is not None:
@@ -493,14 +493,14 @@ def stop_at_step(cfg, ctx, job, log, progress, run_id) -> None:
               f"continues from it)", flush=True)
     save_checkpoint(cfg, ctx, job, log, progress, run_id)
     log.close()
-    distributed.teardown()
+    distributed.leave()
     raise SystemExit(128 + signal.SIGTERM)
 
 
 def finish_run(cfg: TrainConfig, ctx: distributed.Dist, job: Job, log: RunLog, progress: Progress) -> dict:
     """The final model and summary (counts over all ranks), then the process group goes down."""
     run_dir = Path(cfg.run.out)
-    ranks = distributed.gather((progress.skipped, progress.notes), ctx)
+    ranks = distributed.gather((progress.skipped, progress.notes))
     skipped, notes = sum(r[0] for r in ranks), sum(r[1] for r in ranks)
     summary = {"steps": progress.step, "skipped_records": skipped, "object_fixes": notes,
                "final_model": str(run_dir / "final.pt")}
@@ -511,5 +511,5 @@ def finish_run(cfg: TrainConfig, ctx: distributed.Dist, job: Job, log: RunLog, p
             print(f"[farslip] skipped {skipped} unusable records and fixed or dropped {notes} objects; details in "
                   f"{log.skip_path}")
     log.close()
-    distributed.teardown()
+    distributed.leave()
     return {"steps": progress.step, "skipped_records": skipped, "object_fixes": notes, "run_dir": str(run_dir)}
