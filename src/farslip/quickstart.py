@@ -261,16 +261,13 @@ def maps_example(checkpoint: Path, world: Path, out: Path, tile: int, grid: int,
     import rasterio
 
     from .dataprep.synth.geoscene import write_georeferenced_scene
-    from .engine import TextEmbeddingCache
     from .infer import locate, segment
     from .infer.common import load_for_inference
 
     scene = write_georeferenced_scene(world / "scene", tile=tile, grid=grid, seed=seed)
-    model, _, tokenizer = load_for_inference(checkpoint, device="cpu")
+    model, _, tokenizer = load_for_inference(checkpoint=checkpoint, device="cpu")
     S = model.visual.image_size[0] if isinstance(model.visual.image_size, tuple) else model.visual.image_size
-    # one text cache: locate's background names are OVSS class names segment has already embedded
-    common = dict(model=model, tokenizer=tokenizer, out=out, scale=2 * S / tile, progress=False, html=True,
-                  text_cache=TextEmbeddingCache())
+    common = dict(model=model, tokenizer=tokenizer, out=out, scale=2 * S / tile, progress=False, html=True, log=None)
     seg = segment(scene["image"], classes_file=world / "ovss" / "classes.txt", vector="gpkg", min_area=4.0,
                   **common)[0]
     loc = locate(["storage tank", "ship"], scene["image"], threshold=0.5, **common)[0]

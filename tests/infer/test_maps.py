@@ -321,7 +321,7 @@ def test_cli_locate_and_view(tmp_path, tiny_model, capsys):
     # whole model loaded from the same checkpoint
     from farslip.infer.common import load_for_inference
 
-    whole, _, tokenizer = load_for_inference(ckpt, None, "cpu")
+    whole, _, tokenizer = load_for_inference(checkpoint=ckpt, device="cpu")
     api = locate(["storage tank", "ship"], image, model=whole, tokenizer=tokenizer, out=tmp_path / "api",
                  threshold=0.3, vector_format="geojson", progress=False, background=["background"])[0]
     for q in api.queries:

@@ -11,6 +11,7 @@ from PIL import Image
 from rasterio.transform import from_origin
 
 import farslip
+from farslip.infer.inputs import InputError
 from farslip.infer import RasterError
 
 
@@ -64,7 +65,7 @@ def test_png_input_and_clear_errors(tmp_path, model_ckpt):
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / "a.png")
     res = farslip.segment(tmp_path / "a.png", ["x", "y"], checkpoint=model_ckpt, out=tmp_path / "o", progress=False)
     assert rasterio.open(res[0].geotiff).shape == (40, 40)
-    with pytest.raises(RasterError, match="not found"):
+    with pytest.raises(InputError, match="nope.tif: no such file"):  # the many-input expansion names it first
         farslip.segment(tmp_path / "nope.tif", ["x"], checkpoint=model_ckpt, out=tmp_path / "o")
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(RasterError, match="not a raster"):

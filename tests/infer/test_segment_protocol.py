@@ -16,15 +16,16 @@ from farslip.infer.segmentation import SegmentOptions
 
 
 def test_protocol_settings_with_explicit_options_kept():
-    opts = SegmentOptions(protocol="farslip")
-    opts.apply_protocol(explicit=["threshold"])
+    opts = SegmentOptions(protocol="farslip").resolved()
     assert (opts.cls_lambda, opts.window, opts.stride, opts.window_to_model_size) == (0.0, 224, 112, True)
     assert opts.threshold == 0.0 and opts.half_model == "cuda" and opts.scale == 1.0
-    se = SegmentOptions(protocol="segearth", threshold=0.2)
-    se.apply_protocol(explicit=["threshold", "window"])
-    assert (se.cls_lambda, se.threshold, se.window, se.window_to_model_size) == (-0.3, 0.2, None, False)
-    plain = SegmentOptions()
+    se = SegmentOptions(protocol="segearth", threshold=0.2).resolved()
+    assert (se.cls_lambda, se.threshold, se.window, se.window_to_model_size) == (-0.3, 0.2, 224, False)
+    own = SegmentOptions(protocol="segearth", window=48, cls_lambda=0.0).resolved()  # given values win
+    assert (own.window, own.stride, own.cls_lambda, own.threshold) == (48, 112, 0.0, 0.0)
+    plain = SegmentOptions().resolved()
     assert (plain.cls_lambda, plain.window, plain.window_to_model_size) == (-0.3, None, False)  # raster defaults
+    assert plain.resolved() == plain  # resolving twice changes nothing
 
 
 def test_segment_with_the_farslip_protocol_equals_the_engine(tmp_path, tiny_model):

@@ -163,95 +163,82 @@ def _amp(args) -> str | None:
     return None if args.amp == "auto" else args.amp
 
 
+def _many(args) -> dict:
+    """The many-input options every map command shares."""
+    return dict(inputs_from=args.inputs_from, stac_asset=args.stac_asset, redo=getattr(args, "redo", False))
+
+
 def run_segment(args) -> int:
-    from ..models.precision import cpu_has_native_bf16
-    from ..infer.distributed import segment_many
+    import farslip
     from ..infer.segmentation import SegmentOptions
+    from ..models.precision import cpu_has_native_bf16
 
     on_cpu = args.device == "cpu" or (args.device == "auto" and not _cuda())
     if on_cpu and args.amp == "auto" and cpu_has_native_bf16():
         print("note: this CPU computes bf16 natively; --amp bf16 segments about 3x faster with a ViT-B "
               "(a few pixels in a thousand change class)", file=sys.stderr)
-    opts = SegmentOptions(scale=args.scale, block=args.block, progress=not args.no_progress, amp=_amp(args),
-                          bands=_bands(args.bands), confidence=not args.no_confidence,
+    opts = SegmentOptions(protocol=args.protocol, attn=args.attn, cls_lambda=args.cls_lambda,
+                          threshold=args.threshold, background_index=args.background_index, window=args.window,
+                          stride=args.stride, scale=args.scale, block=args.block, progress=not args.no_progress,
+                          amp=_amp(args), bands=_bands(args.bands), confidence=not args.no_confidence,
                           probabilities=args.probabilities, vector=args.vector, min_area=args.min_area,
-                          simplify=args.simplify, html=args.html, protocol=args.protocol)
-    given = {k: getattr(args, k) for k in ("attn", "cls_lambda", "threshold", "background_index", "window",
-                                           "stride") if getattr(args, k) is not None}
-    opts.apply_protocol(explicit=given)
-    for k, v in given.items():
-        setattr(opts, k, v)
-    summary = segment_many(args.images, args.classes, checkpoint=args.checkpoint, classes_file=args.classes_file,
-                           out=args.out, arch=args.arch, device=args.device, options=opts, redo=args.redo,
-                           inputs_from=args.inputs_from, stac_asset=args.stac_asset)
-    return _report_many("segment", summary, Path(args.out))
+                          simplify=args.simplify, html=args.html)
+    run = farslip.segment(args.images, args.classes, checkpoint=args.checkpoint, classes_file=args.classes_file,
+                          out=args.out, arch=args.arch, device=args.device, options=opts, **_many(args))
+    return _report(run)
 
 
-def _report_many(command: str, summary: dict, out: Path | None) -> int:
-    """The one summary of a run over many inputs (printed by the first process), its JSON record in OUT."""
-    from ..core.distributed import is_main, leave
-    from ..infer.distributed import summary_line, write_summary
-
-    if is_main() and (summary["inputs"] > 1 or summary["processes"] > 1 or summary["complete"]):
-        print(summary_line(command, summary))
-        for path, error in summary["failures"].items():
+def _report(run) -> int:
+    """The one summary of a run over many inputs (printed by the first process); exit 1 when an input failed."""
+    if run.rank == 0 and (len(run.outcomes) > 1 or run.processes > 1 or run.count("complete")):
+        print(run.line())
+        for path, error in run.failures.items():
             print(f"   failed: {path}: {error}")
-        if out is not None:
-            print(f"   run record: {write_summary(out, command, summary)}")
-    leave()
-    return 1 if summary["failed"] else 0
+        if run.record is not None:
+            print(f"   run record: {run.record}")
+    return 1 if run.failures else 0
 
 
 def run_classify(args) -> int:
-    from ..core.distributed import is_main
-    from ..infer.classify import check_predictions_path, table, write_predictions
-    from ..infer.distributed import classify_many
-    from ..infer.inputs import expand_inputs
+    import farslip
+    from ..infer.classify import table
 
-    images = expand_inputs(args.images, inputs_from=args.inputs_from, stac_asset=args.stac_asset)
-    if args.out:
-        check_predictions_path(Path(args.out), images)
-    preds, summary = classify_many(images, args.classes, checkpoint=args.checkpoint,
-                                   classes_file=args.classes_file, top_k=args.top_k, arch=args.arch,
-                                   device=args.device, progress=not args.no_progress, amp=_amp(args))
-    if is_main() and preds:
-        print(table(preds))
+    run = farslip.classify(args.images, args.classes, checkpoint=args.checkpoint, classes_file=args.classes_file,
+                           top_k=args.top_k, arch=args.arch, device=args.device, progress=not args.no_progress,
+                           amp=_amp(args), out=args.out, inputs_from=args.inputs_from, stac_asset=args.stac_asset)
+    if run.rank == 0 and run.results:
+        print(table(run.results))
         if args.out:
-            print(f"wrote {write_predictions(preds, Path(args.out))}")
-    return _report_many("classify", summary, None)
+            print(f"wrote {args.out}")
+    return _report(run)
 
 
 def run_index(args) -> int:
-    from ..core.distributed import is_main, join, launched, leave
+    from ..core.distributed import launch_rank
     from ..infer.search import index
 
-    device = str(join(args.device).device) if launched() else args.device  # torchrun: the images are split
-    summary = index(args.folder, checkpoint=args.checkpoint, arch=args.arch, device=device, chip=args.chip,
+    summary = index(args.folder, checkpoint=args.checkpoint, arch=args.arch, device=args.device, chip=args.chip,
                     stride=args.stride, batch_size=args.batch_size, progress=not args.no_progress, amp=_amp(args))
-    if is_main():
+    if launch_rank() == 0:
         print(json.dumps(summary, indent=2))
-    leave()
     return 0
 
 
 def run_query(args) -> int:
-    from ..core.files import refuse_overwriting_inputs
-    from ..infer.search import contact_sheet, query, write_geojson
+    from ..infer.search import query
 
+    sheet = args.sheet or "search_results.png"
     hits = query(args.query, index=args.index, checkpoint=args.checkpoint, arch=args.arch, device=args.device,
-                 top=args.top, amp=_amp(args))
-    inputs = [h.path for h in hits] + ([args.query] if Path(args.query).is_file() else [])
-    refuse_overwriting_inputs([args.sheet or "search_results.png", args.geojson or "search_results.geojson"],
-                              inputs, hint="choose another --sheet / --geojson")
+                 top=args.top, amp=_amp(args), sheet=sheet, geojson=args.geojson or "auto")
     width = max((len(h.path) for h in hits), default=4)
     chips = any(h.window for h in hits)
     print(f"{'rank':>4}  {'score':>6}  path" + ("  window (col, row, width, height)" if chips else ""))
     for i, h in enumerate(hits, 1):
         print(f"{i:>4}  {h.score:>6.3f}  {h.path:<{width}}" + (f"  {h.window}" if h.window else ""))
     if hits:
-        print(f"contact sheet: {contact_sheet(hits, args.sheet or 'search_results.png', title=str(args.query))}")
+        print(f"contact sheet: {sheet}")
     if hits and (args.geojson or chips):
-        print(f"footprints: {write_geojson(hits, args.geojson or 'search_results.geojson')}")
+        print(f"footprints: {args.geojson or Path(sheet).parent / 'search_results.geojson'}")
     return 0
 
 
@@ -327,8 +314,8 @@ def _bands(text: str | None) -> list[int] | None:
 
 
 def run_locate(args) -> int:
+    import farslip
     from ..core.memory import return_freed_memory
-    from ..infer.distributed import locate_many
     from ..infer.inputs import names_input
     from ..infer.localization import BACKGROUND, LocateOptions
 
@@ -342,10 +329,9 @@ def run_locate(args) -> int:
                          scale=args.scale, window=args.window, stride=args.stride, block=args.block,
                          bands=_bands(args.bands), progress=not args.no_progress, amp=_amp(args), html=args.html)
     return_freed_memory()  # a whole scene's thousands of windows: keep the peak where the work is
-    summary = locate_many(queries, images, checkpoint=args.checkpoint, out=args.out, arch=args.arch,
-                          device=args.device, options=opts, redo=args.redo, inputs_from=args.inputs_from,
-                          stac_asset=args.stac_asset)
-    return _report_many("locate", summary, Path(args.out))
+    run = farslip.locate(queries, images, checkpoint=args.checkpoint, out=args.out, arch=args.arch,
+                         device=args.device, options=opts, **_many(args))
+    return _report(run)
 
 
 def run_view(args) -> int:

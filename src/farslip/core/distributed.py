@@ -11,8 +11,10 @@ library call never needs torchrun and never joins a group by itself.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -43,6 +45,12 @@ def world() -> tuple[int, int]:
 def is_main() -> bool:
     """Whether this process is rank 0 (the one that prints and writes shared files)."""
     return world()[0] == 0
+
+
+def launch_rank() -> int:
+    """This process's rank as the launcher set it (``RANK``; 0 without one): known before the group is joined and
+    after it is left, so a command can decide who prints once its job is over."""
+    return int(os.environ.get("RANK", "0"))
 
 
 def launched() -> bool:
@@ -77,6 +85,23 @@ def leave() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def job_ranks(device: str = "auto") -> Iterator[str]:
+    """Run one job on the processes torchrun started: joins the group for the job when launched and not joined
+    yet, yields the device this rank computes on (as given when there is no launcher), and leaves the group it
+    joined (a group the caller joined stays)."""
+    if not launched():
+        yield device
+        return
+    joined_here = not (dist.is_available() and dist.is_initialized())
+    ctx = join(device)
+    try:
+        yield str(ctx.device)
+    finally:
+        if joined_here:
+            leave()
 
 
 def gather(value) -> list:

@@ -11,13 +11,12 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
 from ..core.distributed import batch_shard, is_main
 from ..core.problems import Problem
-from ..engine import SCENE_TEMPLATES, Template, TextEmbeddingCache, name_embeddings
+from ..engine import SCENE_TEMPLATES, Template, TextEmbeddingCache, name_embeddings, scene_logits
 from ..engine.images import open_image
 from ..models.precision import Amp, autocast_for, model_device, model_dtype
 from . import distributed
@@ -160,8 +159,7 @@ def zero_shot_classification(model: nn.Module, tokenizer, preprocess, csv_path, 
             images = images.to(device, dtype=model_dtype(model), non_blocking=True)
             labels = labels.to(device)
             with autocast_for(model, amp):
-                feats = F.normalize(model.encode_image(images), dim=-1)
-                logits = 100.0 * feats @ classifier.t().to(feats.dtype)
+                logits = scene_logits(model.encode_image(images), classifier)
             c1, c5 = topk_correct(logits, labels, (1, 5), ties=ties)
             correct1, correct5, n = correct1 + c1, correct5 + c5, n + images.shape[0]
             hit = top1_hits(logits, labels, ties=ties).cpu()

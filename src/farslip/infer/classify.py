@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -12,12 +12,15 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..core.errors import UsageError
+from ..core.distributed import gather, job_ranks, world
+from ..core.errors import FarslipError, UsageError
 from ..core.files import atomic_path, refuse_overwriting_inputs
-from ..engine import SCENE_TEMPLATES, model_input_size, name_embeddings
+from ..engine import SCENE_TEMPLATES, model_input_size, name_embeddings, query_table, scene_probabilities
 from ..models.precision import Amp, autocast_for
 from .common import load_for_inference, parse_classes
-from .raster import RasterError, open_raster, read_thumbnail
+from .inputs import expand_inputs
+from .raster import open_raster, read_thumbnail
+from .runner import Log, Outcome, Run, deal, rank_prefix
 
 
 @dataclass
@@ -35,56 +38,79 @@ def load_image(path: Path, side: int) -> Image.Image:
         r.close()
 
 
-def classify(images: Sequence[str | Path] | str | Path, classes: Sequence[str] | None = None, *,
+def classify(inputs: Sequence[str | Path] | str | Path, classes: Sequence[str] | None = None, *,
              checkpoint: str | Path | None = None, model=None, preprocess=None, tokenizer=None,
              classes_file: str | Path | None = None, templates: Sequence[str] = SCENE_TEMPLATES, top_k: int = 5,
-             arch: str | None = None, device: str = "auto", batch_size: int = 32,
-             progress: bool = True, amp: Amp = None) -> list[Prediction]:
-    """Top-k classes of each image, with the classification protocol of the evaluation (prompt-ensembled class
-    embeddings, 100 x cosine, softmax). A class with synonyms scores by its best synonym. ``amp``: as in the
-    evaluation (None: float16 autocast on CUDA, fp32 on CPU; ``"bf16"``: bfloat16 on any device)."""
-    images = [images] if isinstance(images, (str, Path)) else list(images)
-    if not images:
-        raise UsageError("no images given")
+             arch: str | None = None, device: str = "auto", batch_size: int = 32, progress: bool = True,
+             amp: Amp = None, out: str | Path | None = None, inputs_from: str | Path | None = None,
+             stac_asset: str | None = None, log: Log | None = print) -> Run:
+    """Top-k classes of each input, with the classification protocol of the evaluation (prompt-ensembled class
+    embeddings, 100 x cosine, softmax; :func:`~farslip.engine.scene_probabilities`). A class with synonyms scores
+    by its best synonym. ``inputs`` as in :func:`~farslip.infer.segment`; under torchrun each process classifies
+    its share. An unreadable input is counted and named, the others are classified (a single input's error is the
+    call's). With ``out`` (.csv or .json) the predictions are written there. Returns the
+    :class:`~farslip.infer.runner.Run` whose results are the :class:`Prediction` s in input order. ``amp``: as in
+    the evaluation (None: float16 autocast on CUDA, fp32 on CPU; ``"bf16"``: bfloat16 on any device)."""
+    paths = expand_inputs([inputs] if isinstance(inputs, (str, Path)) else inputs, inputs_from=inputs_from,
+                          stac_asset=stac_asset)
     if top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {top_k}")
     class_syn = parse_classes(classes, classes_file)
-    if model is None:
-        if checkpoint is None:
-            raise UsageError("classify needs a checkpoint (or a model, preprocess and tokenizer)")
-        model, preprocess, tokenizer = load_for_inference(checkpoint, arch, device)
-    device_ = next(model.parameters()).device
-    flat = [s for syn in class_syn for s in syn]
-    owner = torch.tensor([i for i, syn in enumerate(class_syn) for _ in syn], device=device_)
+    if out is not None:
+        check_predictions_path(Path(out), paths)
+    if model is None and checkpoint is None:
+        raise UsageError("classify needs a checkpoint (or a model, preprocess and tokenizer)")
+    t0 = time.perf_counter()
+    with job_ranks(device) as device:
+        rank, size = world()
+        mine = [paths[i] for i in deal(paths, rank, size)]
+        if model is None:
+            model, preprocess, tokenizer = load_for_inference(arch, checkpoint, device=device)
+        preds, failed = _classify_paths(mine, class_syn, model, preprocess, tokenizer, templates, top_k, batch_size,
+                                        progress and rank == 0, amp)
+        if failed and len(paths) == 1 and size == 1:
+            raise UsageError(failed[0][1])
+        for path, error in failed:
+            if log:
+                log(f"{rank_prefix()}{path}: FAILED -- {error}")
+        outcomes = [Outcome(p.image, "done", rank) for p in preds] + \
+                   [Outcome(str(p), "failed", rank, error=e) for p, e in failed]
+        parts = gather((preds, outcomes))
+    order = {str(p): i for i, p in enumerate(paths)}
+    run = Run("classify", sorted((p for ps, _ in parts for p in ps), key=lambda p: order[p.image]),
+              sorted((o for _, os_ in parts for o in os_), key=lambda o: order[o.input]), size,
+              time.perf_counter() - t0, rank=rank)
+    if out is not None and run.results and rank == 0:
+        write_predictions(run.results, Path(out))
+    return run
+
+
+def _classify_paths(paths: Sequence[Path], class_syn: list[list[str]], model, preprocess, tokenizer, templates,
+                    top_k: int, batch_size: int, progress: bool, amp: Amp) -> tuple[list[Prediction], list]:
+    """The predictions for ``paths`` in batches, and ``(path, error)`` of each that could not be read."""
+    device = next(model.parameters()).device
+    names, owner = query_table(class_syn)
     with torch.no_grad():
-        text = name_embeddings(model, tokenizer, flat, templates).to(device_)
+        text = name_embeddings(model, tokenizer, names, templates).to(device)
     side = 2 * model_input_size(model)
-    out, skipped = [], []
-    for start in tqdm(range(0, len(images), batch_size), desc="classify", unit="batch", disable=not progress):
+    preds, failed = [], []
+    for start in tqdm(range(0, len(paths), batch_size), desc="classify", unit="batch", disable=not progress):
         chunk, pixels = [], []
-        for p in (Path(p) for p in images[start:start + batch_size]):
+        for p in paths[start:start + batch_size]:
             try:
                 pixels.append(preprocess(load_image(p, side)))
                 chunk.append(p)
-            except (RasterError, OSError) as exc:  # one unreadable image is reported, not the end of the run
-                skipped.append(f"{exc}")
-                tqdm.write(f"skipped: {exc}", file=sys.stderr)
+            except (FarslipError, OSError, ValueError) as exc:  # one unreadable image is reported, not the end
+                failed.append((p, str(exc)))
         if not chunk:
             continue
-        x = torch.stack(pixels).to(device_)
         with torch.no_grad(), autocast_for(model, amp):
-            feats = model.encode_image(x)
-            feats = feats / feats.norm(dim=-1, keepdim=True)
-            probs = (100.0 * feats.float() @ text.float().t()).softmax(dim=-1)
-        per_class = torch.zeros(len(chunk), len(class_syn), device=device_).scatter_reduce(
-            1, owner.expand(len(chunk), -1), probs, reduce="amax", include_self=True)
-        k = min(top_k, len(class_syn))
-        vals, idx = per_class.topk(k, dim=1)
+            feats = model.encode_image(torch.stack(pixels).to(device))
+        probs = scene_probabilities(feats, text, owner, len(class_syn))
+        vals, idx = probs.topk(min(top_k, len(class_syn)), dim=1)
         for p, v, i in zip(chunk, vals.tolist(), idx.tolist()):
-            out.append(Prediction(str(p), [(class_syn[j][0], round(pv, 4)) for j, pv in zip(i, v)]))
-    if not out:
-        raise UsageError(f"none of the {len(images)} image(s) could be read (first: {skipped[0]})")
-    return out
+            preds.append(Prediction(str(p), [(class_syn[j][0], round(pv, 4)) for j, pv in zip(i, v)]))
+    return preds, failed
 
 
 PREDICTION_SUFFIXES = (".csv", ".json")

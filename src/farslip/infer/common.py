@@ -12,9 +12,10 @@ from ..engine.class_files import resolve_class_file
 from ..models.loading import load_model
 
 
-def load_for_inference(checkpoint: str | Path, arch: str | None = None, device: str = "auto",
+def load_for_inference(arch: str | None = None, checkpoint: str | Path | None = None, *, device: str = "auto",
                        precision: str = "fp32"):
-    """``(model, preprocess_eval, tokenizer)`` in eval mode on the chosen device."""
+    """``(model, preprocess_eval, tokenizer)`` in eval mode on the chosen device; the arguments are
+    :func:`~farslip.load_model`'s, in its order."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     model, _, preprocess, tokenizer = load_model(arch, checkpoint, device=device, precision=precision)

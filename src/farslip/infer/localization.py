@@ -1,6 +1,6 @@
 """``farslip locate``: where in a whole scene is each thing you name -- a heatmap per query and its regions.
 
-    results = farslip.locate(["storage tank", "ship"], "scene.tif", checkpoint="model.pt", out="where/")
+    run = farslip.locate(["storage tank", "ship"], "scene.tif", checkpoint="model.pt", out="where/")
 
 The raster goes through exactly the tiles and windows of ``segment`` (``scene.py``); per pixel the window-averaged
 cosine logits of each query's names and of a background vocabulary give the query's probability against the
@@ -20,7 +20,7 @@ import json
 import re
 import time
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -29,12 +29,15 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core.errors import UsageError
-from ..core.files import atomic_path, atomic_write
+from ..core.files import atomic_path, atomic_write, distinct_stems, refuse_overwriting_inputs
 from ..core.memory import trim
-from ..engine import OVSS_TEMPLATES, TextEmbeddingCache, model_input_size, name_embeddings, query_table
+from ..engine import OVSS_TEMPLATES, model_input_size, name_embeddings, query_table
+from ..models import drop_text_tower, weights_fingerprint
 from .cog import score_writer
 from .common import load_for_inference, parse_classes
+from .inputs import expand_inputs
 from .raster import open_raster, read_thumbnail
+from .runner import Done, Log, Run, checkpoint_identity, run_inputs
 from .scene import SceneTiles, bounded_gdal_cache, tile_logits
 from .vectors import REGION_FIELDS, Features, driver_for, heatmap_polygons, write_features
 
@@ -91,35 +94,110 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.split(",")[0].lower()).strip("-") or "query"
 
 
-def locate(queries: Sequence[str] | str, images: Sequence[str | Path] | str | Path, *,
+def locate(queries: Sequence[str] | str, inputs: Sequence[str | Path] | str | Path, *,
            checkpoint: str | Path | None = None, model=None, tokenizer=None, out: str | Path = "locate",
-           arch: str | None = None, device: str = "auto", options: LocateOptions | None = None,
-           text_cache: TextEmbeddingCache | None = None, **overrides) -> list[LocateResult]:
-    """Heatmaps and regions of each query in each image (see the module's description)."""
-    opts = options or LocateOptions()
-    for k, v in overrides.items():
-        setattr(opts, k, v)
+           arch: str | None = None, device: str = "auto", options: LocateOptions | None = None, redo: bool = False,
+           inputs_from: str | Path | None = None, stac_asset: str | None = None, log: Log | None = print,
+           **overrides) -> Run:
+    """Heatmaps and regions of each query in each input (see the module's description). ``inputs``, ``redo``,
+    torchrun and the returned :class:`~farslip.infer.runner.Run` are as in :func:`~farslip.infer.segment`;
+    ``overrides`` are :class:`LocateOptions` fields."""
+    known = {f.name for f in fields(LocateOptions)}
+    if set(overrides) - known:
+        raise UsageError(f"unknown locate option(s) {', '.join(sorted(set(overrides) - known))}; known: "
+                         f"{', '.join(sorted(known))}")
+    opts = replace(options or LocateOptions(), **overrides)
     queries = [queries] if isinstance(queries, str) else list(queries)
-    images = [images] if isinstance(images, (str, Path)) else list(images)
-    query_syn = parse_classes(queries)
-    if not 0 < opts.threshold <= 1:
-        raise UsageError(f"--threshold {opts.threshold} must be in (0, 1]")
-    background = background_names(query_syn, opts.background)
-    slugs = [slug(q[0]) for q in query_syn]
-    if len(set(slugs)) != len(slugs):
-        raise UsageError(f"two queries give the same file name: {slugs}")
-    driver_for(f"x.{opts.vector_format}")
-    if model is None:
-        if checkpoint is None:
-            raise ValueError("locate needs a checkpoint (or a model and tokenizer)")
-        model, _, tokenizer = load_for_inference(checkpoint, arch, device)
-    text, owner = query_embeddings(model, tokenizer, query_syn, background, text_cache)
-    results = []
-    with bounded_gdal_cache(opts.gdal_cache_mb):
-        for image in images:
-            results.append(_locate_one(Path(image), model, text, owner, [q[0] for q in query_syn], slugs,
-                                       Path(out), opts))
-    return results
+    paths = expand_inputs([inputs] if isinstance(inputs, (str, Path)) else inputs, inputs_from=inputs_from,
+                          stac_asset=stac_asset)
+    stems = distinct_stems(paths)
+    job = LocateJob(parse_classes(queries), opts, Path(out), checkpoint, arch, model, tokenizer)
+    job.check(paths, stems, [checkpoint] if checkpoint and Path(checkpoint).is_file() else [])
+    return run_inputs(job, paths, stems, device=device, redo=redo, log=log)
+
+
+@dataclass
+class LocateWorker:
+    model: object
+    text: torch.Tensor                  # the queries' names then the background's
+    owner: torch.Tensor                 # each query name's query index
+
+
+@dataclass
+class LocateJob:
+    """One ``locate`` run, everything but the model's weights (see :mod:`farslip.infer.runner`)."""
+    queries: list[list[str]]            # synonyms of each query
+    options: LocateOptions
+    out: Path
+    checkpoint: str | Path | None = None
+    arch: str | None = None
+    model: object = None
+    tokenizer: object = None
+    command: str = "locate"
+
+    @property
+    def slugs(self) -> list[str]:
+        return [slug(q[0]) for q in self.queries]
+
+    def check(self, paths: Sequence[Path], stems: Sequence[str], extra_inputs: Sequence) -> None:
+        opts = self.options
+        if not 0 < opts.threshold <= 1:
+            raise UsageError(f"--threshold {opts.threshold} must be in (0, 1]")
+        background_names(self.queries, opts.background)
+        if len(set(self.slugs)) != len(self.slugs):
+            raise UsageError(f"two queries give the same file name: {self.slugs}")
+        driver_for(f"x.{opts.vector_format}")
+        if self.model is None and self.checkpoint is None:
+            raise UsageError("locate needs a checkpoint (or a model and its tokenizer)")
+        if self.out.exists() and not self.out.is_dir():
+            raise UsageError(f"--out {self.out}: is a file; locate writes a folder of outputs per image")
+        refuse_overwriting_inputs([p for stem in stems for p in self.outputs(stem)], list(paths) + list(extra_inputs))
+
+    def outputs(self, stem: str) -> list[Path]:
+        """Every file locate writes for one input."""
+        names = [f"{stem}.{s}.tif" for s in self.slugs] + [f"{stem}.regions.{self.options.vector_format}",
+                                                            f"{stem}.locate.png", f"{stem}.locate.json"]
+        return [self.out / n for n in names + ([f"{stem}.locate.html"] if self.options.html else [])]
+
+    def settings(self) -> dict:
+        values = {k: v for k, v in asdict(self.options).items() if k != "progress"}
+        model = checkpoint_identity(self.checkpoint) if self.model is None else weights_fingerprint(self.model)
+        return {**values, "command": self.command, "queries": self.queries, "checkpoint": model, "arch": self.arch}
+
+    def load(self, device: str) -> LocateWorker:
+        model, tokenizer = self.model, self.tokenizer
+        if model is None:
+            model, _, tokenizer = load_for_inference(self.arch, self.checkpoint, device=device)
+        background = background_names(self.queries, self.options.background)
+        text, owner = query_embeddings(model, tokenizer, self.queries, background)
+        if self.model is None:
+            # The queries are embedded: free the text tower (a ViT-B-16's 250 MB) before any image is read, so the
+            # tiles' buffers never sit on top of it. A caller's own model is left whole.
+            drop_text_tower(model)
+        return LocateWorker(model, text, owner)
+
+    def one(self, worker: LocateWorker, path: Path, stem: str) -> Done:
+        with bounded_gdal_cache(self.options.gdal_cache_mb):
+            r = _locate_one(path, stem, worker.model, worker.text, worker.owner, [q[0] for q in self.queries],
+                            self.slugs, self.out, self.options)
+        written = [r.regions, r.preview, r.html, *(q.heatmap for q in r.queries),
+                   str(self.out / f"{stem}.locate.json")]
+        return Done(r, [w for w in written if w], r.pixels)
+
+    def recall(self, path: Path, stem: str) -> LocateResult | None:
+        """The result of an input completed earlier, from ``OUT/<stem>.locate.json``."""
+        try:
+            fields_ = json.loads((self.out / f"{stem}.locate.json").read_text(encoding="utf-8"))
+            fields_["queries"] = [QueryResult(**q) for q in fields_.get("queries", [])]
+            return LocateResult(**fields_)
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def describe(self, r: LocateResult) -> list[str]:
+        lines = [f"{r.image} ({r.pixels / 1e6:.1f} Mpx, {r.seconds:.1f} s): regions {r.regions}; preview {r.preview}"
+                 + (f"; map {r.html}" if r.html else "")]
+        return lines + [f"   {q.query!r}: {q.regions} regions, {q.area:.1f} map units^2, max {q.max_score:.3f} -> "
+                        f"{q.heatmap}" for q in r.queries]
 
 
 def background_names(query_syn: list[list[str]], background: Sequence[str]) -> list[str]:
@@ -131,15 +209,13 @@ def background_names(query_syn: list[list[str]], background: Sequence[str]) -> l
     return names
 
 
-def query_embeddings(model, tokenizer, query_syn: list[list[str]], background: Sequence[str],
-                     cache: TextEmbeddingCache | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def query_embeddings(model, tokenizer, query_syn: list[list[str]],
+                     background: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """``(text, owner)``: the embeddings of the queries' names then the background's (80 templates each), and
-    each name's query index. With ``cache`` filled once, the text encoder is not needed again (``locate_many``
-    frees it before the first image)."""
+    each name's query index."""
     names, owner = query_table(query_syn)
     with torch.no_grad():
-        text = name_embeddings(model, tokenizer, names + list(background), OVSS_TEMPLATES, batch_size=64,
-                               cache=cache)
+        text = name_embeddings(model, tokenizer, names + list(background), OVSS_TEMPLATES, batch_size=64)
     return text, owner
 
 
@@ -154,12 +230,13 @@ def query_probabilities(logits: torch.Tensor, owner: torch.Tensor, n_queries: in
     return out.scatter_reduce_(0, idx, p, reduce="amax", include_self=True)
 
 
-def _locate_one(path: Path, model, text, owner, queries, slugs, out: Path, opts: LocateOptions) -> LocateResult:
+def _locate_one(path: Path, stem: str, model, text, owner, queries, slugs, out: Path,
+                opts: LocateOptions) -> LocateResult:
     t0 = time.perf_counter()
     r = open_raster(path, opts.bands, opts.percentiles)
     window = opts.window or model_input_size(model)
     scene = SceneTiles(r, window, opts.stride or window // 2, opts.scale, opts.block)
-    heat_paths = [out / f"{path.stem}.{s}.tif" for s in slugs]
+    heat_paths = [out / f"{stem}.{s}.tif" for s in slugs]
     peaks = np.full(len(queries), np.nan)
     try:
         with ExitStack() as stack:
@@ -191,8 +268,8 @@ def _locate_one(path: Path, model, text, owner, queries, slugs, out: Path, opts:
             areas = feats.columns.get("area", [])[before:]
             summaries.append(QueryResult(q, str(hp), round(float(peak), 4) if np.isfinite(peak) else 0.0,
                                          len(feats) - before, float(sum(areas))))
-        regions = write_features(feats, out / f"{path.stem}.regions.{opts.vector_format}", r.src.crs, "regions")
-        preview = write_heat_preview(r, heat_paths, queries, opts.threshold, out / f"{path.stem}.locate.png",
+        regions = write_features(feats, out / f"{stem}.regions.{opts.vector_format}", r.src.crs, "regions")
+        preview = write_heat_preview(r, heat_paths, queries, opts.threshold, out / f"{stem}.locate.png",
                                      opts.preview_size)
     finally:
         r.close()
@@ -201,9 +278,9 @@ def _locate_one(path: Path, model, text, owner, queries, slugs, out: Path, opts:
     if opts.html:
         from .webmap import write_html
 
-        result.html = str(write_html(out / f"{path.stem}.locate.html", image=path, rasters=heat_paths,
+        result.html = str(write_html(out / f"{stem}.locate.html", image=path, rasters=heat_paths,
                                      vectors=[regions], bands=opts.bands))
-    atomic_write(out / f"{path.stem}.locate.json", json.dumps(asdict(result), indent=2))
+    atomic_write(out / f"{stem}.locate.json", json.dumps(asdict(result), indent=2))
     return result
 
 

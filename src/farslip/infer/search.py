@@ -24,12 +24,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from ..core.distributed import batch_shard, gather, job_ranks, world
+from ..core.errors import UsageError
+from ..core.files import atomic_path, atomic_write, refuse_overwriting_inputs
 from ..engine import model_input_size, window_spans
 from ..models.precision import Amp, autocast_for
 from .classify import load_image
-from ..core.errors import UsageError
-from ..core.files import atomic_path, atomic_write
-from ..core.distributed import batch_shard, gather, world
 from .common import load_for_inference
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".jp2"}
@@ -113,11 +113,18 @@ def index(source: str | Path, *, checkpoint: str | Path | None = None, model=Non
     source = Path(source)
     root, files = _images(source)
     if chip is not None and chip < 8:
-        raise ValueError(f"chip size {chip} is too small (at least 8 pixels)")
+        raise UsageError(f"--chip {chip}: too small (at least 8 pixels)")
     stride = stride or (chip // 2 if chip else None)
     emb_path, meta_path = _index_paths(source, Path(index_dir) if index_dir else None)
-    if model is None:
-        model, preprocess, _ = load_for_inference(checkpoint, arch, device)
+    with job_ranks(device) as device:  # torchrun: the images to embed are split between the processes
+        if model is None:
+            model, preprocess, _ = load_for_inference(arch, checkpoint, device=device)
+        return _index(source, root, files, model, preprocess, checkpoint, emb_path, meta_path, chip, stride,
+                      batch_size, progress, amp)
+
+
+def _index(source: Path, root: Path, files: list[Path], model, preprocess, checkpoint, emb_path: Path,
+           meta_path: Path, chip: int | None, stride: int | None, batch_size: int, progress: bool, amp: Amp) -> dict:
     mid = _model_id(checkpoint) if checkpoint is not None else getattr(model, "farslip_arch", "model")
     old = _previous(emb_path, meta_path, mid)
     entries, vectors, todo, failed = [], [], [], []
@@ -218,9 +225,12 @@ def stale_files(root: Path, entries: Sequence[dict]) -> list[str]:
 
 def query(q: str | Path, *, index: str | Path, checkpoint: str | Path | None = None, model=None, preprocess=None,
           tokenizer=None, arch: str | None = None, device: str = "auto", top: int = 20,
-          index_dir: str | Path | None = None, amp: Amp = None) -> list[Hit]:
+          index_dir: str | Path | None = None, amp: Amp = None, sheet: str | Path | None = None,
+          geojson: str | Path | None = None) -> list[Hit]:
     """Rank the indexed images (or chips) by cosine similarity to a text, or to an image when ``q`` is an image
-    file. Hits on chips of georeferenced rasters carry their footprint."""
+    file. Hits on chips of georeferenced rasters carry their footprint. With ``sheet``, a contact sheet of the
+    hits is written there (PNG); with ``geojson``, their footprints (``"auto"``: ``search_results.geojson`` beside
+    the sheet when the hits are chips). Neither may be an indexed file or the query image (checked first)."""
     source = Path(index)
     emb_path, meta_path = _index_paths(source, Path(index_dir) if index_dir else None)
     if not meta_path.exists():
@@ -230,21 +240,45 @@ def query(q: str | Path, *, index: str | Path, checkpoint: str | Path | None = N
         raise UsageError(f"{source} was indexed with {meta.get('model')}, not {checkpoint}: query with that "
                          f"--checkpoint, or run `farslip search index {source}` with this one")
     root = Path(meta["root"]) if "root" in meta else source
+    image_query = os.path.isfile(str(q)) and Path(q).suffix.lower() in IMAGE_SUFFIXES
+    auto_geojson = geojson == "auto"
+    geojson = (Path(sheet).parent if sheet else Path(".")) / "search_results.geojson" if auto_geojson else geojson
+    refuse_overwriting_inputs([p for p in (sheet, geojson) if p],
+                              [root / e["path"] for e in meta["entries"]] + ([Path(q)] if image_query else []),
+                              hint="choose another --sheet / --geojson")
     if model is None:
-        model, preprocess, tokenizer = load_for_inference(checkpoint, arch, device)
+        model, preprocess, tokenizer = load_for_inference(arch, checkpoint, device=device)
+    meta = _fresh_meta(meta, meta_path, source, root, checkpoint, model, preprocess, index_dir, amp)
+    hits = _rank(q, image_query, emb_path, meta, root, model, preprocess, tokenizer, top, amp)
+    if sheet and hits:
+        contact_sheet(hits, sheet, title=str(q))
+    if geojson and hits and (not auto_geojson or any(h.window for h in hits)):
+        write_geojson(hits, geojson)
+    return hits
+
+
+def _fresh_meta(meta: dict, meta_path: Path, source: Path, root: Path, checkpoint, model, preprocess, index_dir,
+                amp: Amp) -> dict:
+    """The index's entries, brought up to date first when an indexed file changed or was deleted: never rank a
+    deleted file, or a replaced one by its old content."""
     stale = stale_files(root, meta["entries"])
-    if stale:  # never rank a deleted file, or a replaced one by its old content
-        print(f"search: {len(stale)} indexed file(s) changed or deleted since indexing (e.g. {stale[0]}); "
-              "updating the index", file=sys.stderr)
-        _reindex(meta.get("source", source), checkpoint=checkpoint, model=model, preprocess=preprocess,
-                 index_dir=index_dir, chip=meta.get("chip"), stride=meta.get("stride"), progress=False, amp=amp)
-        meta = _read_meta(meta_path, source)
-    device_ = next(model.parameters()).device
+    if not stale:
+        return meta
+    print(f"search: {len(stale)} indexed file(s) changed or deleted since indexing (e.g. {stale[0]}); "
+          "updating the index", file=sys.stderr)
+    _reindex(meta.get("source", source), checkpoint=checkpoint, model=model, preprocess=preprocess,
+             index_dir=index_dir, chip=meta.get("chip"), stride=meta.get("stride"), progress=False, amp=amp)
+    return _read_meta(meta_path, source)
+
+
+def _rank(q, image_query: bool, emb_path: Path, meta: dict, root: Path, model, preprocess, tokenizer, top: int,
+          amp: Amp) -> list[Hit]:
+    device = next(model.parameters()).device
     with torch.no_grad(), autocast_for(model, amp):
-        if os.path.isfile(str(q)) and Path(q).suffix.lower() in IMAGE_SUFFIXES:
-            v = model.encode_image(preprocess(load_image(Path(q), 2 * model_input_size(model)))[None].to(device_))
+        if image_query:
+            v = model.encode_image(preprocess(load_image(Path(q), 2 * model_input_size(model)))[None].to(device))
         else:
-            v = model.encode_text(tokenizer([str(q)]).to(device_))
+            v = model.encode_text(tokenizer([str(q)]).to(device))
     v = (v / v.norm(dim=-1, keepdim=True)).float().cpu()[0]
     emb = load_file(str(emb_path))["embeddings"]
     if emb.shape[0] == 0:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -25,33 +25,49 @@ import torch
 from rasterio.errors import RasterioIOError
 from tqdm.auto import tqdm
 
-from ..engine.colours import palette as make_palette
 from ..core.errors import UsageError
 from ..core.files import atomic_path, atomic_write, distinct_stems, refuse_overwriting_inputs
 from ..core.memory import trim
-from ..engine import (OVSS_TEMPLATES, TextEmbeddingCache, class_scores, model_input_size, name_embeddings,
-                      predict_classes, query_table)
+from ..engine import OVSS_TEMPLATES, class_scores, model_input_size, name_embeddings, predict_classes, query_table
+from ..engine.colours import palette as make_palette
 from ..engine.protocols import OVSSProtocol, get_protocol
 from ..engine.runtime import ProtocolRuntime, protocol_runtime
-from .common import load_for_inference, parse_classes
+from ..models import weights_fingerprint
 from .cog import class_map_writer, score_writer
+from .common import load_for_inference, parse_classes
+from .inputs import expand_inputs
 from .raster import RasterError, open_raster, read_thumbnail
+from .runner import Done, Log, Run, checkpoint_identity, run_inputs
 from .scene import SceneTiles, bounded_gdal_cache, tile_logits
 from .vectors import driver_for, vectorize_class_map
 
 NODATA = 255
 
 
+#: What ``segment`` does where neither the caller nor a protocol says: raster-friendly settings (windows of the
+#: model's input size, SegEarth-OV's CLS-bias, no threshold, no window resize).
+RASTER_DEFAULTS = dict(attn="segearth", cls_lambda=-0.3, cls_from="surgery", logit_scale=50.0, threshold=0.0,
+                       background_index=0, window_to_model_size=False, simfeatup=None, half_model="never")
+
+
 @dataclass
 class SegmentOptions:
-    attn: str = "segearth"
-    cls_lambda: float = -0.3
-    logit_scale: float = 50.0
-    threshold: float = 0.0              # best class probability under this -> background class
-    background_index: int = 0
+    """How to segment. The protocol settings (``attn`` .. ``half_model``, ``window``, ``stride``) are None until
+    :meth:`resolved` fills them: a value given wins, then ``protocol``'s, then :data:`RASTER_DEFAULTS` (window:
+    the model's input size, stride: half the window, chosen when the model is known)."""
+    protocol: str | None = None         # an OVSS protocol's settings (farslip, segearth) instead of the defaults
+    attn: str | None = None
+    cls_lambda: float | None = None
+    cls_from: str | None = None
+    logit_scale: float | None = None
+    threshold: float | None = None      # best class probability under this -> background class
+    background_index: int | None = None
+    window_to_model_size: bool | None = None
+    simfeatup: str | None = None
+    half_model: str | None = None
+    window: int | None = None           # sliding-window size
+    stride: int | None = None           # window step
     scale: float = 1.0                  # resample the raster by this factor before the windows (e.g. to match GSD)
-    window: int | None = None           # default: the model's input size
-    stride: int | None = None           # default: half the window
     block: int = 1024                   # output pixels per tile side (rounded to whole window strides)
     window_batch_size: int | None = None  # default: 64 on a GPU, about 1024 token rows on the CPU
     bands: Sequence[int] | None = None
@@ -66,33 +82,25 @@ class SegmentOptions:
     min_area: float = 0.0               # polygons: regions under this many map units^2 are left out
     simplify: float = 0.0               # polygons: simplification tolerance in map units
     html: bool = False                  # OUT/<stem>.html: the offline interactive map
-    protocol: str | None = None         # an OVSS protocol's settings (farslip, segearth) instead of the above
-    cls_from: str = "surgery"
-    window_to_model_size: bool = False
-    simfeatup: str | None = None
-    half_model: str = "never"
-    protocol_applied: bool = False      # set once the protocol's values are in (they are taken once)
 
-    def apply_protocol(self, explicit: Sequence[str] = ()) -> None:
-        """Take ``self.protocol``'s settings for every field not in ``explicit`` (once; no protocol: nothing)."""
-        if not self.protocol or self.protocol_applied:
-            return
-        self.protocol_applied = True
-        proto = get_protocol(self.protocol)
-        values = dict(attn=proto.attn, cls_lambda=proto.cls_lambda, cls_from=proto.cls_from,
-                      logit_scale=proto.logit_scale, window=proto.crop, stride=proto.stride,
-                      window_to_model_size=proto.window_to_model_size, simfeatup=proto.simfeatup,
-                      half_model=proto.half_model)
-        if proto.threshold is not None:
-            values["threshold"] = proto.threshold
-        if proto.background_index is not None:
-            values["background_index"] = proto.background_index
-        for k, v in values.items():
-            if k not in explicit:
-                setattr(self, k, v)
+    def resolved(self) -> "SegmentOptions":
+        """A copy with every protocol setting decided (the one place where options are resolved)."""
+        chosen = dict(RASTER_DEFAULTS)
+        if self.protocol:
+            proto = get_protocol(self.protocol)
+            chosen.update(attn=proto.attn, cls_lambda=proto.cls_lambda, cls_from=proto.cls_from,
+                          logit_scale=proto.logit_scale, window=proto.crop, stride=proto.stride,
+                          window_to_model_size=proto.window_to_model_size, simfeatup=proto.simfeatup,
+                          half_model=proto.half_model)
+            # segearth's thresholds are per dataset: a raster keeps the default unless one is given
+            chosen.update({k: getattr(proto, k) for k in ("threshold", "background_index")
+                           if getattr(proto, k) is not None})
+        given = {k: v for k, v in chosen.items() if getattr(self, k) is None}
+        return replace(self, **given)
 
     def as_protocol(self, window: int, stride: int) -> OVSSProtocol:
-        """These options as a protocol, for the engine (scale and the threshold are applied by segment itself)."""
+        """These (resolved) options as a protocol, for the engine (scale and the threshold are applied by segment
+        itself)."""
         return OVSSProtocol(self.protocol or "segment", scale=None, crop=window, stride=stride, attn=self.attn,
                             cls_lambda=self.cls_lambda, cls_from=self.cls_from, logit_scale=self.logit_scale,
                             window_to_model_size=self.window_to_model_size, simfeatup=self.simfeatup,
@@ -113,61 +121,131 @@ class SegmentResult:
     vectors: str | None = None
     html: str | None = None
 
+    def outputs(self) -> list[str]:
+        """Every file written for this input (the completion record checks they are still there)."""
+        files = [self.geotiff, self.preview, self.confidence, self.probabilities, self.vectors, self.html,
+                 str(Path(self.geotiff).with_suffix(".json"))]
+        return [f for f in files if f]
 
-def segment(images: Sequence[str | Path] | str | Path, classes: Sequence[str] | None = None, *,
+
+def segment(inputs: Sequence[str | Path] | str | Path, classes: Sequence[str] | None = None, *,
             checkpoint: str | Path | None = None, model=None, tokenizer=None, classes_file: str | Path | None = None,
             out: str | Path = "segmentations", arch: str | None = None, device: str = "auto",
-            options: SegmentOptions | None = None, text_cache: TextEmbeddingCache | None = None,
-            **overrides) -> list[SegmentResult]:
-    """Segment each image into ``classes`` (``"building,roof"`` = one class with synonyms); write the COGs
-    ``OUT/<stem>.tif`` (class indexes, input georeference kept, 255 = nodata) and ``OUT/<stem>.confidence.tif``,
-    ``OUT/<stem>.png`` (preview), and as asked the per-class probabilities, polygons and an HTML map.
-    ``text_cache`` keeps the class embeddings across calls (one call per raster, as the batch runs make)."""
-    opts = options or SegmentOptions()
-    for k, v in overrides.items():
-        setattr(opts, k, v)
-    opts.apply_protocol(explicit=overrides)
-    images = [images] if isinstance(images, (str, Path)) else list(images)
-    class_syn = parse_classes(classes, classes_file)
-    names = [c[0] for c in class_syn]
-    if not 0 <= opts.background_index < len(names):
-        raise UsageError(f"--background-index {opts.background_index} is outside the {len(names)} classes")
-    if len(names) >= NODATA:
-        raise UsageError(f"{len(names)} classes: a class map holds at most {NODATA} ({NODATA} marks nodata)")
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out}: is a file; segment writes a folder of outputs per image")
-    stems = distinct_stems(images)  # a/x.tif and b/x.tif -> a_x.*, b_x.*
-    targets = [vector_path(opts.vector, stem, out, len(images) > 1) if opts.vector else None
-               for stem in stems]  # checked before any work
-    refuse_overwriting_inputs([p for stem, t in zip(stems, targets) for p in _outputs(stem, out, opts, t)],
-                              images + [p for p in (classes_file, checkpoint) if p and Path(p).is_file()])
-    for image in images:  # a typo in the 10th file name ends the run now, not after nine maps
-        open_raster(image, opts.bands, opts.percentiles).close()
-    if model is None:
-        if checkpoint is None:
-            raise UsageError("segment needs a checkpoint (or a model and tokenizer)")
-        model, _, tokenizer = load_for_inference(checkpoint, arch, device)
-    queries, query_to_class = query_table(class_syn)
-    window = opts.window or model_input_size(model)
-    runtime = protocol_runtime(model, opts.as_protocol(window, opts.stride or window // 2), opts.amp)
-    with torch.no_grad():
-        # once per run, in fp32 whatever amp; 64 prompts a batch keeps the text tower's activations (~0.6 GB at 256
-        # for ViT-B) under the peak the tiles reach
-        text = name_embeddings(runtime.model, tokenizer, queries, OVSS_TEMPLATES, batch_size=64,
-                               cache=text_cache if runtime.model is model else None)
-    results = []
-    with bounded_gdal_cache(opts.gdal_cache_mb):
-        for image, stem, target in zip(images, stems, targets):
-            results.append(_segment_one(Path(image), stem, runtime, text, query_to_class, names, out, target, opts))
-    return results
+            options: SegmentOptions | None = None, redo: bool = False, inputs_from: str | Path | None = None,
+            stac_asset: str | None = None, log: Log | None = print, **overrides) -> Run:
+    """Segment each input into ``classes`` (``"building,roof"`` = one class with synonyms); per input, write the
+    COGs ``OUT/<stem>.tif`` (class indexes, input georeference kept, 255 = nodata) and ``OUT/<stem>.confidence.tif``,
+    ``OUT/<stem>.png`` (preview), ``OUT/<stem>.json`` and as asked the per-class probabilities, polygons and an
+    HTML map.
+
+    ``inputs``: paths, glob patterns, ``@list.txt`` files and STAC ItemCollections (and ``inputs_from``, a list
+    file); inputs sharing a file name get distinct stems (``a/x.tif``, ``b/x.tif`` -> ``a_x``, ``b_x``). Options
+    come from ``options`` and the keyword ``overrides`` (any :class:`SegmentOptions` field, e.g.
+    ``protocol="segearth", threshold=0.2``). Inputs already complete in ``out`` are skipped unless ``redo``; under
+    torchrun the inputs are dealt to the processes. Returns the :class:`~farslip.infer.runner.Run`: the results
+    of the inputs segmented now (``run[0].geotiff``) and every input's outcome."""
+    opts = _options(options, overrides)
+    paths = expand_inputs([inputs] if isinstance(inputs, (str, Path)) else inputs, inputs_from=inputs_from,
+                          stac_asset=stac_asset)
+    stems = distinct_stems(paths)
+    job = SegmentJob(parse_classes(classes, classes_file), opts, Path(out), checkpoint, arch, model, tokenizer)
+    job.check(paths, stems, [p for p in (classes_file, checkpoint) if p and Path(p).is_file()])
+    return run_inputs(job, paths, stems, device=device, redo=redo, log=log)
 
 
-def _outputs(stem: str, out: Path, opts: SegmentOptions, vector: Path | None) -> list[Path]:
-    """Every file segment writes for one image (checked against the inputs before any work)."""
-    kinds = ["tif", "png", "json"] + ["confidence.tif"] * opts.confidence + ["probabilities.tif"] * opts.probabilities \
-        + ["html"] * opts.html
-    return [out / f"{stem}.{k}" for k in kinds] + ([vector] if vector else [])
+def _options(options: SegmentOptions | None, overrides: dict) -> SegmentOptions:
+    known = {f.name for f in fields(SegmentOptions)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise UsageError(f"unknown segment option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return replace(options or SegmentOptions(), **overrides).resolved()
+
+
+@dataclass
+class SegmentWorker:
+    """What a process builds once to segment many rasters: the model under the protocol, the class embeddings."""
+    runtime: ProtocolRuntime
+    text: torch.Tensor
+    query_to_class: torch.Tensor
+
+
+@dataclass
+class SegmentJob:
+    """One ``segment`` run, everything but the model's weights: picklable, so any engine can run it."""
+    classes: list[list[str]]            # synonyms of each class
+    options: SegmentOptions             # resolved
+    out: Path
+    checkpoint: str | Path | None = None
+    arch: str | None = None
+    model: object = None                # a caller's model (with its tokenizer) instead of a checkpoint
+    tokenizer: object = None
+    several: bool = False               # more than one input: a --vector PATH gets each input's stem
+    command: str = "segment"
+
+    @property
+    def names(self) -> list[str]:
+        return [c[0] for c in self.classes]
+
+    def check(self, paths: Sequence[Path], stems: Sequence[str], extra_inputs: Sequence) -> None:
+        """Everything that can be refused before any work: the class list, ``out``, outputs over inputs."""
+        opts, n = self.options, len(self.classes)
+        if not 0 <= opts.background_index < n:
+            raise UsageError(f"--background-index {opts.background_index} is outside the {n} classes")
+        if n >= NODATA:
+            raise UsageError(f"{n} classes: a class map holds at most {NODATA} ({NODATA} marks nodata)")
+        if self.out.exists() and not self.out.is_dir():
+            raise UsageError(f"--out {self.out}: is a file; segment writes a folder of outputs per image")
+        if self.model is None and self.checkpoint is None:
+            raise UsageError("segment needs a checkpoint (or a model and its tokenizer)")
+        self.several = len(paths) > 1
+        refuse_overwriting_inputs([p for stem in stems for p in self.outputs(stem)], list(paths) + list(extra_inputs))
+
+    def outputs(self, stem: str) -> list[Path]:
+        """Every file segment writes for one input."""
+        opts = self.options
+        kinds = ["tif", "png", "json"] + ["confidence.tif"] * opts.confidence \
+            + ["probabilities.tif"] * opts.probabilities + ["html"] * opts.html
+        return [self.out / f"{stem}.{k}" for k in kinds] + ([self.vector_path(stem)] if opts.vector else [])
+
+    def vector_path(self, stem: str) -> Path:
+        return vector_path(self.options.vector, stem, self.out, self.several)
+
+    def settings(self) -> dict:
+        values = {k: v for k, v in asdict(self.options).items() if k != "progress"}
+        model = checkpoint_identity(self.checkpoint) if self.model is None else weights_fingerprint(self.model)
+        return {**values, "command": self.command, "classes": self.classes, "checkpoint": model, "arch": self.arch}
+
+    def load(self, device: str) -> SegmentWorker:
+        model, tokenizer = self.model, self.tokenizer
+        if model is None:
+            model, _, tokenizer = load_for_inference(self.arch, self.checkpoint, device=device)
+        queries, query_to_class = query_table(self.classes)
+        window = self.options.window or model_input_size(model)
+        runtime = protocol_runtime(model, self.options.as_protocol(window, self.options.stride or window // 2),
+                                   self.options.amp)
+        with torch.no_grad():
+            # once per process, in fp32 whatever amp; 64 prompts a batch keeps the text tower's activations (~0.6 GB
+            # at 256 for ViT-B) under the peak the tiles reach
+            text = name_embeddings(runtime.model, tokenizer, queries, OVSS_TEMPLATES, batch_size=64)
+        return SegmentWorker(runtime, text, query_to_class)
+
+    def one(self, worker: SegmentWorker, path: Path, stem: str) -> Done:
+        vector = self.vector_path(stem) if self.options.vector else None
+        with bounded_gdal_cache(self.options.gdal_cache_mb):
+            result = _segment_one(path, stem, worker.runtime, worker.text, worker.query_to_class, self.names,
+                                  self.out, vector, self.options)
+        return Done(result, result.outputs(), result.pixels)
+
+    def recall(self, path: Path, stem: str) -> SegmentResult | None:
+        """The result of an input completed earlier, from ``OUT/<stem>.json``."""
+        return _read_result(self.out / f"{stem}.json", SegmentResult)
+
+    def describe(self, r: SegmentResult) -> list[str]:
+        """The lines printed for one input done."""
+        mp = r.pixels / max(r.seconds, 1e-9) / 1e6
+        top = sorted(r.class_fractions.items(), key=lambda kv: -kv[1])[:5]
+        return [f"{r.image} -> {r.geotiff} ({r.pixels / 1e6:.1f} Mpx, {mp:.3g} Mpx/s); preview {r.preview}",
+                "   " + ", ".join(f"{n} {100 * f:.1f}%" for n, f in top)]
 
 
 def _segment_one(path: Path, stem: str, runtime: ProtocolRuntime, text, query_to_class, names, out: Path,
@@ -234,6 +312,14 @@ def _segment_one(path: Path, stem: str, runtime: ProtocolRuntime, text, query_to
                                      vectors=[vectors] if vectors else []))
     atomic_write(out / f"{stem}.json", json.dumps(asdict(result), indent=2))
     return result
+
+
+def _read_result(path: Path, kind):
+    """A result dataclass from the JSON summary written beside the outputs (None when it cannot be read)."""
+    try:
+        return kind(**json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError):
+        return None
 
 
 def _masked(values: np.ndarray, valid: np.ndarray | None) -> np.ndarray:

@@ -18,7 +18,7 @@ from rasterio.transform import from_origin
 
 import farslip
 from farslip.cli import main
-from farslip.infer.distributed import deal, is_complete, settings_key
+from farslip.infer.runner import deal, is_complete, settings_key
 from farslip.infer.inputs import InputError, expand_inputs, names_input
 
 
@@ -69,7 +69,7 @@ def test_deal_balances_bytes_and_covers_every_file(tmp_path):
     for i, n in enumerate([9000, 100, 100, 4000, 4000, 100]):
         paths.append(tmp_path / f"f{i}")
         paths[-1].write_bytes(b"x" * n)
-    shares = [deal(paths, r, 2) for r in range(2)]
+    shares = [[paths[i] for i in deal(paths, r, 2)] for r in range(2)]
     assert sorted(p for s in shares for p in s) == sorted(paths)
     assert shares == [[paths[0]], paths[1:]]  # 9000 bytes against 8300, each share in input order
 

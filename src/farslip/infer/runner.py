@@ -1,0 +1,242 @@
+"""The many-input runner: one job (segment, locate) over many rasters, on one process or on the processes torchrun
+started, resumable.
+
+A job is an object with five methods -- ``settings()`` (what changes its outputs), ``load(device)`` (the model
+part, built once per process), ``one(worker, path, stem)`` (one input's outputs), ``describe(result)`` (the
+lines printed for it) and ``recall(path, stem)`` (the result of an input completed earlier, read back from its
+outputs) -- so the same job runs here and on other engines. :func:`run_inputs` deals the inputs to the ranks (largest file first to the least loaded
+rank), skips the inputs whose outputs are complete, runs the others, and gathers one :class:`Run` for all ranks.
+
+An input is complete when its completion record ``OUT/.farslip-done/<stem>.json`` -- written after all of its
+outputs -- names the same file (path, size, modification time) and the same settings, and its outputs are still
+there. A stopped run therefore resumes where it was; a run with other settings redoes everything. One input that
+fails (a user error or an unreadable file) is reported in ``OUT/problems.jsonl`` and the others go on -- except a
+single input on a single process, whose error is the command's.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+from ..core.distributed import gather, job_ranks, world
+from ..core.errors import FarslipError
+from ..core.files import atomic_write
+from ..core.problems import Problem, append_problems
+
+DONE_DIR = ".farslip-done"
+Log = Callable[[str], None]
+
+
+class InputJob(Protocol):
+    command: str
+    out: Path
+
+    def settings(self) -> dict: ...
+
+    def load(self, device: str) -> Any: ...
+
+    def one(self, worker: Any, path: Path, stem: str) -> "Done": ...
+
+    def describe(self, result: Any) -> list[str]: ...
+
+    def recall(self, path: Path, stem: str) -> Any: ...
+
+
+@dataclass
+class Done:
+    """What one input gave: its result object, the files written (checked on a rerun) and its pixel count."""
+    result: Any
+    outputs: list[str]
+    pixels: int
+
+
+@dataclass
+class Outcome:
+    """What happened to one input."""
+    input: str
+    status: str                         # "done" | "complete" (skipped: done before) | "failed"
+    rank: int = 0
+    seconds: float = 0.0
+    pixels: int = 0
+    outputs: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class Run:
+    """A command over many inputs: the results of the inputs done now or complete before (read back from their
+    records), in input order -- a run is a sequence of them: ``farslip.segment(...)[0]`` -- and the outcome of
+    every input."""
+    command: str
+    results: list
+    outcomes: list[Outcome]
+    processes: int = 1
+    seconds: float = 0.0
+    record: Path | None = None          # OUT/.farslip-done/<command>-run.json
+    rank: int = 0                       # the process this view of the run is from (rank 0 prints)
+
+    def __getitem__(self, i):
+        return self.results[i]
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __iter__(self):
+        return iter(self.results)
+
+    def count(self, status: str) -> int:
+        return sum(o.status == status for o in self.outcomes)
+
+    @property
+    def failures(self) -> dict[str, str]:
+        return {o.input: o.error or "failed" for o in self.outcomes if o.status == "failed"}
+
+    @property
+    def megapixels(self) -> float:
+        return sum(o.pixels for o in self.outcomes) / 1e6
+
+    def summary(self) -> dict:
+        """The run as the JSON record ``OUT/.farslip-done/<command>-run.json`` holds it."""
+        mpx = self.megapixels
+        return {"inputs": len(self.outcomes), "done": self.count("done"), "complete": self.count("complete"),
+                "failed": self.count("failed"), "processes": self.processes, "seconds": round(self.seconds, 2),
+                "megapixels": round(mpx, 3), "megapixels_per_s": round(mpx / max(self.seconds, 1e-9), 3),
+                "failures": self.failures, "outcomes": [asdict(o) for o in self.outcomes]}
+
+    def line(self) -> str:
+        """One line for the whole run, e.g. ``segment: 12 input(s) on 2 process(es): 9 done, 2 already complete,
+        1 failed; 480.0 Mpx in 300 s (1.60 Mpx/s)``."""
+        text = (f"{self.command}: {len(self.outcomes)} input(s) on {self.processes} process(es): "
+                f"{self.count('done')} done, {self.count('complete')} already complete, {self.count('failed')} failed")
+        if self.megapixels:
+            text += (f"; {self.megapixels:.1f} Mpx in {self.seconds:.0f} s "
+                     f"({self.megapixels / max(self.seconds, 1e-9):.2f} Mpx/s)")
+        return text
+
+
+def deal(paths: Sequence[Path], rank: int, world_size: int) -> list[int]:
+    """The indexes of this rank's inputs: the largest file first to the rank with the fewest bytes so far (ties:
+    the lower rank), so ranks finish together however the sizes vary; every rank computes the same dealing."""
+    loads = [0] * world_size
+    mine = []
+    sizes = [(p.stat().st_size if p.exists() else 0) for p in paths]
+    for i in sorted(range(len(paths)), key=lambda i: (-sizes[i], i)):
+        r = min(range(world_size), key=lambda r: (loads[r], r))
+        loads[r] += sizes[i]
+        if r == rank:
+            mine.append(i)
+    return sorted(mine)
+
+
+def settings_key(settings: dict) -> str:
+    """A short fingerprint of the settings that change a result."""
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _record_path(out: Path, stem: str) -> Path:
+    return out / DONE_DIR / f"{stem}.json"
+
+
+def _identity(path: Path) -> dict:
+    st = path.stat()
+    return {"input": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def is_complete(out: Path, path: Path, key: str, stem: str | None = None) -> bool:
+    """Whether ``path``'s outputs in ``out`` were completed with the settings ``key`` and are still there."""
+    try:
+        done = json.loads(_record_path(out, stem or path.stem).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    same = {k: done.get(k) for k in ("input", "size", "mtime_ns")} == _identity(path) and done.get("settings") == key
+    return same and all(Path(o).exists() for o in done.get("outputs", []))
+
+
+def mark_complete(out: Path, path: Path, key: str, outputs: Sequence[str], stem: str | None = None) -> None:
+    atomic_write(_record_path(out, stem or path.stem),
+                 json.dumps({**_identity(path), "settings": key, "outputs": [str(o) for o in outputs]}, indent=1))
+
+
+def checkpoint_identity(checkpoint) -> str:
+    """A checkpoint in the settings fingerprint: its path and modification time (a retrained file redoes all)."""
+    p = Path(str(checkpoint)) if checkpoint is not None else None
+    return f"{p.resolve()}:{p.stat().st_mtime_ns}" if p is not None and p.is_file() else str(checkpoint)
+
+
+def rank_prefix() -> str:
+    """``[rank r] `` in front of a process's own lines when there are several."""
+    rank, size = world()
+    return f"[rank {rank}] " if size > 1 else ""
+
+
+def run_inputs(job: InputJob, paths: Sequence[Path], stems: Sequence[str], *, device: str = "auto",
+               redo: bool = False, log: Log | None = print) -> Run:
+    """Run ``job`` over ``paths`` (their output stems ``stems``) on this process or, under torchrun, on every
+    process (joining the group for the run when it was not joined, and leaving it after); see the module's
+    description. The returned :class:`Run` is the same on every rank."""
+    with job_ranks(device) as device:
+        return _run_on_ranks(job, list(paths), list(stems), device, redo, log)
+
+
+def _run_on_ranks(job: InputJob, paths: list[Path], stems: list[str], device: str, redo: bool,
+                  log: Log | None) -> Run:
+    rank, size = world()
+    single = len(paths) == 1 and size == 1  # nothing else to go on with: its error is the command's
+    key = settings_key(job.settings())
+    t0 = time.perf_counter()
+    outcomes, results, todo = [], [], []
+    for i in deal(paths, rank, size):
+        if not redo and is_complete(job.out, paths[i], key, stems[i]):
+            outcomes.append(Outcome(str(paths[i]), "complete", rank))
+            results.append((i, job.recall(paths[i], stems[i])))
+        else:
+            todo.append(i)
+    worker = job.load(device) if todo else None  # a bad checkpoint is the command's error, not each input's
+    for i in todo:
+        path, stem = paths[i], stems[i]
+        start = time.perf_counter()
+        try:
+            done = job.one(worker, path, stem)
+        except (FarslipError, OSError, ValueError) as exc:
+            if single:
+                raise
+            if log:
+                log(f"{rank_prefix()}{path}: FAILED -- {exc}")
+            outcomes.append(Outcome(str(path), "failed", rank, error=str(exc)))
+            continue
+        mark_complete(job.out, path, key, done.outputs, stem)
+        if log:
+            for line in job.describe(done.result):
+                log(rank_prefix() + line)
+        outcomes.append(Outcome(str(path), "done", rank, round(time.perf_counter() - start, 3), done.pixels,
+                                done.outputs))
+        results.append((i, done.result))
+    return _gathered(job, paths, outcomes, results, size, time.perf_counter() - t0)
+
+
+def _gathered(job: InputJob, paths: list[Path], outcomes: list[Outcome], results: list, size: int,
+              seconds: float) -> Run:
+    """Every rank's outcomes and results, in input order; the failures and the run's record written once."""
+    order = {str(p): i for i, p in enumerate(paths)}
+    parts = gather((outcomes, results))
+    every = sorted((o for part, _ in parts for o in part), key=lambda o: order[o.input])
+    done = [r for _, rs in parts for r in rs if r[1] is not None]
+    run = Run(job.command, [r for _, r in sorted(done, key=lambda ir: ir[0])], every, size, seconds,
+              job.out / DONE_DIR / f"{job.command}-run.json", world()[0])
+    if run.rank == 0:
+        report_failures(job.out, every)
+        atomic_write(run.record, json.dumps(run.summary(), indent=1))
+    return run
+
+
+def report_failures(out: Path, outcomes: Sequence[Outcome]) -> None:
+    """Failed inputs go to ``OUT/problems.jsonl`` in the one bad-input format (:class:`~farslip.core.Problem`)."""
+    failed = [Problem("failed-input", o.input, o.error or "failed") for o in outcomes if o.status == "failed"]
+    if failed:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        append_problems(Path(out) / "problems.jsonl", failed)
