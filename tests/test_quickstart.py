@@ -12,6 +12,8 @@ from rasterio.transform import from_origin
 
 import farslip
 from farslip.quickstart import run_quickstart, run_seeds
+from farslip.quickstart.analysis import seed_table
+from farslip.quickstart.report import render_report
 
 
 def test_quickstart_tiny(tmp_path):
@@ -61,8 +63,6 @@ def _fake_results(pre: float, s1: float, s2: float, s1_abl: float | None = None,
 
 
 def test_seed_table_mean_spread_and_stage_changes():
-    from farslip.quickstart import seed_table
-
     table = seed_table({0: _fake_results(10, 20, 40, 15, 30), 1: _fake_results(12, 18, 44, 17, 40),
                         2: _fake_results(14, 22, 42, 16, 41)})
     header = [c.strip() for c in table.splitlines()[0].split("|")[1:-1]]
@@ -83,6 +83,61 @@ def test_seed_table_mean_spread_and_stage_changes():
     # runs recorded without the ablations still tabulate (their columns stay empty)
     old = seed_table({0: _fake_results(10, 20, 40), 1: _fake_results(12, 18, 44)})
     assert "stage 1: +8.00 (+10.00, +6.00)" in old
+
+
+def _evaluated(pre: float, s1: float, s2: float, s1_abl: float, s2_abl: float, overlay: Path) -> dict:
+    """Hand-made results of the five models in the shape ``run.evaluate_on_world`` returns; the pretrained
+    model's OVSS overlay at ``overlay``."""
+    def one(v, overlays=()):
+        return {"dense": {"patch_acc": v, "crop_agreement": 0.9, "patches": 120}, "ovss": {"mIoU": v, "aAcc": 2 * v},
+                "regions": {"top1": v}, "classification": {"top1": v, "top5": 2 * v},
+                "classification_per_class": {"forest": {"correct": 1, "n": 3}, "river": {"correct": 2, "n": 3}},
+                "retrieval": {"text2img_mean": v / 100, "img2text_mean": v / 200},
+                "ovss_protocol": {"fit": 128, "window": 64, "stride": 32}, "overlays": list(overlays)}
+    return {"pretrained (stand-in CLIP)": one(pre, [str(overlay)]),
+            "stage 1 without distillation": one(s1_abl), "FarSLIP stage 1": one(s1),
+            "stage 2 without region term": one(s2_abl), "FarSLIP stage 2": one(s2)}
+
+
+def test_report_from_the_template(tmp_path):
+    """render_report on hand-made results: every section, the tables' rows, the stages' changes and the
+    distillation share with their known values, the overlays with a Markdown line break."""
+    (tmp_path / "runs" / "stage1").mkdir(parents=True)
+    (tmp_path / "runs" / "stage1" / "log.jsonl").write_text(
+        json.dumps({"step": 1, "global_itc": 1.0, "distill": 0.02, "total": 1.002}) + "\n" +
+        json.dumps({"step": 2, "global_itc": 1.0, "distill": 0.04, "total": 1.004}) + "\n")
+    results = _evaluated(10, 20, 40, 15, 30, overlay=tmp_path / "overlays" / "model0" / "a.png")
+    world = {"train_images": 48, "test_images": 24, "size": 64, "scenes": ["forest", "river"], "train_mixed": 20,
+             "categories": {"ship": 0, "vehicle": 1}, "test_region_counts": {"ship": 3, "vehicle": 4}}
+    schedules = {"pretrain": {"lr": 1e-3, "weight_decay": 0.1, "warmup": 0, "epochs": 1, "batch_size": 8, "steps": 2}}
+    text = render_report(tmp_path, world=world, results=results, timings={"pretrain": 1.25}, total=3.0,
+                         final=tmp_path / "final.pt", schedules=schedules, seed=7, maps=None,
+                         retrieval={"caption": "a forest", "truth": "b.png", "top": ["a.png", "b.png"]}).read_text()
+    assert text.startswith("# farslip quickstart report\n\n**The data are synthetic.**")
+    for heading in ("## What each stage targets (held-out synthetic images, seed 7)", "## Image-level",
+                    "## Training", "## Open-vocabulary segmentation", "## Retrieval example (stage-2 model)",
+                    "## Timings (seconds)", "## The final model", "## The real recipes"):
+        assert f"\n{heading}" in text
+    assert "## Maps" not in text  # no maps were made
+    assert "(48 training and 24 held-out images of\n64 px; scenes: forest, river)" in text
+    assert "| FarSLIP stage 1 | 20.00 | 0.900 | 20.00 | 40.00 | 20.00 |" in text
+    assert "| stage 2 without region term | 30.00 | 60.00 | 30.00 | 15.00 |" in text
+    assert ("* stage 1 (dense alignment): dense patch accuracy 10 -> 20 (+10.00 points), the distillation term's "
+            "share +5.00 points; crop agreement 0.9 -> 0.9 (+0.000), the term's share +0.000; OVSS mIoU 10 -> 20 "
+            "(+10.00 points);\n* stage 2 (region-category alignment): region-category accuracy 20 -> 40 (+20.00 "
+            "points), the region term's share +10.00 points;") in text
+    assert "Stage 1's distillation loss (1 - cosine) averaged 0.0300 over its steps; weighted, it is 0.3% of" in text
+    assert "of the 120 held-out patches" in text and "zero-shot over the 2 object categories" in text
+    assert "{category}\") on 7 held-out object crops" in text
+    assert "| river | 2/3 | 2/3 | 2/3 |" in text  # scene ZSC per class, stage 1 and both stage-2 runs
+    assert "| pretrain | lr 0.001, wd 0.1, warmup 0, 1 epoch(s), batch 8: 2 steps | (OpenAI CLIP" in text
+    assert ("![pretrained (stand-in CLIP)](overlays/model0/a.png)  \n*pretrained (stand-in CLIP): image | "
+            "prediction | truth*\n") in text
+    assert "top 2: `a.png`, `b.png`\n(found in the top 2)" in text
+    assert "| pretrain | 1.2 |\n| total | 3.0 |" in text
+    assert f"--img-dir {tmp_path}/world/ovss/img_dir/val --ann-dir" in text
+    assert "--scale 128 --crop 64 --stride 32" in text
+    assert "--set data.train=/data/MGRS-200k/text_info.json \\\n    --set model.pretrained=" in text
 
 
 @pytest.mark.slow

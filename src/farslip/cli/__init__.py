@@ -17,7 +17,7 @@ COMMAND_MODULES = (
     "farslip.cli.train",     # farslip train
     "farslip.cli.eval",      # farslip eval classification|retrieval|ovss|all
     "farslip.cli.infer",     # farslip segment|locate|classify|search|view
-    "farslip.quickstart",    # farslip quickstart
+    "farslip.cli.quickstart",  # farslip quickstart
     "farslip.cli.models",    # farslip model info|convert
 )
 
