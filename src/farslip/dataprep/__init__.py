@@ -10,7 +10,7 @@ CLI: ``farslip data build|validate|stats|synth|caption`` (see ``farslip data --h
 """
 from .captions import (MLLMCaptioner, MLLMError, OpenAIChatClient, RateLimiter, TemplateCaptioner,
                        parse_caption_reply)
-from .chips import chip_windows, clip_polygon, load_rgb, objects_in_window
+from .chips import chip_boxes, clip_polygon, load_rgb, objects_in_box
 from .detection import (FORMATS, DetObject, LabelFile, LabelFileError, SourceImage, read_coco, read_dior,
                         read_dota, read_fair1m, read_label_file, read_voc, scan_dataset)
 from .mgrs import (BuildConfig, BuildError, build_mgrs, format_summary, mgrs_bbox, mgrs_record, recaption_mgrs,
@@ -26,9 +26,9 @@ __all__ = [
     "BuildConfig", "BuildError", "CategoryMap", "DetObject", "LabelFile", "LabelFileError", "MLLMCaptioner",
     "MLLMError", "OpenAIChatClient", "Problem", "RateLimiter", "SourceImage", "TemplateCaptioner",
     "ValidationReport",
-    "assign_category_ids", "build_mgrs", "chip_windows", "clip_polygon", "format_stats", "format_summary",
+    "assign_category_ids", "build_mgrs", "chip_boxes", "clip_polygon", "format_stats", "format_summary",
     "load_category_ids", "load_category_map", "load_mgrs", "load_rgb", "mgrs_bbox", "mgrs_record", "mgrs_stats",
-    "normalize_category", "objects_in_window", "parse_caption_reply", "plot_stats", "read_coco", "read_dior",
+    "normalize_category", "objects_in_box", "parse_caption_reply", "plot_stats", "read_coco", "read_dior",
     "read_dota", "read_fair1m", "read_label_file", "read_voc", "recaption_mgrs", "render_scene", "scan_dataset",
     "synth_world", "validate_mgrs", "write_mgrs_json",
 ]

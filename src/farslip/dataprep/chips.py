@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 Point = tuple[float, float]
-Window = tuple[int, int, int, int]  # x0, y0, x1, y1 (x1, y1 exclusive)
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (x1, y1 exclusive)
 
 
 def window_starts(length: int, size: int, overlap: int) -> list[int]:
@@ -32,9 +32,9 @@ def window_starts(length: int, size: int, overlap: int) -> list[int]:
     return [round(i * (length - size) / (n - 1)) for i in range(n)]
 
 
-def chip_windows(width: int, height: int, size: int = 800, overlap: int = 200) -> list[Window]:
-    """Windows (x0, y0, x1, y1) covering a ``width`` x ``height`` image, row by row. ``size <= 0`` means one
-    window for the whole image. A side shorter than ``size`` gives windows as long as that side."""
+def chip_boxes(width: int, height: int, size: int = 800, overlap: int = 200) -> list[Box]:
+    """Boxes (x0, y0, x1, y1) covering a ``width`` x ``height`` image, row by row. ``size <= 0`` means one
+    box for the whole image. A side shorter than ``size`` gives boxes as long as that side."""
     if size <= 0:
         return [(0, 0, width, height)]
     xs = window_starts(width, size, overlap)
@@ -80,9 +80,9 @@ def convex_hull(points: list[Point]) -> list[Point]:
     return lower[:-1] + upper[:-1]
 
 
-def clip_polygon(poly: list[Point], window: tuple[float, float, float, float]) -> list[Point]:
+def clip_polygon(poly: list[Point], box: tuple[float, float, float, float]) -> list[Point]:
     """Sutherland-Hodgman clipping of a convex or simple polygon to an axis-aligned rectangle."""
-    x0, y0, x1, y1 = window
+    x0, y0, x1, y1 = box
     out = list(poly)
     for axis, bound, keep_greater in ((0, x0, True), (0, x1, False), (1, y0, True), (1, y1, False)):
         if not out:
@@ -120,26 +120,26 @@ class ChipObject:
     visibility: float
 
 
-def objects_in_window(objects: list[tuple[str, str, list[Point], bool]], window: Window,
-                      min_visibility: float = 0.7, min_size: float = 2.0) -> tuple[list[ChipObject], dict]:
-    """Clip objects (plain name, raw name, convex polygon, difficult) to ``window``.
+def objects_in_box(objects: list[tuple[str, str, list[Point], bool]], chip: Box,
+                   min_visibility: float = 0.7, min_size: float = 2.0) -> tuple[list[ChipObject], dict]:
+    """Clip objects (plain name, raw name, convex polygon, difficult) to the ``chip`` box.
 
-    Returns the kept objects, in chip coordinates, and counts: ``cut`` (touching the window but less than
+    Returns the kept objects, in chip coordinates, and counts: ``cut`` (touching the chip but less than
     ``min_visibility`` of the area inside) and ``too_small`` (visible part thinner than ``min_size`` px).
     """
-    x0, y0, x1, y1 = window
+    x0, y0, x1, y1 = chip
     w, h = x1 - x0, y1 - y0
     kept: list[ChipObject] = []
     counts = {"cut": 0, "too_small": 0}
     for name, raw, poly, difficult in objects:
         bx1, by1, bx2, by2 = _bounds(poly)
         if bx2 <= x0 or by2 <= y0 or bx1 >= x1 or by1 >= y1:
-            continue  # not in this window at all
+            continue  # not in this chip at all
         area = polygon_area(poly)
-        inside = clip_polygon(poly, window)
+        inside = clip_polygon(poly, chip)
         vis = polygon_area(inside) / area if area > 0 else 0.0
         if vis <= 0:
-            continue  # touches the window only along an edge
+            continue  # touches the chip only along an edge
         if vis + 1e-9 < min_visibility:
             counts["cut"] += 1
             continue

@@ -43,7 +43,7 @@ from pathlib import Path
 
 from ..core.errors import FarslipError
 from .captions import MLLMCaptioner, TemplateCaptioner
-from .chips import (chip_windows, clip_polygon, convex_hull, image_size, load_rgb, objects_in_window,
+from .chips import (chip_boxes, clip_polygon, convex_hull, image_size, load_rgb, objects_in_box,
                     polygon_area)
 from .detection import FORMATS, LabelFileError, SourceImage, read_label_file, scan_dataset
 from .names import CategoryMap, assign_category_ids, load_category_ids
@@ -219,9 +219,9 @@ def process_source(item: SourceImage, cfg: BuildConfig, cmap: CategoryMap) -> di
         prepared.append((name, o.category, poly, bool(o.difficult)))
     image = None
     out_dir = Path(cfg.out) / IMAGE_DIR
-    windows = chip_windows(W, H, cfg.chip_size, cfg.overlap)
-    for win in windows:
-        objs, c = objects_in_window(prepared, win, cfg.min_visibility, cfg.min_box_size)
+    boxes = chip_boxes(W, H, cfg.chip_size, cfg.overlap)
+    for win in boxes:
+        objs, c = objects_in_box(prepared, win, cfg.min_visibility, cfg.min_box_size)
         counts["cut_at_chip_border"] += c["cut"]
         counts["too_small_in_chip"] += c["too_small"]
         if not objs and not cfg.keep_empty:
@@ -236,7 +236,7 @@ def process_source(item: SourceImage, cfg: BuildConfig, cmap: CategoryMap) -> di
                 entry["failed"] = True
                 entry["records"] = []
                 return _finish(entry)
-        name = (f"{item.key}.{cfg.image_format}" if len(windows) == 1
+        name = (f"{item.key}.{cfg.image_format}" if len(boxes) == 1
                 else f"{item.key}__{win[0]}_{win[1]}.{cfg.image_format}")
         chip = image if win == (0, 0, W, H) else image.crop(win)
         _save_image(chip, out_dir / name, cfg)
