@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Sequence, Union
 
+import torch.distributed
+
 from ..core import distributed
 from ..core.errors import UsageError
 from ..engine.protocols import get_protocol
@@ -93,8 +95,9 @@ class OVSSData:
         from ..engine.class_files import resolve_class_file
         from .ovss import OVSSDataset
 
-        return dict(dataset=OVSSDataset(str(self.img_dir), str(self.ann_dir), str(resolve_class_file(self.classes_file)),
-                                        name=own_name(self), img_suffix=self.img_suffix, ann_suffix=self.ann_suffix,
+        classes = str(resolve_class_file(self.classes_file))  # a file, or a shipped set by name
+        return dict(dataset=OVSSDataset(str(self.img_dir), str(self.ann_dir), classes, name=own_name(self),
+                                        img_suffix=self.img_suffix, ann_suffix=self.ann_suffix,
                                         ignore_index=self.ignore_index, reduce_zero_label=self.reduce_zero_label))
 
 
@@ -103,7 +106,10 @@ OwnData = Union[ClassificationData, RetrievalData, OVSSData]
 
 @dataclass
 class EvalOptions:
-    """How the suites run. None: the protocol's own value."""
+    """How the suites run; None: the protocol's own value. ``protocol_overrides`` takes any OVSS protocol setting
+    (:data:`~farslip.engine.protocols.PROTOCOL_SETTINGS`: attn, scale, crop, stride, logit_scale, cls_lambda,
+    cls_from, threshold, background_index, window_to_model_size, simfeatup, half_model) and replaces the
+    protocol's value on every dataset, registered ones too (None leaves it)."""
     amp: str = "auto"                          # one of AMP_CHOICES
     batch_size: int | None = None              # images per batch (128; OVSS: 4 images, their windows batched)
     workers: int | None = None                 # DataLoader workers (default min(4, CPUs))
@@ -182,8 +188,9 @@ def evaluate(suite: str = "all", checkpoint: str | Path | None = None, *, data_r
     _check_options(suite, options)
     out_dir = Path(output) if output else default_output(checkpoint, arch, suite)
     _refuse_outputs_over_inputs(own, out_dir)
-    joined = distributed.launched() and distributed.world()[1] == 1
-    if joined:  # one GPU per local rank
+    # torchrun's ranks join the group here, one GPU per local rank; a caller that joined it keeps it
+    joined = distributed.launched() and not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    if joined:
         device = str(distributed.join(device or "auto").device)
     main = distributed.is_main()
     log = log if main else (lambda _line: None)
