@@ -1,4 +1,5 @@
-"""`farslip eval ...` end to end on the tiny registered architecture and the tiny benchmark copies."""
+"""`farslip eval ...` end to end on the tiny registered architecture and the tiny benchmark copies (its usage
+errors: tests/reliability/test_cli_errors.py; the Python API: test_evaluate_api.py)."""
 from __future__ import annotations
 
 import json
@@ -110,12 +111,3 @@ def test_help(sub, capsys):
     assert exc.value.code == 0
     text = capsys.readouterr().out
     assert "examples:" in text and "--data-root" in text and "--checkpoint" in text
-
-
-def test_usage_errors(tmp_path):
-    with pytest.raises(SystemExit, match="give --data-root"):
-        main(["eval", "retrieval", *COMMON])
-    with pytest.raises(SystemExit, match="also needs --classnames"):
-        main(["eval", "classification", *COMMON, "--csv", "x.csv"])
-    with pytest.raises(SystemExit, match="unknown ovss benchmark"):
-        main(["eval", "ovss", *COMMON, "--data-root", str(tmp_path), "--datasets", "mars"])

@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..core.errors import UsageError, one_line
+
 _RAW = argparse.RawDescriptionHelpFormatter
 
 DATA_HELP = """\
@@ -111,7 +113,7 @@ def _make_mllm(args, default_cache: Path):
     if args.captioner != "mllm":
         return None
     if not args.mllm_url or not args.mllm_model:
-        raise SystemExit("farslip data: --captioner mllm needs --mllm-url and --mllm-model")
+        raise UsageError("--captioner mllm needs --mllm-url and --mllm-model")
     client = OpenAIChatClient(args.mllm_url, args.mllm_model, api_key_env=args.mllm_api_key_env,
                               timeout=args.mllm_timeout, max_retries=args.mllm_retries,
                               rate=args.mllm_rate or None, cache_dir=args.mllm_cache or default_cache)
@@ -227,7 +229,7 @@ def add_commands(subparsers) -> None:
 
 
 def _err(msg: str) -> int:
-    print(f"farslip data: error: {msg}", file=sys.stderr)
+    print(f"farslip: error: {one_line(msg)}", file=sys.stderr)  # the form of every user error (cli.main)
     return 2
 
 

@@ -3,9 +3,6 @@ protocols on a user's own data."""
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import sys
-from pathlib import Path
 
 from ..engine.protocols import HALF_MODEL_CHOICES, PROTOCOLS
 from ..models.dense import ATTENTION_VARIANTS
@@ -81,16 +78,6 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="load as RS-OVSS builds that --method (FarSLIP1, FarSLIP2, LRSCLIP, GeoRSCLIP, RemoteCLIP, "
                         "SkyCLIP, CLIP, CLIP-long): its text length by name, the file's text positions resized to "
                         "it, its activation -- to rebuild a row of the paper's OVSS table as it was made")
-
-
-def _dataset_name(csv: str | None, img_dir: str | None) -> str:
-    """A custom dataset's name in the tables: the CSV's stem, or the image folder's name skipping layout folders
-    (``LoveDA/img_dir/val`` -> ``LoveDA``)."""
-    if csv:
-        return Path(csv).stem
-    path = Path(img_dir).resolve()
-    layout = {"val", "valid", "validation", "test", "train", "img_dir", "images", "imgs", "image"}
-    return next((p.name for p in (path, *path.parents) if p.name and p.name.lower() not in layout), path.name)
 
 
 def _add_run_args(p: argparse.ArgumentParser, kind: str) -> None:
@@ -230,200 +217,76 @@ def add_commands(subparsers) -> None:
 
 # ----------------------------------------------------------------------------------------------------------------
 
-def _parse_roots(items: list[str]) -> dict[str, str]:
-    roots = {}
-    for item in items:
-        if "=" not in item:
-            raise SystemExit(f"--root expects KIND=DIR, got {item!r}")
-        k, v = item.split("=", 1)
-        if k not in ("classification", "retrieval", "skyscript", "ovss"):
-            raise SystemExit(f"--root: unknown kind {k!r} (classification, retrieval, skyscript, ovss)")
-        roots[k] = v
-    return roots
+def run_command(args) -> int:
+    """``farslip eval SUITE``: :func:`farslip.eval.evaluate` with the options given, and its report printed."""
+    from ..core.errors import FarslipError
+    from ..eval import evaluate
+    from ..eval.report import console_report
 
-
-def _load(args):
-    import torch
-
-    import farslip
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if args.checkpoint is None:
-        print("warning: no --checkpoint: evaluating randomly initialised weights", file=sys.stderr)
-    if args.model is None and args.checkpoint is None:
-        raise SystemExit("give --checkpoint and/or --model")
-    model, _, preprocess, tokenizer = farslip.load_model(
-        args.model, args.checkpoint, device=device, precision=args.precision, quick_gelu=args.quick_gelu,
-        context_length=args.context_length, rs_ovss_method=args.rs_ovss_method)
-    model.eval()
-    if str(device) == "cpu" and args.amp == "auto" and args.eval_kind in ("ovss", "all"):
-        from ..models.precision import cpu_has_native_bf16
-
-        if cpu_has_native_bf16():
-            print("note: this CPU computes bf16 natively; --amp bf16 runs OVSS about 3x faster (not the paper's "
-                  "fp32 arithmetic: a few pixels in a thousand change class)", file=sys.stderr)
-    return model, preprocess, tokenizer, device
+    run = evaluate(args.eval_kind, args.checkpoint, data_root=args.data_root, roots=_parse_roots(args.root),
+                   datasets=args.datasets, own=_own_data(args), output=args.output, arch=args.model,
+                   device=args.device, precision=args.precision, quick_gelu=args.quick_gelu,
+                   context_length=args.context_length, rs_ovss_method=args.rs_ovss_method, options=_options(args))
+    if run.paths is None:  # another rank under torchrun: the first one prints
+        return run.status
+    print()
+    print(console_report(run.report))
+    published = run.report["meta"].get("published")
+    if published:
+        numbers = ", ".join(f"{k} {v:g}" for k, v in published["numbers"].items())
+        print(f"published for {published['model']}: {numbers} (protocols in docs/models.md; compare a mean only "
+              "when all of its sets ran)\n")
+    print(f"wrote {run.paths['json']} and {run.paths['markdown']}")
+    if run.status == 2:
+        raise FarslipError("nothing was evaluated (see the missing/failed notes above)")
+    return run.status
 
 
 def published_numbers(checkpoint) -> dict | None:
-    """The numbers the registry records for a checkpoint given by name, to print beside the measured ones."""
-    from ..models.registry import find_entry
+    """:func:`farslip.eval.published_numbers`, where tests/models still looks for it."""
+    from ..eval import published_numbers as numbers
 
-    entry = find_entry(checkpoint)
-    if entry is None or not entry.paper:
-        return None
-    return {"model": entry.name, "numbers": dict(entry.paper), "per_set": dict(entry.paper_sets)}
+    return numbers(checkpoint)
 
 
-def _custom_mode(args) -> bool:
-    kind = args.eval_kind
-    if kind == "classification":
-        return bool(args.csv or args.classnames)
-    if kind == "retrieval":
-        return bool(args.csv)
-    if kind == "ovss":
-        return bool(args.img_dir or args.ann_dir or args.classes_file)
-    return False
-
-
-def _options(args, kind: str) -> dict:
-    opts = {"num_workers": args.workers, "limit": args.limit, "show_progress": not args.no_progress,
-            "amp": {"auto": None, "on": True, "off": False, "bf16": "bf16"}[args.amp]}
-    if kind == "ovss":
-        opts.update(protocol=args.protocol, window_batch_size=args.window_batch_size, overlays=args.overlays,
-                    **ovss_overrides(args))
-        if args.batch_size:
-            opts["batch_size"] = args.batch_size
-    else:
-        opts["ties"] = args.ties
-        opts["batch_size"] = args.batch_size or 128
-    return opts
-
-
-def _default_output(args, kind: str) -> Path:
-    stem = Path(args.checkpoint).stem if args.checkpoint else (args.model or "model")
-    return Path("runs") / "eval" / f"{stem}-{kind}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-
-
-def run_command(args) -> int:
-    from ..core import distributed
-
-    if distributed.launched():  # torchrun: join the group, one GPU per local rank
-        ctx = distributed.join(args.device or "auto")
-        args.device = str(ctx.device)
-    rc = _run(args, distributed.is_main())
-    distributed.leave()
-    return rc
-
-
-def _run(args, main: bool) -> int:
-    """The evaluation; under torchrun every rank runs it on its share of each dataset and gets the same
-    numbers, and only the first (``main``) prints and writes the report."""
-    from ..core import distributed
-    from ..eval.report import console_report, write_report
-    from ..eval.suite import run_custom, run_registered
-
-    log = print if main else (lambda _line: None)
-    kind = args.eval_kind
-    custom = _custom_mode(args)
-    if not custom and not args.data_root and not args.root:
-        raise SystemExit(f"farslip eval {kind}: give --data-root DIR (registered benchmarks)"
-                         + ("" if kind == "all" else " or your own data (see --help)"))
-    if custom and (args.datasets or args.data_root):
-        raise SystemExit("use either --data-root/--datasets or your own data, not both")
-    if custom:
-        need = {"classification": ("csv", "classnames"), "retrieval": ("csv",),
-                "ovss": ("img_dir", "ann_dir", "classes_file")}[kind]
-        lacking = ["--" + n.replace("_", "-") for n in need if not getattr(args, n)]
-        if lacking:
-            raise SystemExit(f"farslip eval {kind}: own data also needs {' '.join(lacking)}")
-    out_dir = Path(args.output) if args.output else _default_output(args, kind)
-    _refuse_outputs_over_inputs(args, out_dir)
-    roots = _parse_roots(args.root)
-    kinds = ["classification", "retrieval", "ovss"] if kind == "all" else [kind]
-    chosen = {}
-    if not custom:
-        from ..eval.registry import select, select_any
-
-        try:
-            chosen = select_any(args.datasets) if kind == "all" else {kind: select(kind, args.datasets)}
-        except KeyError as exc:
-            raise SystemExit(str(exc.args[0]))
-    if kind in ("ovss", "all") and args.simfeatup:  # a bad weights file stops here, not after the model loads
-        from ..engine.simfeatup import read_simfeatup_state
-
-        read_simfeatup_state(args.simfeatup)
-    model, preprocess, tokenizer, device = _load(args)
-    sections = {}
-    if custom:
-        name = args.name or _dataset_name(getattr(args, "csv", None), getattr(args, "img_dir", None))
-        opts = _options(args, kind)
-        if kind == "classification":
-            kw = dict(csv_path=args.csv, classnames_path=args.classnames, image_root=args.images,
-                      templates=args.templates, csv_img_key=args.csv_img_key, csv_class_key=args.csv_class_key,
-                      csv_separator=args.csv_separator)
-        elif kind == "retrieval":
-            kw = dict(csv_path=args.csv, image_root=args.images, caption_key=args.caption_key, prefix=args.prefix,
-                      csv_img_key=args.csv_img_key, csv_separator=args.csv_separator)
-        else:
-            from ..engine.class_files import resolve_class_file
-            from ..eval.ovss import OVSSDataset
-
-            class_file = str(resolve_class_file(args.classes_file))  # a file, or a shipped set by name
-            kw = dict(dataset=OVSSDataset(args.img_dir, args.ann_dir, class_file, name=name,
-                                          img_suffix=args.img_suffix, ann_suffix=args.ann_suffix,
-                                          ignore_index=args.ignore_index, reduce_zero_label=args.reduce_zero_label))
-        sections[kind] = run_custom(kind, model, tokenizer, preprocess, name, on_error=args.on_error,
-                                    overlay_root=out_dir / "overlays", log=log, **kw, **opts)
-    else:
-        from ..engine import TextEmbeddingCache
-
-        cache = TextEmbeddingCache()
-        for k in kinds:
-            if kind == "all" and args.datasets and not chosen[k]:
-                continue
-            sections[k] = run_registered(k, model, tokenizer, preprocess, data_root=args.data_root, roots=roots,
-                                         names=[b.name for b in chosen[k]], on_error=args.on_error, text_cache=cache,
-                                         overlay_root=out_dir / "overlays" if k == "ovss" else None,
-                                         log=log, **_options(args, k))
-    report = {"meta": {"checkpoint": args.checkpoint, "model": getattr(model, "farslip_arch", args.model),
-                       "device": str(device), "precision": args.precision, "amp": args.amp,
-                       "data_root": args.data_root, "when": _dt.datetime.now().isoformat(timespec="seconds"),
-                       "processes": distributed.world()[1]},
-              "sections": sections}
-    if "ovss" in sections:
-        report["meta"]["ovss"] = sections["ovss"]["protocol"]
-    published = published_numbers(args.checkpoint)
-    if published:
-        report["meta"]["published"] = published
-    if main:
-        print()
-        print(console_report(report))
-        if published:
-            numbers = ", ".join(f"{k} {v:g}" for k, v in published["numbers"].items())
-            print(f"published for {published['model']}: {numbers} (protocols in docs/models.md; compare a mean only "
-                  "when all of its sets ran)\n")
-        paths = write_report(report, out_dir)
-        print(f"wrote {paths['json']} and {paths['markdown']}")
-    evaluated = sum(s["evaluated"] for s in sections.values())
-    failed = sum(len(s["failed"]) for s in sections.values())
-    if evaluated == 0:
-        print("nothing was evaluated (see the missing/failed notes above)", file=sys.stderr)
-        return 2
-    return 1 if failed else 0
-
-
-def _refuse_outputs_over_inputs(args, out_dir: Path) -> None:
-    """results.json, results.md and overlays/ must not replace the files or folders being evaluated."""
+def _parse_roots(items: list[str]) -> dict[str, str]:
     from ..core.errors import UsageError
-    from ..core.files import refuse_overwriting_inputs
 
-    files = [getattr(args, k, None) for k in ("csv", "classnames", "classes_file")]
-    refuse_overwriting_inputs([out_dir / "results.json", out_dir / "results.md"], [f for f in files if f],
-                              hint="choose another --output")
-    overlays = (out_dir / "overlays").resolve()
-    for option in ("img_dir", "ann_dir"):
-        folder = getattr(args, option, None)
-        if folder and (Path(folder).resolve() == overlays or overlays in Path(folder).resolve().parents):
-            raise UsageError(f"--output {out_dir}: its overlays/ would be written into --{option.replace('_', '-')} "
-                             f"{folder}; choose another --output")
+    roots = {}
+    for item in items:
+        if "=" not in item:
+            raise UsageError(f"--root expects KIND=DIR, got {item!r}")
+        kind, folder = item.split("=", 1)
+        roots[kind] = folder
+    return roots
+
+
+def _own_data(args):
+    """The user's own dataset the options describe, or None (the registered benchmarks)."""
+    from ..eval import ClassificationData, OVSSData, RetrievalData
+
+    kind = args.eval_kind
+    if kind == "classification" and (args.csv or args.classnames):
+        return ClassificationData(args.csv, args.classnames, images=args.images, templates=args.templates,
+                                  img_key=args.csv_img_key, class_key=args.csv_class_key,
+                                  separator=args.csv_separator, name=args.name)
+    if kind == "retrieval" and args.csv:
+        return RetrievalData(args.csv, images=args.images, caption_key=args.caption_key, img_key=args.csv_img_key,
+                             separator=args.csv_separator, prefix=args.prefix, name=args.name)
+    if kind == "ovss" and (args.img_dir or args.ann_dir or args.classes_file):
+        return OVSSData(args.img_dir, args.ann_dir, args.classes_file, img_suffix=args.img_suffix,
+                        ann_suffix=args.ann_suffix, ignore_index=args.ignore_index,
+                        reduce_zero_label=args.reduce_zero_label, name=args.name)
+    return None
+
+
+def _options(args):
+    from ..eval import EvalOptions
+
+    ovss = {}
+    if args.eval_kind in ("ovss", "all"):
+        ovss = dict(protocol=args.protocol, protocol_overrides=ovss_overrides(args),
+                    window_batch_size=args.window_batch_size, overlays=args.overlays)
+    return EvalOptions(amp=args.amp, batch_size=args.batch_size, workers=args.workers, limit=args.limit,
+                       on_error=args.on_error, progress=not args.no_progress,
+                       ties=getattr(args, "ties", "official"), **ovss)

@@ -1,6 +1,11 @@
 """Evaluation with the paper's protocols: zero-shot classification, image-text retrieval, open-vocabulary
 segmentation; the benchmark registry; metrics; reports.
 
+    run = farslip.eval.evaluate("ovss", checkpoint="farslip2-vit-b-16", data_root="/data/rs-bench")
+    run.report["sections"]["ovss"]["mean"]["mIoU"], run.paths["json"]    # what `farslip eval ovss` prints, writes
+
+One protocol at a time, on a loaded model:
+
     model, _, preprocess, tokenizer = farslip.load_model("ViT-B-16", "FarSLIP2_ViT-B-16.pt", device="cuda")
     farslip.eval.zero_shot_classification(model, tokenizer, preprocess, "aid/aid_img_txt_pairs_test.csv",
                                           "aid/classnames.txt", "/data/classification")  # {"top1": %, "top5": %}
@@ -15,6 +20,8 @@ from ..engine import (OVSS_TEMPLATES, SCENE_TEMPLATES, TextEmbeddingCache, class
                       predict_classes, sliding_window_logits, window_boxes)
 from ..engine.protocols import PROTOCOLS, OVSSProtocol, get_protocol
 from .common import EvalResult
+from .evaluation import (ClassificationData, EvalOptions, EvalReport, OVSSData, RetrievalData, evaluate,
+                         published_numbers)
 from .io import EvalDataError
 from .metrics import (SegmentationMeter, best_positive_rank, intersect_and_union, percent, recall_at_k,
                       recall_from_ranks, reduce_zero_label, segmentation_scores, topk_correct)
@@ -24,8 +31,9 @@ from .retrieval import SATELLITE_PREFIX, retrieval
 from .zeroshot import zero_shot_classification
 
 __all__ = [
-    "CLASSIFICATION", "EvalDataError", "EvalResult", "OVSS", "OVSSDataset", "OVSSProtocol", "OVSS_TEMPLATES",
-    "PROTOCOLS", "RETRIEVAL", "get_protocol",
+    "CLASSIFICATION", "ClassificationData", "EvalDataError", "EvalOptions", "EvalReport", "EvalResult", "OVSS",
+    "OVSSData", "OVSSDataset", "OVSSProtocol", "OVSS_TEMPLATES", "PROTOCOLS", "RETRIEVAL", "RetrievalData",
+    "evaluate", "get_protocol", "published_numbers",
     "SATELLITE_PREFIX", "SCENE_TEMPLATES", "SegmentationMeter", "TextEmbeddingCache", "best_positive_rank",
     "class_scores", "intersect_and_union", "name_embeddings", "ovss", "percent", "predict_classes", "recall_at_k",
     "recall_from_ranks", "reduce_zero_label", "retrieval", "segmentation_scores", "select",

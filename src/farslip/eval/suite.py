@@ -90,7 +90,8 @@ def run_registered(kind: str, model: nn.Module, tokenizer, preprocess, *, data_r
         options = _with_protocol(section, options)
     benches = select(kind, names)
     for b in benches:
-        miss = b.missing(data_root, roots)
+        located = data_root is not None or b.root in (roots or {})
+        miss = b.missing(data_root, roots) if located else [f"--data-root or --root {b.root}=DIR"]
         if miss:
             section["missing"][b.name] = "expected " + "; ".join(miss)
             log(f"[{kind}] {b.name}: missing -- expected " + "; ".join(miss))

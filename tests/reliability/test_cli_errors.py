@@ -1,0 +1,149 @@
+"""The command line's error paths, walked one by one: each ends with exit status 2 and one line on stderr,
+``farslip: error: ...``, naming what to fix -- never a traceback, never an exit without that line.
+
+``farslip eval``'s checks all run before a model is loaded; the other commands are represented by one or two
+mistakes each (their own suites go through theirs in depth).
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from support.hostile import assert_user_error, cli_env, run_cli
+
+TINY = ["--model", "FarSLIP-Tiny", "--workers", "0", "--no-progress"]
+
+
+@pytest.fixture
+def files(tmp_path):
+    """An empty benchmark root, a class-names file, an empty table and two empty folders."""
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "img").mkdir()
+    (tmp_path / "overlays").mkdir()
+    (tmp_path / "names.txt").write_text("a\nb\n")
+    (tmp_path / "table.csv").write_text("filepath,label\n")
+    return tmp_path
+
+
+# (argv with {d} for the fixture folder, fragments the one line must hold)
+EVAL_CASES = [
+    (["eval", "retrieval", *TINY], ["give --data-root"]),
+    (["eval", "all", *TINY], ["eval all: give --data-root DIR"]),
+    (["eval", "classification", *TINY, "--csv", "{d}/table.csv"], ["also needs --classnames"]),
+    (["eval", "classification", *TINY, "--classnames", "{d}/names.txt"], ["also needs --csv"]),
+    (["eval", "ovss", *TINY, "--img-dir", "{d}/img"], ["also needs --ann-dir --classes-file"]),
+    (["eval", "classification", *TINY, "--csv", "{d}/table.csv", "--classnames", "{d}/names.txt", "--data-root",
+      "{d}/bench"], ["not both"]),
+    (["eval", "retrieval", *TINY, "--csv", "{d}/table.csv", "--datasets", "rsicd"], ["not both"]),
+    (["eval", "ovss", *TINY, "--data-root", "{d}/bench", "--datasets", "mars"], ["unknown ovss benchmark", "mars"]),
+    (["eval", "all", *TINY, "--data-root", "{d}/bench", "--datasets", "aid", "mars"],
+     ["unknown benchmark(s) mars"]),
+    (["eval", "ovss", *TINY, "--data-root", "{d}/bench", "--root", "ovss"], ["--root expects KIND=DIR", "'ovss'"]),
+    (["eval", "ovss", *TINY, "--data-root", "{d}/bench", "--root", "mars={d}"], ["--root: unknown kind 'mars'"]),
+    (["eval", "ovss", "--data-root", "{d}/bench", "--no-progress"], ["give --checkpoint and/or --model"]),
+    (["eval", "ovss", *TINY, "--data-root", "{d}/bench", "--scale", "-1"], ["OVSS protocol", "scale", "-1"]),
+    (["eval", "all", *TINY, "--data-root", "{d}/bench", "--crop", "0"], ["OVSS protocol", "crop"]),
+    (["eval", "ovss", *TINY, "--data-root", "{d}/bench", "--simfeatup", "{d}/absent.ckpt"], ["absent.ckpt"]),
+    (["eval", "classification", *TINY, "--csv", "{d}/none.csv", "--classnames", "{d}/names.txt"],
+     ["--csv", "none.csv", "no such file"]),
+    (["eval", "retrieval", *TINY, "--csv", "{d}/table.csv", "--images", "{d}/nowhere"], ["--images", "nowhere"]),
+    (["eval", "ovss", *TINY, "--img-dir", "{d}/img", "--ann-dir", "{d}/ann", "--classes-file", "{d}/names.txt"],
+     ["--ann-dir", "no such folder"]),
+    (["eval", "ovss", *TINY, "--img-dir", "{d}/img", "--ann-dir", "{d}/img", "--classes-file", "mars"],
+     ["class file not found: mars"]),
+    (["eval", "ovss", *TINY, "--img-dir", "{d}/overlays", "--ann-dir", "{d}/img", "--classes-file",
+      "{d}/names.txt", "--output", "{d}"], ["overlays", "--img-dir"]),
+]
+
+OTHER_CASES = [
+    (["data", "validate", "{d}/none.json"], ["none.json"]),
+    (["data", "stats", "{d}/none.json"], ["none.json"]),
+    (["data", "build", "--format", "dota", "--images", "{d}/img", "--labels", "{d}/img", "--out", "{d}/o",
+      "--captioner", "mllm"], ["--captioner mllm needs --mllm-url and --mllm-model"]),
+    (["train", "--config", "{d}/none.yaml"], ["none.yaml"]),
+    (["model", "info", "{d}/none.pt"], ["none.pt"]),
+    (["model", "convert", "{d}/none.pt", "{d}/out.safetensors"], ["none.pt"]),
+    (["segment", "{d}/none.tif", "--checkpoint", "{d}/none.pt", "--classes", "a", "b", "--no-progress"],
+     ["none.tif"]),
+    (["classify", "{d}/none.png", "--checkpoint", "{d}/none.pt", "--classes", "a", "b"], ["none.png"]),
+    (["locate", "road", "{d}/none.tif", "--checkpoint", "{d}/none.pt"], ["none.tif"]),
+    (["search", "index", "{d}/nowhere", "--checkpoint", "{d}/none.pt"], ["nowhere"]),
+    (["search", "query", "road", "--index", "{d}/nowhere", "--checkpoint", "{d}/none.pt"], ["nowhere"]),
+    (["view", "{d}/none.tif"], ["none.tif"]),
+]
+
+
+def _ids(cases):
+    return [f"{' '.join(argv[:2])}-{i}" for i, (argv, _) in enumerate(cases)]
+
+
+def _argv(argv, d):
+    return [a.replace("{d}", str(d)) for a in argv]
+
+
+def _one_error_line(outcome, fragments, d) -> str:
+    line = assert_user_error(outcome, *[f.replace("{d}", str(d)) for f in fragments])
+    assert line.startswith("farslip: error: "), line
+    assert "Traceback" not in outcome.out, outcome.out
+    return line
+
+
+@pytest.mark.parametrize("argv, fragments", EVAL_CASES, ids=_ids(EVAL_CASES))
+def test_eval_errors(capsys, files, argv, fragments):
+    _one_error_line(run_cli(capsys, *_argv(argv, files)), fragments, files)
+
+
+@pytest.mark.parametrize("argv, fragments", OTHER_CASES, ids=_ids(OTHER_CASES))
+def test_other_commands_errors(capsys, files, argv, fragments):
+    _one_error_line(run_cli(capsys, *_argv(argv, files)), fragments, files)
+
+
+def test_eval_checks_come_before_the_model_is_loaded(capsys, files, monkeypatch):
+    """A mistake is found before any weights are read (a ViT-B is a minute on a CPU)."""
+    import farslip.eval.evaluation as evaluation
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr(evaluation, "_load", no_loading)
+    for argv, fragments in EVAL_CASES:
+        _one_error_line(run_cli(capsys, *_argv(argv, files)), fragments, files)
+
+
+def test_nothing_evaluated_is_one_error_line_after_the_report(capsys, files):
+    """A data root without any benchmark: the report says what was expected where, then one error line."""
+    outcome = run_cli(capsys, "eval", "retrieval", *TINY, "--data-root", files / "bench", "--output", files / "o")
+    _one_error_line(outcome, ["nothing was evaluated"], files)
+    assert "missing RSICD: expected" in outcome.out and (files / "o" / "results.json").is_file()
+
+
+def test_no_system_exit_with_a_message_in_the_package():
+    """User errors are FarslipErrors (one line, exit 2), not ``SystemExit("...")`` (exit 1, no form)."""
+    import ast
+    from pathlib import Path
+
+    import farslip
+
+    found = []
+    for path in Path(farslip.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "SystemExit" and node.args
+                    and not isinstance(getattr(node.args[0], "value", None), int)
+                    and not isinstance(node.args[0], ast.BinOp)):  # SystemExit(128 + signum) is a status
+                found.append(f"{path.name}:{node.lineno}")
+    assert not found, found
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["eval", "ovss", "--model", "FarSLIP-Tiny", "--data-root", "{d}/bench", "--datasets", "mars"], "mars"),
+    (["data", "validate", "{d}/none.json"], "none.json"),
+])
+def test_the_real_command_exits_2_with_one_line(files, argv, fragment):
+    proc = subprocess.run([sys.executable, "-m", "farslip", *_argv(argv, files)], capture_output=True, text=True,
+                          env=cli_env(), timeout=300)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip() and not ln.startswith("note:")]
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("farslip: error: ") and fragment in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
