@@ -154,7 +154,7 @@ sys.exit(main(sys.argv[1:]))
 
 
 def test_eval_records_the_published_numbers_of_a_named_model():
-    from farslip.cli.eval import published_numbers
+    from farslip.eval import published_numbers
 
     published = published_numbers("farslip2-vit-b-16")
     assert published["numbers"] == {"farslip-ovss": 35.41, "farslip-zsc": 62.24}

@@ -242,13 +242,6 @@ def run_command(args) -> int:
     return run.status
 
 
-def published_numbers(checkpoint) -> dict | None:
-    """:func:`farslip.eval.published_numbers`, where tests/models still looks for it."""
-    from ..eval import published_numbers as numbers
-
-    return numbers(checkpoint)
-
-
 def _parse_roots(items: list[str]) -> dict[str, str]:
     from ..core.errors import UsageError
 
