@@ -1,6 +1,10 @@
-"""The house rule, read from the code: no module imports a room above it in the flow.
+"""The house rules, read from the code, so that what docs/architecture.md says cannot drift:
 
-    core -> dataprep -> data -> models -> objectives -> train -> engine -> eval -> infer -> quickstart, cli
+* no module imports a room above it in the flow
+      core -> dataprep -> data -> models -> objectives -> train -> engine -> eval -> infer -> quickstart, cli
+* infer never reaches into eval (what both need lives in engine, and rank plumbing in core);
+* no module imports another room's private names (``_name``): a room is used through what it offers
+  (user errors as FarslipErrors, never ``SystemExit("message")``: tests/reliability/test_cli_errors.py).
 
 Data preparation feeds the training data readers; the dense-prediction engine serves evaluation and inference
 from below; the CLI (and the quickstart, which runs every room) sits on top. Relative and absolute imports of
@@ -16,6 +20,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "farslip"
 ORDER = ["core", "dataprep", "data", "models", "objectives", "train", "engine", "eval", "infer", "quickstart", "cli"]
 LEVEL = {room: i for i, room in enumerate(ORDER)}
+#: Pairs (importer, imported) the order allows but the house does not.
+FORBIDDEN = {("infer", "eval")}
 
 
 def room_of(path: Path) -> str | None:
@@ -26,6 +32,11 @@ def room_of(path: Path) -> str | None:
 
 def imported_rooms(path: Path) -> list[tuple[int, str]]:
     """(line, room) of every farslip room this module imports."""
+    return [(line, room) for line, room, _ in imported_names(path)]
+
+
+def imported_names(path: Path) -> list[tuple[int, str, list[str]]]:
+    """(line, room, names taken with ``from ... import``) of every farslip room this module imports."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     package = path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1]  # ("farslip", "eval", ...)
     found = []
@@ -41,9 +52,10 @@ def imported_rooms(path: Path) -> list[tuple[int, str]]:
                 targets = [(node.module or "").split(".")]
         else:
             continue
+        names = [alias.name for alias in node.names] if isinstance(node, ast.ImportFrom) and node.module else []
         for t in targets:
             if len(t) >= 2 and t[0] == "farslip" and t[1] in LEVEL:
-                found.append((node.lineno, t[1]))
+                found.append((node.lineno, t[1], names))
     return found
 
 
@@ -73,3 +85,24 @@ def test_the_checker_sees_relative_and_absolute_imports(tmp_path, monkeypatch):
         assert {room for _, room in imported_rooms(fake)} == {"eval", "infer", "engine"}
     finally:
         fake.unlink()
+
+
+@pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_forbidden_import_and_no_private_name_from_another_room(path):
+    own = room_of(path)
+    forbidden = [(line, room) for line, room in imported_rooms(path) if (own, room) in FORBIDDEN]
+    assert not forbidden, f"{path.relative_to(PACKAGE)} ({own}) imports {forbidden} (see docs/architecture.md)"
+    private = [(line, room, n) for line, room, names in imported_names(path) if room != own
+               for n in names if n.startswith("_") and not n.startswith("__")]
+    assert not private, f"{path.relative_to(PACKAGE)} imports private names of other rooms: {private}"
+
+
+def test_the_checker_sees_forbidden_pairs_and_private_names():
+    fake = PACKAGE / "infer" / "__planted_for_test__.py"
+    fake.write_text("from ..eval.metrics import _secret\n")
+    try:
+        [(line, room, names)] = imported_names(fake)
+        assert ("infer", room) in FORBIDDEN and names == ["_secret"]
+    finally:
+        fake.unlink()
+

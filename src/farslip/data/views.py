@@ -21,7 +21,6 @@ from ..core.problems import Problem
 from .records import Record, RegionObject
 
 
-
 @dataclass
 class ViewConfig:
     size: int = 224                              # S

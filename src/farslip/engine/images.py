@@ -87,7 +87,6 @@ def read_label_array(path: str | os.PathLike) -> np.ndarray:
     return arr.astype(np.int64)
 
 
-
 #: SegEarth-OV's SegDataPreProcessor: CLIP mean/std on the 0..255 scale (RGB), rounded to three decimals as its
 #: configs write them -- kept as written (not open_clip's constants x 255) so the protocol's inputs are exact.
 PIXEL_MEAN = (122.771, 116.746, 104.094)

@@ -9,24 +9,12 @@ from tqdm.auto import tqdm
 from ..core.problems import Problem
 
 
-
-
 class EvalResult(dict):
     """A plain dict of the documented metrics, plus ``.info`` (counts, skipped records, timings, settings)."""
 
     def __init__(self, *args, info: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.info = info or {}
-
-
-
-
-
-
-
-
-
-
 
 
 def default_workers() -> int:
@@ -52,10 +40,5 @@ def split_bad(batch: list) -> tuple[list, list[Problem]]:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Text embeddings
-
-
-
-
-
 
 

@@ -17,7 +17,6 @@ from ..core.errors import FarslipError
 from ..core.problems import Problem
 
 
-
 class EvalDataError(FarslipError, ValueError):
     """An evaluation input that cannot be used; the message names the file, record and field."""
 
@@ -115,12 +114,5 @@ def read_synonym_file(path: str | os.PathLike) -> list[list[str]]:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Images
-
-
-
-
-
-
-
 
 

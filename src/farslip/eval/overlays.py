@@ -12,11 +12,6 @@ from ..engine.colours import colourise, palette
 from ..engine.images import read_rgb_array
 
 
-
-
-
-
-
 def save_overlay(path, image, pred, label, num_classes: int, ignore_index: int = 255, *,
                  class_names: Sequence[str] | None = None, max_height: int = 384, min_height: int = 160) -> Path:
     """Write ``image | prediction | ground truth`` (each scaled to ``min_height..max_height`` rows) as PNG."""

@@ -343,9 +343,6 @@ def land_cover_fractions(label: np.ndarray) -> dict[str, float]:
     return {name: float(counts[c]) for c, name in LAND_COVER_NAMES.items() if counts[c] > 0}
 
 
-
-
-
 def render_pair(a: tuple, b: tuple, rng: np.random.Generator):
     """Two rendered scenes (:func:`render_scene`'s triples, of different classes) on either side of a wavy
     boundary through the image's middle third: a tile where a harbour meets a forest. Returns the same triple; an
