@@ -78,11 +78,11 @@ def test_two_ranks_resume_exactly_and_validate_without_waiting(tmp_path):
     full = Path(over["run"]["out"])
 
     over["run"]["out"] = str(tmp_path / "part" / "run")
-    over["optim"]["max_steps"] = 5
+    over["run"]["stop_after"] = 5
     _torchrun(over)
     part = Path(over["run"]["out"])
     (part / "checkpoints" / "step_00000005.pt").unlink()  # as if killed after step 5: resume from step 3
-    over["optim"]["max_steps"] = 7
+    over["run"]["stop_after"] = None
     _torchrun(over, "--resume", "auto")
 
     a, b = _lines(full / "log.jsonl"), _lines(part / "log.jsonl")

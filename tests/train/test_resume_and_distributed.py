@@ -33,9 +33,9 @@ def test_resume_is_bit_identical(tmp_path, tiny_arch, recipe, stage, precision):
     train(full)
 
     over["run"]["out"] = str(tmp_path / "b")
-    over["optim"]["max_steps"] = 4  # stopped after step 4 (last checkpoint at 4) ...
+    over["run"]["stop_after"] = 4  # stopped after step 4 (last checkpoint at 4) ...
     train(load_config(REPO / "configs" / recipe, over))
-    over["optim"]["max_steps"] = 7  # ... and resumed
+    over["run"]["stop_after"] = None  # ... and resumed
     train(load_config(REPO / "configs" / recipe, over), resume="auto")
 
     a, b = _losses(tmp_path / "a" / "run"), _losses(Path(over["run"]["out"]))
@@ -49,8 +49,8 @@ def test_resume_is_bit_identical(tmp_path, tiny_arch, recipe, stage, precision):
 
 
 def test_checkpoints_keep_last_and_skip_corrupt(tmp_path, tiny_arch):
-    over = tiny_overrides(tmp_path, 2, steps=5)
-    over["run"].update(save_every=1, keep_last=2)
+    over = tiny_overrides(tmp_path, 2, steps=6)
+    over["run"].update(save_every=1, keep_last=2, stop_after=5)
     cfg = load_config(REPO / "configs" / "stage2_vitb16_mgrs.yaml", over)
     train(cfg)
     ckpts = list_checkpoints(Path(cfg.run.out))
@@ -65,7 +65,7 @@ def test_checkpoints_keep_last_and_skip_corrupt(tmp_path, tiny_arch):
     assert model.context_length == 248  # stage 2 recipe: long text
     # The newest is truncated (a crash while copying it elsewhere): resume falls back to the previous one.
     ckpts[-1].write_bytes(ckpts[-1].read_bytes()[:1000])
-    cfg.optim.max_steps = 6
+    cfg.run.stop_after = None
     result = train(cfg, resume="auto")
     assert result["steps"] == 6
     assert _losses(Path(cfg.run.out))[5]["step"] == 5
@@ -90,12 +90,13 @@ def test_resume_keeps_the_checkpoints_frozen_text_rows(tmp_path, tiny_arch):
     with torch.no_grad():
         start.positional_embedding[:20] += 1.0  # pretrained rows unlike any random initialisation
     pretrained = farslip.save_model(start, tmp_path / "pretrained.pt")
-    over = tiny_overrides(tmp_path, 2, steps=2)
+    over = tiny_overrides(tmp_path, 2, steps=4)
     over["model"]["pretrained"] = str(pretrained)
     over["optim"]["lr"] = 1e-2
+    over["run"]["stop_after"] = 2
     cfg = load_config(REPO / "configs" / "stage2_vitb16_mgrs.yaml", over)
     train(cfg)
-    cfg.optim.max_steps = 4
+    cfg.run.stop_after = None
     train(cfg, resume="auto")
     end, *_ = farslip.load_model(checkpoint=Path(cfg.run.out) / "final.pt")
     assert torch.equal(end.positional_embedding[:20], start.positional_embedding[:20])

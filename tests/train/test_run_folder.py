@@ -54,12 +54,12 @@ def test_overwrite_replaces_the_old_run_entirely(tmp_path, tiny_arch):
     run = Path(cfg.run.out)
     train(cfg)
     old_id = _run_id(run)
-    cfg.optim.max_steps = 1
+    cfg.run.stop_after = 1
     train(cfg, overwrite=True)
     assert _steps(run) == [1]  # nothing appended to the old log
     assert [p.name for p in list_checkpoints(run)] == ["step_00000001.pt"]  # the old run's are gone ...
     assert _run_id(run) != old_id
-    cfg.optim.max_steps = 2
+    cfg.run.stop_after = 2
     train(cfg, resume="auto")  # ... so resume continues the new run, not the old run's step 3
     assert _steps(run) == [1, 2]
     with pytest.raises(RunStartError, match="give one of them"):
@@ -67,8 +67,8 @@ def test_overwrite_replaces_the_old_run_entirely(tmp_path, tiny_arch):
 
 
 def test_resume_continues_only_the_run_recorded_in_the_folder(tmp_path, tiny_arch):
-    a = _config(tmp_path / "a", 2)
-    b = _config(tmp_path / "b", 4)
+    a = _config(tmp_path / "a", 3, stop_after=2)
+    b = _config(tmp_path / "b", 5, stop_after=4)
     train(a)
     train(b)
     run_a, run_b = Path(a.run.out), Path(b.run.out)
@@ -76,14 +76,14 @@ def test_resume_continues_only_the_run_recorded_in_the_folder(tmp_path, tiny_arc
     assert payload["run_id"] == _run_id(run_a) != _run_id(run_b)
     # A newer checkpoint of run b copied into a's folder is passed over.
     shutil.copy(list_checkpoints(run_b)[-1], run_a / "checkpoints")
-    a.optim.max_steps = 3
+    a.run.stop_after = None
     train(a, resume="auto")
     assert _steps(run_a) == [1, 2, 3]
     # An explicit checkpoint of another run is refused for this folder ...
     with pytest.raises(RunStartError, match="is a checkpoint of run .* but .* holds run"):
         train(a, resume=str(list_checkpoints(run_b)[-1]))
     # ... and continues that run in an empty folder.
-    c = _config(tmp_path / "c", 5)
+    c = _config(tmp_path / "b", 5, out=tmp_path / "c" / "run")  # run b's data, another folder
     train(c, resume=str(run_b / "checkpoints" / "step_00000004.pt"))
     assert _steps(Path(c.run.out)) == [5] and _run_id(Path(c.run.out)) == _run_id(run_b)
 

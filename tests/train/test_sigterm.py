@@ -53,7 +53,7 @@ def _check_stopped_and_resume(over: dict, run: Path, launcher: tuple[str, ...] =
     stopped = saved[-1]
     assert max(_logged_steps(run)) <= stopped  # the checkpoint is of the last step taken, not one ahead of the log
 
-    over["optim"]["max_steps"] = stopped + 2
+    over["run"]["stop_after"] = stopped + 2
     resumed = subprocess.run(_command(over, "--resume", "auto", launcher=launcher), capture_output=True, text=True,
                              timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert resumed.returncode == 0, resumed.stderr[-3000:]

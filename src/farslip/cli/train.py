@@ -18,12 +18,17 @@ examples:
   farslip train --config configs/stage2_vitb16_mgrs.yaml --set data.train=/data/mgrs/text_info.json \\
       --set model.pretrained=runs/stage1_vitb16/final.pt
   farslip train --config configs/stage1_vitb16_rs5m.yaml --resume auto       # continue after preemption
+  farslip train --config configs/stage1_vitb16_rs5m.yaml --resume auto --set optim.lr=2e-6 --resume-changed
+  farslip train --config configs/stage1_vitb16_rs5m.yaml --set optim.accum_steps=4 --set optim.batch_size=10
   farslip train --config configs/stage1_vitb16_rs5m.yaml --overwrite         # start run.out's run over
   torchrun --nproc_per_node=4 -m farslip train --config configs/stage1_vitb16_rs5m.yaml
   torchrun --nnodes=2 --node_rank=0 --nproc_per_node=8 --rdzv_backend=c10d \\
       --rdzv_endpoint=node0:29500 --rdzv_id=farslip1 -m farslip train --config ...
 
 --set takes dotted keys and YAML values: --set optim.lr=5e-6 --set data.views=grids --set objective.target=ema
+(--set 'data.csv_sep=\\t' for a tab). Every key, its default, choices and official flag: docs/config.md.
+The whole config is checked before anything is written; a mistake is one line and leaves no run folder.
+Resuming on another number of processes (torchrun) re-deals the rest of the epoch (docs/training.md).
 """
 
 
@@ -38,6 +43,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", default=None, metavar="auto|PATH",
                    help="'auto': newest intact checkpoint of the run recorded in run.out (fresh start if none); or "
                         "a checkpoint file (its run continues, in its own folder or an empty one)")
+    p.add_argument("--resume-changed", action="store_true",
+                   help="continue a checkpoint although the config changed in what makes the run exact (batch "
+                        "size, data, schedule, objective, model, seed); without this such a resume is refused with "
+                        "the list of differences. Harmless changes (logging, saving, device) need no flag")
     p.add_argument("--overwrite", action="store_true",
                    help="start over in a run.out that holds another run: its log, checkpoints and final model are "
                         "removed first (without this, such a folder is refused)")
@@ -54,7 +63,7 @@ def run(args) -> int:
         from ..eval.validation import retrieval_validator
 
         validate = retrieval_validator(cfg.run.val_csv, cfg.run.val_image_root)
-    train(cfg, resume=args.resume, validate=validate, overwrite=args.overwrite)
+    train(cfg, resume=args.resume, validate=validate, overwrite=args.overwrite, resume_changed=args.resume_changed)
     return 0
 
 

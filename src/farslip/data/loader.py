@@ -17,13 +17,16 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDa
 
 from ..core.problems import BadInput
 from .records import CaptionCSVRecords, MGRSRecords, Record, TrainDataError, open_rgb
-from .shards import (SAMPLE_SHUFFLE_INITIAL, SAMPLE_SHUFFLE_SIZE, BufferedShuffle, Piece, count_shard_samples, deal,
+from .shards import (SAMPLE_SHUFFLE_INITIAL, SAMPLE_SHUFFLE_SIZE, BufferedShuffle, Piece, count_piece_samples,
+                     count_shard_samples, deal,
                      expand_shards, is_compressed, open_raw, pieces_per_shard, read_piece, replay_shuffle,
                      shuffled_shards)
 from .device_views import collate_plans, planner_for
 from .views import ViewConfig, ViewMaker, sample_seed
 
 MAX_CONSECUTIVE_BAD = 1000
+#: ``data.kind``: the formats a training run reads.
+DATA_KINDS = ("webdataset", "mgrs", "csv")
 
 
 @dataclass
@@ -106,21 +109,40 @@ class EpochBatchSampler:
 
     def __init__(self, n: int, batch_size: int, rank: int, world: int, seed: int):
         self.sampler = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=seed)
-        self.batch_size, self.epoch, self.start = batch_size, 0, 0
+        self.n, self.rank, self.world, self.seed = n, rank, world, seed
+        self.batch_size, self.epoch, self.start, self.offset = batch_size, 0, 0, 0
         if len(self) == 0:
             raise TrainDataError(f"{n} samples are fewer than one batch of {batch_size} x {world} ranks")
 
-    def set_epoch(self, epoch: int, start_batch: int = 0):
-        self.epoch, self.start = epoch, start_batch
+    def set_epoch(self, epoch: int, start_batch: int = 0, offset: int = 0):
+        """Batches of ``epoch`` from ``start_batch`` on; ``offset`` > 0: the first ``offset`` samples of the epoch's
+        order were trained on by another number of processes (an elastic resume), the rest is dealt anew."""
+        self.epoch, self.start, self.offset = epoch, start_batch, offset
+
+    def batches(self, offset: int = 0) -> int:
+        """Batches per rank of an epoch of which ``offset`` samples are done."""
+        if offset == 0:
+            return self.sampler.num_samples // self.batch_size
+        return max(0, self.n - offset) // (self.batch_size * self.world)
 
     def __len__(self):
-        return self.sampler.num_samples // self.batch_size
+        return self.batches(self.offset)
 
     def __iter__(self):
-        self.sampler.set_epoch(self.epoch)
-        mine = list(self.sampler)
+        if self.offset == 0:
+            self.sampler.set_epoch(self.epoch)
+            mine = list(self.sampler)
+        else:  # the rest of the epoch's order, dealt as DistributedSampler deals: every world-th sample
+            mine = epoch_order(self.n, self.seed, self.epoch)[self.offset:][self.rank::self.world]
         for b in range(self.start, len(self)):
             yield [(self.epoch, i) for i in mine[b * self.batch_size:(b + 1) * self.batch_size]]
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The epoch's shuffled order of ``n`` samples before DistributedSampler deals it (its ``shuffle=True`` draw)."""
+    g = torch.Generator()
+    g.manual_seed(seed + epoch)
+    return torch.randperm(n, generator=g).tolist()
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -202,30 +224,98 @@ class ShardStream(IterableDataset):
         self.bufsize, self.initial = max(1, shuffle_buffer), max(1, min(shuffle_initial, shuffle_buffer))
         self.sizes = {url: os.path.getsize(url) for url in shards}
         roles = world * self.workers
-        sizes, packed = [self.sizes[u] for u in shards], [is_compressed(u, opener) for u in shards]
-
-        def splits_for(roles: int) -> list[int]:
-            return pieces_per_shard(len(shards), roles, sum(sizes), num_samples, sizes, packed)
-
-        splits = splits_for(roles)
-        self.splits = dict(zip(shards, splits, strict=True))
-        if sum(splits) < roles:
-            fit = max((w for w in range(1, self.workers) if sum(splits_for(world * w)) >= world * w), default=0)
+        self._sizes, self._packed, self._num_samples = [self.sizes[u] for u in shards], \
+            [is_compressed(u, opener) for u in shards], num_samples
+        self.splits = self.splits_for(roles)
+        if sum(self.splits.values()) < roles:
+            fit = max((w for w in range(1, self.workers) if sum(self.splits_for(world * w).values()) >= world * w),
+                      default=0)
             hint = f"set data.workers to {fit} or fewer" if fit else "use more or larger shards, or fewer ranks"
             raise TrainDataError(f"{len(shards)} shards ({num_samples} samples) are too few to give each of {roles} "
                              f"loader roles ({world} ranks x {self.workers} workers) its own data: {hint}")
-        self.epoch, self.start, self.cursors = 0, 0, {}
+        self.epoch, self.start, self.cursors, self.plan, self.epoch_steps = 0, 0, {}, {}, None
 
-    def set_epoch(self, epoch: int, start_batch: int = 0, cursors: dict | None = None):
+    def splits_for(self, roles: int) -> dict[str, int]:
+        """Pieces per shard when ``roles`` loader roles share the shards."""
+        counts = pieces_per_shard(len(self.shards), roles, sum(self._sizes), self._num_samples, self._sizes,
+                                  self._packed)
+        return dict(zip(self.shards, counts, strict=True))
+
+    def set_epoch(self, epoch: int, start_batch: int = 0, cursors: dict | None = None,
+                  plan: dict[int, list[Piece]] | None = None, steps: int | None = None):
+        """Batches of ``epoch`` from ``start_batch`` on, each role from its cursor. ``plan`` (an elastic resume):
+        the pieces each role reads in its first pass instead of the epoch's usual deal, and ``steps`` the batches
+        of the epoch under that plan."""
         self.epoch, self.start, self.cursors = epoch, start_batch, dict(cursors or {})
+        self.plan, self.epoch_steps = dict(plan or {}), steps
 
-    def role_pieces(self, role: int, roles: int, pass_no: int) -> list[Piece]:
+    def role_pieces(self, role: int, roles: int, pass_no: int, plan: dict[int, list[Piece]] | None = None) \
+            -> list[Piece]:
+        plan = self.plan if plan is None else plan
+        if pass_no == 0 and role in plan:
+            return list(plan[role])
         if pass_no == 0:
             order = shuffled_shards(self.shards, self.seed, self.epoch)
         else:  # a role's further passes: another order of its own
             order = list(self.shards)
             random.Random(f"farslip-pass/{self.seed}/{self.epoch}/{role}/{pass_no}").shuffle(order)
-        return deal(order, self.sizes, self.splits, role, roles)
+        splits = self.splits if roles == self.world * self.workers else self.splits_for(roles)
+        return deal(order, self.sizes, splits, role, roles)
+
+    def rest_of_epoch(self, epoch: int, roles: int, cursors: dict[int, dict], plan: dict[int, list[Piece]]) \
+            -> list[Piece]:
+        """What ``roles`` loader roles (of a run being resumed) had not drawn yet of ``epoch``'s first pass, given
+        their cursors and the plan they read from: the items still in each role's shuffle buffer and everything
+        it had not read, as parts of pieces, in role order. A role already in a further pass had drawn all of its
+        own data; it has nothing left."""
+        self.epoch = epoch
+        rest: list[Piece] = []
+        for role in range(roles):
+            pieces, cursor = self.role_pieces(role, roles, 0, plan), cursors.get(role)
+            if cursor is None:
+                rest += pieces
+                continue
+            if cursor["pass"] > 0:
+                continue
+            done = cursor["pieces"]
+            length = sum(done) if len(done) == len(pieces) else None
+            shuffle, next_number = replay_shuffle(self.bufsize, self.initial, self._rng(role, 0), cursor["draws"],
+                                                  length)
+            starts = list(itertools.accumulate([0] + list(done)))
+            for k, piece in enumerate(pieces):
+                if k > len(done):
+                    rest.append(piece)
+                    continue
+                held = sorted(n - starts[k] for n in shuffle.buf if n >= starts[k] and (k == len(done)
+                                                                                       or n < starts[k + 1]))
+                if k == len(done):
+                    rest.append(piece.part(held, next_number - starts[k]))
+                elif held:
+                    rest.append(piece.part(held))
+        return rest
+
+    def deal_rest(self, rest: list[Piece], batch_size: int) -> tuple[dict[int, list[Piece]], int]:
+        """The pieces ``rest`` dealt to this stream's roles for the rest of an epoch, so that each role has the
+        samples its quota of batches needs (the spare ones spread evenly), and the number of batches of that
+        rest: ``({role: parts}, steps)``. Sample counts come from the tar headers."""
+        roles = self.world * self.workers
+        counts = [count_piece_samples(p, self.opener) for p in rest]
+        total = sum(counts)
+        steps = total // (batch_size * self.world)
+        need = [len(range(role // self.world, steps, self.workers)) * batch_size for role in range(roles)]
+        spare = total - sum(need)
+        need = [n + spare // roles + (role < spare % roles) for role, n in enumerate(need)]
+        plan: dict[int, list[Piece]] = {role: [] for role in range(roles)}
+        role = 0
+        for piece, count in zip(rest, counts):
+            taken = 0
+            while taken < count:
+                while need[role] == 0 and role < roles - 1:
+                    role += 1
+                n = min(need[role], count - taken) if role < roles - 1 else count - taken
+                plan[role].append(piece if n == count else piece.part([], taken, taken + n))
+                taken, need[role] = taken + n, need[role] - n
+        return plan, steps
 
     def _rng(self, role: int, pass_no: int) -> random.Random:
         return random.Random(f"farslip-samples/{self.seed}/{self.epoch}/{role}/{pass_no}")
@@ -265,7 +355,8 @@ class ShardStream(IterableDataset):
         # DataLoader restarts its round-robin at worker 0; rotate roles so batch n still comes from role n % W.
         local_role = (wid + self.start) % nworkers
         role = self.rank + self.world * local_role  # the official split order: split_by_node, then by worker
-        quota = len(range(local_role, self.steps, nworkers))
+        steps = self.steps if self.epoch_steps is None else self.epoch_steps
+        quota = len(range(local_role, steps, nworkers))
         produced = len(range(local_role, self.start, nworkers))
         if produced >= quota:
             return
@@ -303,11 +394,16 @@ class TrainLoader:
     objects -- what a checkpoint saves for every rank. After ``load_state_dict(state)``, ``epoch(state's epoch)``
     goes on exactly where it stopped. (``epoch(e, start_batch, cursors)`` with the batches' ``cursor`` entries
     does the same for callers that keep the position themselves.)
+
+    Elastic: ``load_elastic_state(states, workers)`` takes the states of *every* rank of a run with another
+    number of processes (or loader workers, or another batch size) and deals what that run had not trained on of
+    its epoch to this loader's ranks, so that every sample of the epoch is still trained on once.
     """
 
     def __init__(self, cfg: LoaderConfig, view_cfg: ViewConfig, tokenizer, batch_size: int, rank: int = 0,
                  world: int = 1, seed: int = 0):
         self.cfg, self.tokenizer = cfg, tokenizer
+        self.batch_size, self.rank, self.world = batch_size, rank, world
         self._map_loader = None
         views = planner_for(view_cfg, cfg.views_on_device)
         if cfg.kind in ("mgrs", "csv"):
@@ -332,7 +428,12 @@ class TrainLoader:
                                        cfg.workers, self.num_samples, cfg.shuffle_buffer, cfg.shuffle_initial)
         else:
             raise TrainDataError(f"data.kind must be mgrs, csv or webdataset; got {cfg.kind!r}")
-        self._state = {"epoch": 0, "batch_in_epoch": 0, "cursors": {}, "skipped_records": 0, "object_fixes": 0}
+        self._state = self._fresh_epoch(0)
+
+    def _fresh_epoch(self, epoch: int, **counts) -> dict:
+        return {"epoch": epoch, "batch_in_epoch": 0, "cursors": {}, "skipped_records": counts.get("skipped", 0),
+                "object_fixes": counts.get("fixes", 0), "batch_size": self.batch_size, "offset": 0,
+                "epoch_steps": None, "plan": {}}
 
     # -- position ----------------------------------------------------------------------------------------------
     def advance(self, batch: dict) -> None:
@@ -344,20 +445,67 @@ class TrainLoader:
             st["cursors"][int(role)] = cursor
         st["skipped_records"] += len(batch.get("skipped", ()))
         st["object_fixes"] += len(batch.get("notes", ()))
-        if st["batch_in_epoch"] >= self.steps_per_epoch:
-            st.update(epoch=st["epoch"] + 1, batch_in_epoch=0, cursors={})
+        if st["batch_in_epoch"] >= self.epoch_steps():
+            self._state = self._fresh_epoch(st["epoch"] + 1, skipped=st["skipped_records"], fixes=st["object_fixes"])
+
+    def epoch_steps(self) -> int:
+        """Batches of the current epoch (fewer than ``steps_per_epoch`` for the rest of an epoch re-dealt by an
+        elastic resume)."""
+        steps = self._state["epoch_steps"]
+        return self.steps_per_epoch if steps is None else steps
+
+    def steps_left(self, epochs: int) -> int:
+        """Batches from here to the end of epoch ``epochs - 1``."""
+        st = self._state
+        if st["epoch"] >= epochs:
+            return 0
+        return self.epoch_steps() - st["batch_in_epoch"] + (epochs - 1 - st["epoch"]) * self.steps_per_epoch
 
     def state_dict(self) -> dict:
         """This rank's place in the data and its skip counts: plain ints, lists and dicts (torch.save-able with
         weights_only loading, JSON-able)."""
         st = self._state
-        return {**st, "cursors": {int(k): v for k, v in st["cursors"].items()}}
+        return {**st, "cursors": {int(k): v for k, v in st["cursors"].items()},
+                "plan": {int(role): [p.to_dict() for p in pieces] for role, pieces in st["plan"].items()}}
 
     def load_state_dict(self, state: dict) -> None:
-        self._state = {"epoch": int(state["epoch"]), "batch_in_epoch": int(state["batch_in_epoch"]),
+        self._state = {**self._fresh_epoch(int(state["epoch"])),
+                       "batch_in_epoch": int(state["batch_in_epoch"]),
                        "cursors": {int(k): v for k, v in state.get("cursors", {}).items()},
                        "skipped_records": int(state.get("skipped_records", 0)),
-                       "object_fixes": int(state.get("object_fixes", 0))}
+                       "object_fixes": int(state.get("object_fixes", 0)),
+                       "offset": int(state.get("offset", 0)), "epoch_steps": state.get("epoch_steps"),
+                       "plan": {int(role): [Piece.from_dict(p) for p in pieces]
+                                for role, pieces in (state.get("plan") or {}).items()}}
+
+    def load_elastic_state(self, states: list[dict], workers: int) -> None:
+        """Go on from ``states`` -- one per rank of a run with another number of processes, loader ``workers`` per
+        process or batch size -- with the rest of their epoch dealt to this loader's ranks: a map-style set's
+        epoch order goes on from the first sample no rank had trained on; a stream's roles hand over what their
+        shuffle buffers held and what they had not read. Each rank computes the same deal. The skip counts of
+        the old ranks go to rank 0, so that the run's totals stay right."""
+        first = states[0]
+        epoch, counts = int(first["epoch"]), {"skipped": 0, "fixes": 0}
+        if self.rank == 0:
+            counts = {"skipped": sum(int(s.get("skipped_records", 0)) for s in states),
+                      "fixes": sum(int(s.get("object_fixes", 0)) for s in states)}
+        state = self._fresh_epoch(epoch, **counts)
+        if isinstance(self.dataset, ShardStream):
+            roles = len(states) * max(1, workers)
+            cursors = {int(k): v for s in states for k, v in s.get("cursors", {}).items()}
+            plan = {int(r): [Piece.from_dict(p) for p in pieces] for s in states
+                    for r, pieces in (s.get("plan") or {}).items()}
+            if not cursors and not plan:  # nothing of the epoch drawn yet: this run's own deal of it
+                self._state = state
+                return
+            rest = self.dataset.rest_of_epoch(epoch, roles, cursors, plan)
+            new_plan, steps = self.dataset.deal_rest(rest, self.batch_size)
+            state.update(plan={r: p for r, p in new_plan.items() if r % self.world == self.rank}, epoch_steps=steps)
+        else:
+            trained = int(first.get("batch_in_epoch", 0)) * int(first.get("batch_size", self.batch_size)) * len(states)
+            offset = min(self.num_samples, int(first.get("offset", 0)) + trained)
+            state.update(offset=offset, epoch_steps=self.sampler.batches(offset) if offset else None)
+        self._state = state if self.epoch_steps() > 0 else self._fresh_epoch(epoch + 1, **counts)
 
     @property
     def skipped_records(self) -> int:
@@ -372,7 +520,7 @@ class TrainLoader:
         st = self._state
         if start_batch is None:  # from this loader's own position
             if st["epoch"] != epoch:
-                st.update(epoch=epoch, batch_in_epoch=0, cursors={})
+                self._state = st = self._fresh_epoch(epoch, skipped=st["skipped_records"], fixes=st["object_fixes"])
             start_batch, cursors = st["batch_in_epoch"], st["cursors"]
         else:
             st.update(epoch=epoch, batch_in_epoch=start_batch, cursors=dict(cursors or {}))
@@ -382,10 +530,10 @@ class TrainLoader:
             common.update(prefetch_factor=4, worker_init_fn=_ignore_sigterm)
         if isinstance(self.dataset, ShardStream):
             # Workers hold their own copy of a stream, so a new epoch needs new workers.
-            self.dataset.set_epoch(epoch, start_batch, cursors)
+            self.dataset.set_epoch(epoch, start_batch, cursors, st["plan"], st["epoch_steps"])
             yield from DataLoader(self.dataset, batch_size=None, **common)
             return
-        self.sampler.set_epoch(epoch, start_batch)  # the sampler runs in this process: workers can persist
+        self.sampler.set_epoch(epoch, start_batch, st["offset"])  # the sampler runs in this process: workers persist
         if self._map_loader is None:
             self._map_loader = DataLoader(self.dataset, batch_sampler=self.sampler, collate_fn=_Collate(self.tokenizer),
                                           persistent_workers=workers > 0, **common)

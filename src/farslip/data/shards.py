@@ -15,6 +15,7 @@ with its buffer and random generator in the open so a loader can say exactly whe
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
@@ -120,10 +121,16 @@ def replay_shuffle(bufsize: int, initial: int, rng: random.Random, drawn: int, l
 
 @dataclass(frozen=True)
 class Piece:
+    """The samples of byte range ``index`` of ``count`` of a shard -- or, after an elastic resume re-dealt an epoch,
+    a part of them: those numbered in ``only`` and those from ``tail`` (to ``stop``, exclusive) on. A piece's
+    samples are numbered 0, 1, ... in shard order; a part's are renumbered 0, 1, ... in the same order."""
     url: str
     index: int    # j of ``count``
     count: int    # pieces of this shard
     size: int     # the shard's size in bytes
+    only: tuple[int, ...] = ()      # sample numbers (all under ``tail``) ...
+    tail: int | None = 0            # ... and every sample from this one on (None: none)
+    stop: int | None = None         # ... up to this one, exclusive (None: to the piece's end)
 
     @property
     def start(self) -> int:
@@ -132,6 +139,48 @@ class Piece:
     @property
     def end(self) -> int | None:
         return None if self.index == self.count - 1 else Piece(self.url, self.index + 1, self.count, self.size).start
+
+    @property
+    def whole(self) -> bool:
+        return not self.only and self.tail == 0 and self.stop is None
+
+    def local(self, n: int) -> int | None:
+        """This part's number of the piece's sample ``n`` (None: not in the part)."""
+        if n in self._only_index:
+            return self._only_index[n]
+        if self.tail is not None and n >= self.tail and (self.stop is None or n < self.stop):
+            return len(self.only) + n - self.tail
+        return None
+
+    def sample_number(self, i: int) -> int:
+        """The piece's number of this part's sample ``i``."""
+        return self.only[i] if i < len(self.only) else self.tail + i - len(self.only)
+
+    def part(self, locals_: list[int], rest_from: int | None = None, rest_to: int | None = None) -> "Piece":
+        """The part of this part made of its samples ``locals_`` (ascending) and those numbered ``rest_from`` to
+        ``rest_to`` (exclusive; None: to the end) in this part's numbering."""
+        only = [self.sample_number(i) for i in locals_]
+        tail = stop = None
+        if rest_from is not None:
+            lead = len(self.only)
+            only += [self.only[i] for i in range(rest_from, min(lead, rest_to if rest_to is not None else lead))]
+            if self.tail is not None and (rest_to is None or rest_to > lead):
+                tail = self.tail + max(0, rest_from - lead)
+                stop = self.stop if rest_to is None else self.tail + rest_to - lead
+        return Piece(self.url, self.index, self.count, self.size, tuple(sorted(only)), tail, stop)
+
+    @functools.cached_property
+    def _only_index(self) -> dict[int, int]:
+        return {n: i for i, n in enumerate(self.only)}
+
+    def to_dict(self) -> dict:
+        return {"url": self.url, "index": self.index, "count": self.count, "size": self.size, "only": list(self.only),
+                "tail": self.tail, "stop": self.stop}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Piece":
+        return cls(d["url"], int(d["index"]), int(d["count"]), int(d["size"]), tuple(int(n) for n in d["only"]),
+                   None if d["tail"] is None else int(d["tail"]), None if d["stop"] is None else int(d["stop"]))
 
 
 def pieces_per_shard(num_shards: int, roles: int, total_bytes: int, num_samples: int, sizes: list[int],
@@ -264,13 +313,27 @@ def read_piece(piece: Piece, want: Callable[[int], bool] | None = None,
     """(number within the piece, record) for each sample the piece owns. Samples ``want`` rejects are passed over
     by their headers (their data is not read) and come as None. An unreadable shard ends in one BadInput."""
     want = want or (lambda i: True)
-    n = 0
+    local = (lambda n: n) if piece.whole else piece.local
+
+    def wanted(n: int) -> bool:
+        i = local(n)
+        return i is not None and want(i)
+
+    i = 0
     try:
-        for n, key, members in _piece_members(piece, want, opener):
-            yield n, (_record(piece.url, key, members) if want(n) else None)
-            n += 1
+        for n, key, members in _piece_members(piece, wanted, opener):
+            i = local(n)
+            if i is None:
+                continue
+            yield i, (_record(piece.url, key, members) if want(i) else None)
+            i += 1
     except (tarfile.TarError, OSError, EOFError) as exc:
-        yield n, bad_record(piece.url, None, "shard", f"unreadable tar: {exc}")
+        yield i, bad_record(piece.url, None, "shard", f"unreadable tar: {exc}")
+
+
+def count_piece_samples(piece: Piece, opener: Callable[[str], object] = open_raw) -> int:
+    """The samples of ``piece`` (of its part), from the tar headers only."""
+    return sum(1 for _ in read_piece(piece, lambda i: False, opener))
 
 
 def shard_records(url: str, opener: Callable[[str], object] = open_raw) -> Iterator[Record | BadInput]:

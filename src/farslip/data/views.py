@@ -20,6 +20,9 @@ from open_clip import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from ..core.problems import Problem
 from .records import Record, RegionObject
 
+#: ``data.views``: the global view only, random crops or a grid of cells (stage 1), object regions (stage 2).
+VIEWS = ("none", "crops", "grids", "regions")
+
 
 @dataclass
 class ViewConfig:
@@ -69,8 +72,8 @@ class ViewMaker:
             sample["crop_images"], sample["crop_boxes"] = self.grid_crops(pixels)
         elif views == "regions":
             sample.update(self.regions(pixels, record.objects, seed, record.source, sample["notes"], record.key))
-        elif views != "none":
-            raise ValueError(f"views must be none, crops, grids or regions; got {views!r}")
+        elif views not in VIEWS:
+            raise ValueError(f"views must be one of {', '.join(VIEWS)}; got {views!r}")
         return sample
 
     def random_crops(self, pixels: torch.Tensor, seed: int):

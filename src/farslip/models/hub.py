@@ -99,3 +99,43 @@ def _cache_dir(cache_dir) -> str:
     from huggingface_hub import constants
 
     return str(cache_dir or constants.HF_HUB_CACHE)
+
+
+def ensure_pretrained(arch: str | None, source: str | None) -> None:
+    """Make sure the starting weights ``source`` (as :func:`farslip.load_model` reads it: a released model's name,
+    an open_clip pretrained tag of ``arch``, or a file) can be had, downloading them into the cache now -- so a
+    training run learns that they cannot (offline and not cached, a mistyped tag, a missing file) before it writes
+    anything, in one line."""
+    import open_clip
+
+    from .registry import find_entry
+
+    if source is None:
+        return
+    entry = find_entry(source)
+    if entry is not None:
+        if not entry.open_clip_tag:
+            fetch_weights(entry)
+            return
+        arch, source = arch or entry.arch, entry.open_clip_tag
+    elif os.path.exists(source) or os.sep in str(source) or str(source).endswith((".pt", ".pth", ".bin",
+                                                                                  ".safetensors")):
+        if not os.path.isfile(source):
+            raise ModelUnavailableError(f"{source}: no such checkpoint file")
+        return
+    if arch is None:
+        raise ModelUnavailableError(f"{source}: not a file and not a released model's name (farslip model list); "
+                                    "an open_clip pretrained tag also needs the architecture")
+    cfg = open_clip.get_pretrained_cfg(arch, source)
+    if not cfg:
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "it has none"
+        raise ModelUnavailableError(f"{source}: not a file, not a released model's name (farslip model list) and "
+                                    f"not an open_clip pretrained tag of {arch} ({tags})")
+    try:
+        open_clip.download_pretrained(cfg)
+    except Exception as exc:  # noqa: BLE001 -- urllib, huggingface_hub and open_clip each raise their own
+        reason = (str(exc).splitlines()[0] if str(exc) else type(exc).__name__).rstrip(".")
+        raise ModelUnavailableError(
+            f"open_clip's {arch} {source!r} weights are not in the local cache and cannot be downloaded"
+            f"{' (HF_HUB_OFFLINE is set)' if _offline() else ''}: {reason}. Run once with network access, or "
+            "pass a local file as model.pretrained") from exc

@@ -32,19 +32,26 @@ from .long_text import KEEP_ROWS, LONG_CONTEXT
 def choose_quick_gelu(explicit: bool | None, arch: str, *, recorded: bool | None = None,
                       pretrained_tag: str | None = None, torchscript: bool = False,
                       checkpoint: str | None = None) -> bool:
-    """QuickGELU or not for ``arch`` loaded from this source (see the module docstring for the order)."""
+    """QuickGELU or not for ``arch`` loaded from this source (see the module docstring for the order). An explicit
+    choice the weights' lineage contradicts (a laion tag forced to QuickGELU, an OpenAI archive forced to GELU)
+    is kept, with a warning: the model then computes another function than the one its weights were trained in."""
     if recorded is not None:
         if explicit is not None and explicit != recorded:
             warnings.warn(f"{checkpoint}: the checkpoint records quick_gelu={recorded}; using it, not the "
                           f"requested {explicit}", UserWarning, stacklevel=3)
         return bool(recorded)
-    if explicit is not None:
-        return bool(explicit)
+    lineage = None
     if pretrained_tag is not None:
         cfg = open_clip.get_pretrained_cfg(arch, pretrained_tag) or {}
-        return bool(cfg.get("quick_gelu", False))
-    if torchscript:
-        return True
+        lineage = (bool(cfg.get("quick_gelu", False)), f"open_clip's {arch} {pretrained_tag!r} weights")
+    elif torchscript:
+        lineage = (True, f"{checkpoint} (an OpenAI TorchScript archive)")
+    if explicit is not None:
+        if lineage is not None:
+            warn_if_contradicted(explicit, *lineage)
+        return bool(explicit)
+    if lineage is not None:
+        return lineage[0]
     own = bool((open_clip.get_model_config(arch) or {}).get("quick_gelu", False))
     if checkpoint is None or own:
         return own
@@ -52,6 +59,22 @@ def choose_quick_gelu(explicit: bool | None, arch: str, *, recorded: bool | None
                   "(OpenAI lineage: FarSLIP, RemoteCLIP, GeoRSCLIP, SkyCLIP). For GELU weights (open_clip's own "
                   "trainings) pass quick_gelu=False / --no-quick-gelu.", UserWarning, stacklevel=3)
     return True
+
+
+def follow_entry(explicit: bool | None, entry_quick_gelu: bool, name: str) -> bool:
+    """A released model's activation (the registry's), or the caller's explicit choice with a warning when the
+    two differ."""
+    if explicit is None:
+        return entry_quick_gelu
+    warn_if_contradicted(explicit, entry_quick_gelu, f"the released model {name}")
+    return bool(explicit)
+
+
+def warn_if_contradicted(explicit: bool, lineage: bool, weights: str) -> None:
+    if bool(explicit) != lineage:
+        warnings.warn(f"quick_gelu={bool(explicit)} contradicts {weights}, trained with "
+                      f"{'QuickGELU' if lineage else 'GELU'}: the model will compute another activation than its "
+                      f"weights learned (leave quick_gelu unset to follow the weights)", UserWarning, stacklevel=4)
 
 
 @dataclass(frozen=True)
@@ -111,5 +134,5 @@ def resize_text_positions(state: dict[str, torch.Tensor], context_length: int,
     return state
 
 
-__all__ = ["KEEP_ROWS", "RS_OVSS_METHODS", "RSOVSSMethod", "choose_quick_gelu", "resize_text_positions",
-           "rs_ovss_method"]
+__all__ = ["KEEP_ROWS", "RS_OVSS_METHODS", "RSOVSSMethod", "choose_quick_gelu", "follow_entry", "resize_text_positions",
+           "rs_ovss_method", "warn_if_contradicted"]

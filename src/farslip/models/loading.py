@@ -148,7 +148,7 @@ def load_model(arch: str | None = None, checkpoint: str | os.PathLike | None = N
     entry = find_entry(checkpoint)
     if entry is not None:
         arch = arch or entry.arch
-        quick_gelu = entry.quick_gelu if quick_gelu is None else quick_gelu
+        quick_gelu = lineage.follow_entry(quick_gelu, entry.quick_gelu, entry.name)
         checkpoint = entry.open_clip_tag or fetch_weights(entry)
     state, meta = None, {}
     pretrained_tag = None

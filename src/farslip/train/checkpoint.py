@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.errors import UsageError
 from ..models.checkpoint_io import META_KEY, CheckpointError, write_checkpoint
 from ..models.loading import model_meta
 
@@ -70,13 +69,10 @@ def save_training_checkpoint(run_dir: Path, model, *, optimizer, scaler, teacher
     return path
 
 
-def rank_state(state: dict, rank: int, world: int, path) -> dict:
-    """This rank's saved state (``data``, ``rng``). A checkpoint from before per-rank state holds one process's."""
-    ranks = state.get("ranks") or [_single_process_state(state)]
-    if len(ranks) != world:
-        raise UsageError(f"{path}: saved by {len(ranks)} process(es), resumed with {world}; exact resume needs "
-                         f"the same number (torchrun --nproc_per_node x --nnodes = {len(ranks)})")
-    return ranks[rank]
+def rank_states(state: dict) -> list[dict]:
+    """Every rank's saved state (``data``, ``rng``), in rank order. A checkpoint from before per-rank state holds
+    one process's."""
+    return list(state.get("ranks") or [_single_process_state(state)])
 
 
 def _single_process_state(state: dict) -> dict:

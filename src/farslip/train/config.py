@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from ..core.errors import UsageError
+from .reference import KEYS, check_choice
 
 
 class ConfigError(UsageError):
@@ -31,7 +32,7 @@ class UnknownKeyError(ConfigError, KeyError):
 class ModelSection:
     arch: str | None = "ViT-B-16"
     pretrained: str | None = "openai"      # open_clip tag or any file load_model reads (e.g. a stage-1 result)
-    quick_gelu: bool = True
+    quick_gelu: bool | None = None         # None: follow the weights' lineage (models.lineage), as evaluation does
     long_text: bool = False                # Long-CLIP 248-token text encoder (rows 0..19 frozen)
     grad_checkpointing: bool = False
 
@@ -89,7 +90,8 @@ class OptimSection:
     grad_clip: float | None = None
     precision: str = "amp_bf16"            # fp32 | amp (fp16 + grad scaler) | amp_bf16
     compile: bool = False                  # torch.compile the step (measured: no gain in stage 1 on CPU, docs/)
-    max_steps: int | None = None           # stop early (tests, smoke runs); the schedule still spans the epochs
+    max_steps: int | None = None           # a shorter run; the cosine schedule is fitted to the steps run
+    accum_steps: int = 1                   # micro-batches of batch_size per optimiser step (official --accum-freq)
 
 
 @dataclass
@@ -106,6 +108,7 @@ class RunSection:
     wandb: bool = False
     device: str = "auto"                   # auto | cpu | cuda
     progress: bool = True
+    stop_after: int | None = None          # pause after this step with a checkpoint; the schedule is the full run's
 
 
 @dataclass
@@ -148,8 +151,8 @@ MINIMUM = {
     "objective.global_weight": 0, "objective.distill_weight": 0, "objective.region_weight": 0,
     "objective.ema_momentum": 0,
     "optim.lr": 0, "optim.weight_decay": 0, "optim.beta1": 0, "optim.beta2": 0, "optim.eps": 0, "optim.warmup": 0,
-    "optim.epochs": 1, "optim.batch_size": 1, "optim.grad_clip": 0, "optim.max_steps": 1,
-    "run.save_every": 1, "run.keep_last": 0, "run.log_every": 1, "run.val_every": 0,
+    "optim.epochs": 1, "optim.batch_size": 1, "optim.grad_clip": 0, "optim.max_steps": 1, "optim.accum_steps": 1,
+    "run.stop_after": 1, "run.save_every": 1, "run.keep_last": 0, "run.log_every": 1, "run.val_every": 0,
 }
 MAXIMUM = {"data.max_bad_fraction": 1, "objective.ema_momentum": 1, "optim.beta1": 1, "optim.beta2": 1}
 
@@ -173,6 +176,11 @@ def _coerce(value, annotation: str, key: str, source: str):
         if name in kinds:
             converted = convert(value)
             if converted is not None:
+                if isinstance(converted, str) and key in KEYS and KEYS[key].escapes:
+                    converted = decode_escapes(converted, where)
+                wrong = check_choice(key, converted)
+                if wrong:
+                    raise ConfigError(f"{where}: {wrong}")
                 return _check_range(converted, key, where)
     names = {"list": "list of numbers"}
     expected = " or ".join(sorted(names.get(k, k) for k in kinds - {"None"})) + (" or null" if "None" in kinds else "")
@@ -222,6 +230,17 @@ def _as_str(value):
     return value if isinstance(value, str) else None
 
 
+def decode_escapes(text: str, where: str = "") -> str:
+    """``\\t`` -> a tab, ``\\x1f`` -> that byte's character: YAML's plain scalars (and ``--set`` values) keep
+    backslashes as typed, so a separator written ``\\t`` would otherwise be two characters."""
+    if "\\" not in text:
+        return text
+    try:
+        return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{where}: {text!r} is not a valid escape sequence ({exc.reason})") from None
+
+
 def _check_range(value, key: str, where: str):
     low, high = MINIMUM.get(key), MAXIMUM.get(key)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -243,6 +262,9 @@ def parse_overrides(pairs: list[str]) -> dict:
         parts = key.strip().split(".")
         for p in parts[:-1]:
             node = node.setdefault(p, {})
+        if raw and not raw.strip():  # a tab or spaces typed as the value: YAML would read them as null
+            node[parts[-1]] = raw
+            continue
         try:
             node[parts[-1]] = yaml.safe_load(raw) if raw != "" else None
         except yaml.YAMLError as exc:
@@ -271,6 +293,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
         return f"--set {key}" if key in overridden or path is None else f"{path}: {key}"
 
     return _build(TrainConfig, values, source)
+
+
+def validated(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` rebuilt through the checks a recipe's values go through (a config built or changed in Python never
+    went through ``load_config``); errors name the key."""
+    return _build(TrainConfig, cfg.to_dict(), lambda key: key)
 
 
 def _read_deprecated_keys(values: dict, path) -> None:

@@ -28,15 +28,21 @@ from ..core.problems import append_problems
 from ..data.device_views import materialise
 from ..data.loader import LoaderConfig, TrainLoader
 from ..data.views import ViewConfig
+from ..models.checkpoint_io import META_KEY
+from ..models.hub import ensure_pretrained
 from ..models.loading import load_model, save_model
 from ..models.precision import TRAINING_PRECISION, autocast_for
 from ..models.long_text import LONG_CONTEXT, extend_text_context, freeze_leading_text_rows, restore_frozen_rows
 from ..objectives import FarSLIPObjective, make_teacher, update_ema
 from ..core import distributed
-from .checkpoint import load_training_checkpoint, rank_state, rng_state, save_training_checkpoint, set_rng_state
+from .accumulation import accumulate_gradients
+from .checkpoint import load_training_checkpoint, rank_states, rng_state, save_training_checkpoint, set_rng_state
+from .checks import check_config
 from .config import TrainConfig
 from .optim import build_optimizer, cosine_lr, set_lr
+from .resume import review_resume
 from .rundir import RunStart, RunStartError, clear_run, plan_start, record_run
+from .tensorboard import open_writer
 
 TENSOR_KEYS = ("images", "texts", "crop_images", "crop_boxes", "region_images", "region_boxes", "region_texts",
                "region_labels", "region_valid")
@@ -54,38 +60,46 @@ class BadDataError(FarslipError, RuntimeError):
 
 
 def train(cfg: TrainConfig, resume: str | None = None, *, validate: Validator | None = None,
-          overwrite: bool = False) -> dict:
+          overwrite: bool = False, resume_changed: bool = False) -> dict:
     """Run the training job ``cfg``. ``resume``: None, ``"auto"`` (newest intact checkpoint of the run recorded in
     ``run.out``) or a checkpoint path; ``validate`` (optional) is called every ``run.val_every`` steps and its
-    metrics are logged as ``val/...``; ``overwrite`` lets a fresh start replace another run in ``run.out``."""
+    metrics are logged as ``val/...``; ``overwrite`` lets a fresh start replace another run in ``run.out``;
+    ``resume_changed`` accepts a checkpoint made with another config (else refused, the differences listed).
+
+    The whole config is checked, the job built (weights, data, optimiser) and only then is anything written:
+    a mistake ends in one line and leaves no run folder behind."""
+    check_config(cfg)
     warn_if_validation_is_lost(cfg, validate)
     ctx = distributed.join(cfg.run.device)
-    start = start_run(cfg, ctx, resume, overwrite)
+    start = start_run(cfg, ctx, resume, overwrite, resume_changed)
     job = build_job(cfg, ctx, start.state)
-    progress = restore_progress(start, job, ctx)
+    progress = restore_progress(start, job, ctx, cfg)
+    fit_schedule(cfg, job, progress)
+    commit_run(cfg, ctx, start, overwrite)
     log = RunLog(Path(cfg.run.out), cfg, ctx, resume_step=start.step)
-    bar = tqdm(total=job.last_step, initial=progress.step, disable=not (ctx.is_main and cfg.run.progress),
+    end = min(job.last_step, cfg.run.stop_after) if cfg.run.stop_after else job.last_step
+    bar = tqdm(total=end, initial=progress.step, disable=not (ctx.is_main and cfg.run.progress),
                desc=cfg.name, unit="step", dynamic_ncols=True)
     stop = StopOnSigterm()
     try:
-        while progress.step < job.last_step:
+        while progress.step < end:
             steps_before = progress.step
             for batch in job.loader.epoch(progress.epoch):
-                lr = cosine_lr(progress.step, cfg.optim.lr, cfg.optim.warmup, job.total_steps)
+                lr = cosine_lr(progress.step, cfg.optim.lr, cfg.optim.warmup, job.last_step)
                 losses = optimisation_step(job, _to_device(batch, ctx.device), lr, cfg.optim.grad_clip)
                 progress.count(batch)
                 log.hold_skipped(batch, progress.step)
                 step = progress.step
-                if step % cfg.run.log_every == 0 or step == job.last_step:
+                if step % cfg.run.log_every == 0 or step == end:
                     log_step(cfg, ctx, job, log, progress, losses, lr, bar)
                 if validate is not None and cfg.run.val_every and step % cfg.run.val_every == 0:
                     run_validation(validate, job, ctx, log, step)
-                if step % cfg.run.save_every == 0 and step != job.last_step:
+                if step % cfg.run.save_every == 0 and step != end:
                     save_checkpoint(cfg, ctx, job, log, progress, start.run_id)
                 bar.update(1)
-                if stop.agreed(ctx) and step < job.last_step:
+                if stop.agreed(ctx) and step < end:
                     stop_at_step(cfg, ctx, job, log, progress, start.run_id)
-                if step >= job.last_step:
+                if step >= end:
                     break
             if progress.step == steps_before:
                 raise BadDataError(f"epoch {progress.epoch} produced no batch: no usable record in {cfg.data.train}")
@@ -96,6 +110,8 @@ def train(cfg: TrainConfig, resume: str | None = None, *, validate: Validator | 
         stop.restore()
         bar.close()
     save_checkpoint(cfg, ctx, job, log, progress, start.run_id)
+    if progress.step < job.last_step:  # run.stop_after
+        return pause_run(ctx, job, log, progress)
     return finish_run(cfg, ctx, job, log, progress)
 
 
@@ -108,17 +124,19 @@ def warn_if_validation_is_lost(cfg: TrainConfig, validate: Validator | None) -> 
                       "(the farslip train command does)", stacklevel=3)
 
 
-def start_run(cfg: TrainConfig, ctx: distributed.Dist, resume: str | None, overwrite: bool) -> RunStart:
-    """Rank 0 decides how the run starts (or refuses: the folder holds another run); every rank follows it."""
-    run_dir = Path(cfg.run.out)
+def start_run(cfg: TrainConfig, ctx: distributed.Dist, resume: str | None, overwrite: bool,
+              resume_changed: bool) -> RunStart:
+    """Rank 0 decides how the run starts -- or refuses: the folder holds another run, the checkpoint was made with
+    another config -- and every rank follows it. Nothing is written yet (:func:`commit_run`)."""
     decision = None
     if ctx.is_main:
         try:
-            start = plan_start(run_dir, resume, overwrite)
-            if overwrite:
-                clear_run(run_dir)
-            record_run(run_dir, start.run_id, cfg.name)
-            atomic_write(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            start = plan_start(Path(cfg.run.out), resume, overwrite)
+            if start.state is not None:
+                start.review = review_resume(start.state.get("config"), cfg.to_dict(), len(rank_states(start.state)),
+                                             ctx.world, resume_changed, start.checkpoint)
+                for line in start.review.lines():
+                    print(f"[farslip] resuming with {line}")
         except Exception as exc:
             distributed.broadcast({"error": str(exc)})  # the other ranks stop too, instead of waiting
             raise
@@ -130,6 +148,27 @@ def start_run(cfg: TrainConfig, ctx: distributed.Dist, resume: str | None, overw
         return start
     path = Path(decision["checkpoint"]) if decision["checkpoint"] else None
     return RunStart(decision["run_id"], path, load_training_checkpoint(path) if path else None)
+
+
+def commit_run(cfg: TrainConfig, ctx: distributed.Dist, start: RunStart, overwrite: bool) -> None:
+    """The job is built: rank 0 now takes the folder -- removes the old run's files (``--overwrite``), writes
+    ``run.json`` and ``config.yaml``, records what a resume changed (``resumes.jsonl``) -- and every rank waits."""
+    failure = None
+    if ctx.is_main:
+        run_dir = Path(cfg.run.out)
+        try:
+            if overwrite:
+                clear_run(run_dir)
+            record_run(run_dir, start.run_id, cfg.name)
+            atomic_write(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            if start.review is not None:
+                start.review.record(run_dir, start.step, start.checkpoint)
+        except Exception as exc:
+            failure = exc
+    if distributed.broadcast(None if failure is None else str(failure)) is not None:
+        if failure is not None:
+            raise failure
+        raise RunStartError("rank 0 could not write the run folder")
 
 
 @dataclass
@@ -145,14 +184,18 @@ class Job:
     loader: TrainLoader
     tokenizer: Callable
     preprocess: Callable  # the model's evaluation transform, for validation
-    total_steps: int
-    last_step: int
+    accum_steps: int = 1
+    total_steps: int = 0  # the data's steps from the start of the run (fit_schedule)
+    last_step: int = 0    # the run's last step: total_steps, or optim.max_steps if fewer; the schedule spans it
 
 
 def build_job(cfg: TrainConfig, ctx: distributed.Dist, state: dict | None) -> Job:
     """Model, objective, teacher, data and optimiser, with the checkpoint's weights and optimiser state if resuming."""
     torch.manual_seed(cfg.run.seed + ctx.rank)
-    model, preprocess, tokenizer = build_model(cfg, resuming=state is not None)
+    model, preprocess, tokenizer = build_model(cfg, state)
+    if ctx.is_main:
+        print(f"[farslip] model {model.farslip_arch} with {'QuickGELU' if model.farslip_quick_gelu else 'GELU'} "
+              f"({'model.quick_gelu' if cfg.model.quick_gelu is not None else 'as its weights were trained'})")
     if state is not None:
         model.load_state_dict(state["state_dict"])
         if model.context_length == LONG_CONTEXT:
@@ -171,10 +214,15 @@ def build_job(cfg: TrainConfig, ctx: distributed.Dist, state: dict | None) -> Jo
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-    total_steps = loader.steps_per_epoch * o.epochs
     return Job(model, objective, teacher, wrap_step_module(TrainStep(model, objective), cfg, ctx), optimizer, scaler,
-               lambda: autocast_for(ctx.device, mode, training=True), loader, tokenizer, preprocess, total_steps,
-               min(total_steps, o.max_steps) if o.max_steps else total_steps)
+               lambda: autocast_for(ctx.device, mode, training=True), loader, tokenizer, preprocess, o.accum_steps)
+
+
+def fit_schedule(cfg: TrainConfig, job: Job, progress: "Progress") -> None:
+    """The run's length: the steps of its epochs (counted from where the data stands, so an elastic resume's
+    re-dealt epoch counts what is left of it) or ``optim.max_steps`` if fewer; the cosine schedule spans it."""
+    job.total_steps = progress.step + job.loader.steps_left(cfg.optim.epochs)
+    job.last_step = min(job.total_steps, cfg.optim.max_steps) if cfg.optim.max_steps else job.total_steps
 
 
 class TrainStep(nn.Module):
@@ -205,11 +253,19 @@ def build_objective(cfg) -> FarSLIPObjective:
     return presets[cfg.preset](**overrides)
 
 
-def build_model(cfg: TrainConfig, resuming: bool):
+def build_model(cfg: TrainConfig, state: dict | None):
+    """The model to train: from ``model.pretrained`` (fetched first, so a missing download is one line), or --
+    resuming -- built as the checkpoint records it (its activation unless the config names one), to be given its
+    weights."""
     m = cfg.model
-    model, _, preprocess_eval, tokenizer = load_model(m.arch, None if resuming else m.pretrained,
-                                                      quick_gelu=m.quick_gelu,
-                                                      context_length=LONG_CONTEXT if (m.long_text and resuming) else None)
+    if state is None:
+        ensure_pretrained(m.arch, m.pretrained)
+        model, _, preprocess_eval, tokenizer = load_model(m.arch, m.pretrained, quick_gelu=m.quick_gelu)
+    else:
+        meta = state[META_KEY]
+        quick_gelu = meta.get("quick_gelu") if m.quick_gelu is None else m.quick_gelu
+        model, _, preprocess_eval, tokenizer = load_model(meta.get("arch") or m.arch, None, quick_gelu=quick_gelu,
+                                                          context_length=LONG_CONTEXT if m.long_text else None)
     if m.long_text and model.context_length != LONG_CONTEXT:
         extend_text_context(model, LONG_CONTEXT)
         import open_clip
@@ -232,7 +288,7 @@ def build_loader(cfg: TrainConfig, model: nn.Module, tokenizer, ctx) -> TrainLoa
     return TrainLoader(LoaderConfig(d.kind, d.train, d.image_root, d.caption, d.image_key, d.caption_key,
                                     d.csv_sep, d.num_samples, d.workers, d.shuffle_buffer, d.shuffle_initial,
                                     d.views_on_device),
-                       views, tokenizer, cfg.optim.batch_size, ctx.rank, ctx.world, cfg.run.seed)
+                       views, tokenizer, cfg.optim.batch_size * cfg.optim.accum_steps, ctx.rank, ctx.world, cfg.run.seed)
 
 
 def autocast_mode(precision: str) -> str:
@@ -274,14 +330,35 @@ class Progress:
         return {"data": self.loader.state_dict(), "rng": rng_state()}
 
 
-def restore_progress(start: RunStart, job: Job, ctx: distributed.Dist) -> Progress:
-    """The checkpoint's step, with this rank's own place in the data and RNG states (both set here)."""
+def restore_progress(start: RunStart, job: Job, ctx: distributed.Dist, cfg: TrainConfig) -> Progress:
+    """The checkpoint's step, with this rank's own place in the data and RNG states (both set here). A checkpoint
+    of another number of processes, loader workers or batch size is an elastic resume: the rest of its epoch is
+    re-dealt to this run's ranks (every sample still trained on once), ranks that existed before take their RNG
+    states, new ones start from ``run.seed + rank``."""
     if start.state is None:
         return Progress(0, job.loader)
-    mine = rank_state(start.state, ctx.rank, ctx.world, start.checkpoint)
-    job.loader.load_state_dict(mine["data"])
-    set_rng_state(mine["rng"])
+    ranks = rank_states(start.state)
+    saved_workers = ((start.state.get("config") or {}).get("data") or {}).get("workers", cfg.data.workers)
+    if _layout_changed(ranks, ctx.world, job.loader, saved_workers, cfg):
+        job.loader.load_elastic_state([r["data"] for r in ranks], saved_workers)
+        if ctx.is_main:
+            print(f"[farslip] elastic resume: the rest of epoch {job.loader.state_dict()['epoch']} ("
+                  f"{job.loader.epoch_steps()} steps) is dealt to {ctx.world} process(es) of "
+                  f"{cfg.optim.batch_size * cfg.optim.accum_steps} samples, from {len(ranks)} before")
+        if ctx.rank < len(ranks):
+            set_rng_state(ranks[ctx.rank]["rng"])
+    else:
+        job.loader.load_state_dict(ranks[ctx.rank]["data"])
+        set_rng_state(ranks[ctx.rank]["rng"])
     return Progress(int(start.state["progress"]["step"]), job.loader)
+
+
+def _layout_changed(ranks: list[dict], world: int, loader: TrainLoader, saved_workers: int, cfg: TrainConfig) -> bool:
+    """Whether the checkpoint's data positions are in terms of another spread of the work: processes, the
+    samples of a step, or (a stream's roles) loader workers."""
+    batch = ranks[0]["data"].get("batch_size", loader.batch_size)
+    workers_changed = cfg.data.kind == "webdataset" and max(1, saved_workers) != max(1, cfg.data.workers)
+    return len(ranks) != world or batch != loader.batch_size or workers_changed
 
 
 # -- one step ---------------------------------------------------------------------------------------------------
@@ -297,9 +374,7 @@ def optimisation_step(job: Job, batch: dict, lr: float, grad_clip: float | None)
     model, teacher, optimizer, scaler = job.model, job.teacher, job.optimizer, job.scaler
     ema = teacher is not None and job.objective.target == "ema"
     set_lr(optimizer, lr)
-    with job.autocast():
-        losses = job.step_module(batch, teacher)
-    (scaler.scale(losses["total"]) if scaler else losses["total"]).backward()
+    losses = accumulate_gradients(job.step_module, batch, teacher, job.autocast, scaler, job.accum_steps)
     if ema:
         update_ema(teacher, model, job.objective.ema_momentum)  # official order: before the optimiser step
     if scaler:
@@ -339,14 +414,9 @@ class RunLog:
         for path in (self.log_path, self.skip_path):
             _keep_lines_up_to(path, resume_step)
         if cfg.run.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step + 1)
-            except ImportError:
-                print("[farslip] tensorboard not installed; scalars go to log.jsonl only")
+            self.tb = open_writer(run_dir / "tensorboard", resume_step)
         if cfg.run.wandb:
-            import wandb  # optional dependency: pip install wandb
+            import wandb  # optional dependency (pip install 'farslip[wandb]'), checked before the run starts
 
             self.wandb = wandb.init(project="farslip", name=cfg.name, config=cfg.to_dict())
 
@@ -403,7 +473,7 @@ def log_step(cfg: TrainConfig, ctx: distributed.Dist, job: Job, log: RunLog, pro
     ranks = distributed.gather({"total": losses["total"].item(), "skipped": progress.skipped,
                                 "notes": progress.notes})
     skipped = sum(r["skipped"] for r in ranks)
-    samples_per_step = cfg.optim.batch_size * ctx.world
+    samples_per_step = cfg.optim.batch_size * cfg.optim.accum_steps * ctx.world
     entry = {"step": progress.step, "epoch": progress.step_epoch, "lr": lr,
              "logit_scale": job.model.logit_scale.exp().item(),
              "samples_per_s": log.samples_per_s(progress.step, samples_per_step),
@@ -495,6 +565,19 @@ def stop_at_step(cfg, ctx, job, log, progress, run_id) -> None:
     log.close()
     distributed.leave()
     raise SystemExit(128 + signal.SIGTERM)
+
+
+def pause_run(ctx: distributed.Dist, job: Job, log: RunLog, progress: Progress) -> dict:
+    """``run.stop_after`` reached: the checkpoint of the step is written and the run is not finished (no final
+    model); ``--resume auto`` continues it on the full run's schedule."""
+    ranks = distributed.gather((progress.skipped, progress.notes))
+    if ctx.is_main:
+        print(f"[farslip] paused after step {progress.step} of {job.last_step} (run.stop_after); --resume auto "
+              "continues the run")
+    log.close()
+    distributed.leave()
+    return {"steps": progress.step, "paused": True, "skipped_records": sum(r[0] for r in ranks),
+            "object_fixes": sum(r[1] for r in ranks), "run_dir": str(log.run_dir)}
 
 
 def finish_run(cfg: TrainConfig, ctx: distributed.Dist, job: Job, log: RunLog, progress: Progress) -> dict:

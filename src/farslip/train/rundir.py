@@ -14,6 +14,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ..core.errors import UsageError
 from ..core.files import atomic_write
@@ -23,7 +24,7 @@ from .checkpoint import list_checkpoints, load_training_checkpoint
 RUN_FILE = "run.json"
 # Everything a run writes into its folder; --overwrite removes exactly these (a user's other files stay).
 RUN_FILES = (RUN_FILE, "config.yaml", "log.jsonl", "skipped.jsonl", "summary.json", "final.pt", "checkpoints",
-             "tensorboard")
+             "tensorboard", "resumes.jsonl")
 
 
 class RunStartError(UsageError):
@@ -36,6 +37,7 @@ class RunStart:
     run_id: str
     checkpoint: Path | None = None
     state: dict | None = None
+    review: Any = None  # resume.ResumeReview: what changed since the checkpoint (rank 0 only)
 
     @property
     def step(self) -> int:
