@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from farslip.models.lineage import choose_quick_gelu
 from farslip.train import load_config, train
 
 from support.fixtures import REPO, tiny_overrides
@@ -15,7 +16,9 @@ RECIPES = sorted((REPO / "configs").glob("*.yaml")) + sorted((REPO / "configs" /
 
 def test_official_hyperparameters():
     s1 = load_config(REPO / "configs" / "stage1_vitb16_rs5m.yaml")
-    assert (s1.model.arch, s1.model.pretrained, s1.model.quick_gelu) == ("ViT-B-16", "openai", True)
+    assert (s1.model.arch, s1.model.pretrained, s1.model.quick_gelu) == ("ViT-B-16", "openai", None)
+    # automatic: OpenAI's weights train with QuickGELU, as the official --force-quick-gelu
+    assert choose_quick_gelu(s1.model.quick_gelu, s1.model.arch, pretrained_tag=s1.model.pretrained) is True
     assert (s1.optim.lr, s1.optim.weight_decay, s1.optim.warmup, s1.optim.epochs, s1.optim.batch_size) == \
         (1e-6, 1.0, 1000, 1, 40)
     assert (s1.data.views, s1.data.num_crops, s1.data.crop_scale, s1.data.num_samples) == ("crops", 4, [0.3, 0.7], 5070186)

@@ -50,9 +50,11 @@ def _check_data(cfg: TrainConfig) -> None:
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"data.train: {d.train!r} is not a shard spec ({exc})") from None
         missing = [s for s in shards if not os.path.isfile(s)]
-        if not shards or missing:
-            raise ConfigError(f"data.train: {len(missing) if shards else 'no'} of {len(shards)} shards found"
-                              + (f", e.g. {missing[0]} is missing" if missing else f" for {d.train!r}"))
+        if not shards:
+            raise ConfigError(f"data.train: no shard matches {d.train!r}")
+        if missing:
+            raise ConfigError(f"data.train: {len(shards) - len(missing)} of {len(shards)} shards found, e.g. "
+                              f"{missing[0]} is missing")
         return
     path = Path(str(d.train))
     if not path.is_file():
@@ -115,10 +117,10 @@ def _check_run(cfg: TrainConfig) -> None:
         index = int(device[5:]) if device.startswith("cuda:") else 0
         if index >= torch.cuda.device_count():
             raise ConfigError(f"run.device={device}: this machine has {torch.cuda.device_count()} GPU(s)")
-    if r.wandb and importlib.util.find_spec("wandb") is None:
+    if r.wandb and not installed("wandb"):
         raise ConfigError("run.wandb=true: wandb is not installed (pip install 'farslip[wandb]'), or set "
                           "run.wandb=false")
-    if r.tensorboard and importlib.util.find_spec("tensorboard") is None:
+    if r.tensorboard and not installed("tensorboard"):
         raise ConfigError("run.tensorboard=true: tensorboard is not installed (pip install tensorboard), or set "
                           "run.tensorboard=false")
     if r.val_every and r.val_csv:
@@ -128,4 +130,8 @@ def _check_run(cfg: TrainConfig) -> None:
             raise ConfigError(f"run.val_image_root: {r.val_image_root} is not a folder")
 
 
-__all__ = ["ConfigError", "check_config"]
+def installed(package: str) -> bool:
+    return importlib.util.find_spec(package) is not None
+
+
+__all__ = ["ConfigError", "check_config", "installed"]

@@ -267,8 +267,8 @@ def parse_overrides(pairs: list[str]) -> dict:
             continue
         try:
             node[parts[-1]] = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--set {key.strip()}: {raw!r} is not a YAML value ({_yaml_problem(exc)})") from None
+        except yaml.YAMLError:  # not YAML (a bare `,` or `|`, an unclosed bracket): the text as typed; the key's
+            node[parts[-1]] = raw  # type then accepts it (a separator) or names it
     return out
 
 

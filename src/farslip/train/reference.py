@@ -2,7 +2,8 @@
 does. One table, :data:`KEYS`, used three ways: ``load_config`` refuses a value outside a key's choices, resume
 sorts a changed key as harmless or exactness-breaking, and ``docs/config.md`` is generated from it together with
 the dataclasses of :mod:`farslip.train.config` (types and defaults), so the reference cannot drift from the code
-(``tests/train/test_config_reference.py`` compares them; regenerate with ``python -m farslip.train.reference``).
+(``tests/train/test_config_reference.py`` compares them; regenerate with
+``python -c "from farslip.train.reference import main; main(['docs/config.md'])"``).
 
 Official flags are those of the FarSLIP training code (NJU-LHRS/FarSLIP ``open_clip_train/params.py``, with the
 values ``open_clip_train/config.py``'s ``arg_dict`` applies first).
@@ -10,7 +11,6 @@ values ``open_clip_train/config.py``'s ``arg_dict`` applies first).
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,7 +189,7 @@ HEADER = """\
 Every key of a training recipe (`configs/*.yaml`, `--set section.key=value`), generated from
 `farslip/train/config.py` (types, defaults) and `farslip/train/reference.py` (help, choices, official flags,
 resume); `tests/train/test_config_reference.py` keeps this page equal to them. Regenerate with
-`python -m farslip.train.reference docs/config.md`.
+`python -c "from farslip.train.reference import main; main(['docs/config.md'])"`.
 
 *Official* is the flag of the FarSLIP training code (NJU-LHRS/FarSLIP `open_clip_train/params.py`, after
 `config.py`'s `arg_dict`) the key mirrors. *Resume* says what changing the key between a checkpoint and
@@ -253,9 +253,8 @@ def render_reference() -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m farslip.train.reference [PATH]``: write the reference to PATH (default: print it)."""
-    argv = sys.argv[1:] if argv is None else argv
+def main(argv: list[str]) -> int:
+    """Write the reference to ``argv[0]`` (e.g. ``docs/config.md``), or print it."""
     text = render_reference()
     if argv:
         from ..core.files import atomic_write
@@ -264,7 +263,3 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(text, end="")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
