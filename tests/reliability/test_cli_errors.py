@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from support.hostile import assert_user_error, cli_env, run_cli
+from support.hostile import REPO, assert_user_error, cli_env, run_cli
 
 TINY = ["--model", "FarSLIP-Tiny", "--workers", "0", "--no-progress"]
 
@@ -57,9 +57,18 @@ EVAL_CASES = [
       "{d}/names.txt", "--output", "{d}"], ["overlays", "--img-dir"]),
 ]
 
+RECIPE = str(REPO / "configs" / "stage1_vitb16_rs5m.yaml")
+
 OTHER_CASES = [
     (["data", "validate", "{d}/none.json"], ["none.json"]),
     (["data", "stats", "{d}/none.json"], ["none.json"]),
+    (["data", "validate", "{d}/none-{0000..0001}.tar"], ["none-0000.tar", "0 of 2 shards"]),
+    (["data", "stats", "{d}/table.csv", "--png", "{d}/x.png"], ["--png", "MGRS"]),
+    (["train", "--config", RECIPE, "--set", "data.views=crop", "--set", "run.out={d}/run"], ["data.views", "'crop'"]),
+    (["train", "--config", RECIPE, "--set", "objective.preset=stage3", "--set", "run.out={d}/run"],
+     ["objective.preset", "stage3"]),
+    (["train", "--config", RECIPE, "--set", "data.train={d}/table.csv", "--set", "data.kind=csv",
+      "--set", "run.out={d}/run"], ["data.caption_key", "'title'"]),
     (["data", "build", "--format", "dota", "--images", "{d}/img", "--labels", "{d}/img", "--out", "{d}/o",
       "--captioner", "mllm"], ["--captioner mllm needs --mllm-url and --mllm-model"]),
     (["train", "--config", "{d}/none.yaml"], ["none.yaml"]),

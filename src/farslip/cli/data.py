@@ -14,8 +14,9 @@ DATA_HELP = """\
 Build, check and describe FarSLIP training data.
 
   build     detection dataset (DOTA, DIOR, FAIR1M, COCO JSON) -> MGRS-format data (text_info.json + global_imgs/)
-  validate  check an MGRS JSON against its images
-  stats     images, objects per image, categories and box sizes of an MGRS JSON, as tables and a PNG chart
+  validate  check training data (MGRS JSON, webdataset shards, image-caption CSV) as the trainer reads it
+  stats     counts of training data: MGRS objects, categories and box sizes (tables and a PNG chart); samples
+            per shard, caption lengths and image sizes of shards and CSVs
   synth     a procedural remote-sensing world in every format the project reads (no download)
   caption   recompute the captions of an MGRS JSON (template, or a multimodal LLM)
 """
@@ -47,6 +48,9 @@ and counted, never fatal; all of them are listed in OUT/build_report.json.
 VALIDATE_EPILOG = """\
 examples:
   farslip data validate mgrs_dota                      # folder holding text_info.json
+  farslip data validate '/data/rs5m/{pub11,rs3}-train-{0000..0031}.tar' --workers 16   # every sample decoded
+  farslip data validate captions.csv --image-key filepath --caption-key title
+  farslip data validate pairs.tsv --root images/       # a .tsv is tab-separated
   farslip data validate MGRS/text_info.json --header-only --workers 16
   farslip data validate world/mgrs --no-images --report findings.json
   farslip data validate other/train.json --root other/images   # global_filepath relative to other/images
@@ -56,6 +60,10 @@ that folder only; without it in the JSON's global_imgs/ (official layout), then 
 paths start with global_imgs/, which draws a warning: the official command then needs --root-train-img-dir set to
 the JSON's folder).
 
+The format follows the path (braces, globs, .tar and folders of tars: webdataset; .csv/.tsv: CSV; else MGRS);
+--kind says it outright. Shards and CSVs are read as the trainer reads them (the same member keys -- img_content,
+jpg, png, ... and caption, txt, text -- and the same decoder); the report lists each shard's sample count.
+
 exit status: 0 when there are no errors (warnings allowed), 1 otherwise, 2 when the file cannot be read.
 """
 
@@ -63,6 +71,8 @@ STATS_EPILOG = """\
 examples:
   farslip data stats mgrs_dota                        # tables on stdout, chart in mgrs_dota/text_info_stats.png
   farslip data stats MGRS/text_info.json --png stats.png --json stats.json
+  farslip data stats '/data/rs5m/pub11-train-{0000..0031}.tar' --json rs5m_stats.json
+  farslip data stats captions.csv
 """
 
 SYNTH_EPILOG = """\
@@ -168,14 +178,19 @@ def add_commands(subparsers) -> None:
     b.set_defaults(func=_cmd_build)
 
     # ---- validate
-    v = sub.add_parser("validate", help="check an MGRS JSON against its images",
-                       description="Check an MGRS JSON: structure, captions, boxes (six values in x1 y1 x2 y2 W H "
-                                   "order, inside the image, non-degenerate), category ids consistent with names, "
-                                   "and that every image exists, decodes and has the size its boxes claim.",
+    v = sub.add_parser("validate", help="check training data (MGRS, shards, CSV) as the trainer reads it",
+                       description="Check training data. MGRS JSON: structure, captions, boxes (six values in x1 "
+                                   "y1 x2 y2 W H order, inside the image, non-degenerate), category ids consistent "
+                                   "with names, and that every image exists, decodes and has the size its boxes "
+                                   "claim. Webdataset shards: every tar readable to its end, every sample with an "
+                                   "image that decodes and a non-empty UTF-8 caption, samples per shard. CSV: the "
+                                   "columns, every row's caption, every image there and decoding.",
                        epilog=VALIDATE_EPILOG, formatter_class=_RAW)
-    v.add_argument("path", help="text_info.json, or the folder holding it")
-    v.add_argument("--root", help="folder global_filepath is relative to, as the official --root-train-img-dir "
-                   "(default: the JSON's global_imgs/, then the JSON's folder)")
+    v.add_argument("path", help="text_info.json (or its folder), a shard spec or folder of shards, or a CSV")
+    _add_kind_options(v)
+    v.add_argument("--root", help="folder the image paths are relative to: MGRS global_filepath (as the official "
+                   "--root-train-img-dir; default: the JSON's global_imgs/, then its folder) or the CSV's paths "
+                   "(default: the CSV's folder)")
     v.add_argument("--no-images", action="store_true", help="check the JSON only")
     v.add_argument("--header-only", action="store_true", help="read image headers only, do not decode (faster)")
     v.add_argument("--workers", type=int, default=8, help="threads reading images (default %(default)s)")
@@ -185,12 +200,15 @@ def add_commands(subparsers) -> None:
     v.set_defaults(func=_cmd_validate)
 
     # ---- stats
-    s = sub.add_parser("stats", help="tables and a chart of an MGRS JSON",
-                       description="Print images, objects per image, the category histogram and the box-size "
-                                   "distribution of an MGRS JSON, and write a PNG chart.",
+    s = sub.add_parser("stats", help="counts of training data (MGRS: tables and a chart; shards, CSV: tables)",
+                       description="MGRS JSON: print images, objects per image, the category histogram and the "
+                                   "box-size distribution, and write a PNG chart. Shards and CSVs: samples per "
+                                   "shard (or rows and images), member keys, caption lengths, image sizes.",
                        epilog=STATS_EPILOG, formatter_class=_RAW)
-    s.add_argument("path", help="text_info.json, or the folder holding it")
-    s.add_argument("--png", help="chart path (default: <json stem>_stats.png next to the JSON)")
+    s.add_argument("path", help="text_info.json (or its folder), a shard spec or folder of shards, or a CSV")
+    _add_kind_options(s)
+    s.add_argument("--root", help="CSV: folder the image paths are relative to (default: the CSV's folder)")
+    s.add_argument("--png", help="MGRS chart path (default: <json stem>_stats.png next to the JSON)")
     s.add_argument("--json", help="also write the statistics as JSON")
     s.add_argument("--top", type=int, default=40, help="categories listed (default %(default)s)")
     s.set_defaults(func=_cmd_stats)
@@ -228,6 +246,23 @@ def add_commands(subparsers) -> None:
     c.set_defaults(func=_cmd_caption)
 
 
+def _add_kind_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kind", choices=("mgrs", "webdataset", "csv"), default=None,
+                   help="the data's format (default: from the path)")
+    p.add_argument("--image-key", default="filepath", help="CSV column of the image paths (default %(default)s; "
+                   "the recipe's data.image_key)")
+    p.add_argument("--caption-key", default="title", help="CSV column of the captions (default %(default)s; "
+                   "data.caption_key)")
+    p.add_argument("--sep", default=None, help="CSV separator (default: a tab for .tsv, else a comma; \\t for a "
+                   "tab)")
+
+
+def _csv_sep(args) -> str | None:
+    from ..train.config import decode_escapes
+
+    return decode_escapes(args.sep, "--sep") if args.sep else None
+
+
 def _err(msg: str) -> int:
     print(f"farslip: error: {one_line(msg)}", file=sys.stderr)  # the form of every user error (cli.main)
     return 2
@@ -257,22 +292,20 @@ def _cmd_build(args) -> int:
 
 def _cmd_validate(args) -> int:
     from ..core.files import atomic_write, refuse_overwriting_inputs
-    from ..dataprep.validate import resolve_mgrs_path, validate_mgrs
+    from ..data.inspection import detect_kind, validate_data
 
+    kind = args.kind or detect_kind(args.path)
     if args.report:
-        refuse_overwriting_inputs([args.report], _existing_json(args.path, resolve_mgrs_path),
-                                  hint="choose another --report")
+        refuse_overwriting_inputs([args.report], _inputs(args.path, kind), hint="choose another --report")
     try:
-        rep = validate_mgrs(args.path, root=args.root, check_images=not args.no_images,
-                            decode=not args.header_only, workers=args.workers, progress=not args.no_progress)
+        rep = validate_data(args.path, kind, root=args.root, image_key=args.image_key, caption_key=args.caption_key,
+                            sep=_csv_sep(args), decode=not args.header_only, check_images=not args.no_images,
+                            workers=args.workers, progress=not args.no_progress)
     except FileNotFoundError as exc:
         return _err(str(exc))
     print(rep.format(args.max_lines))
     if args.report:
-        atomic_write(args.report, json.dumps({
-            "path": rep.path, "records": rep.records, "objects": rep.objects, "ok": rep.ok,
-            "findings": [{"level": f.level, "where": f.where, "message": f.message} for f in rep.findings]},
-            indent=2) + "\n")
+        atomic_write(args.report, json.dumps(rep.to_dict(), indent=2) + "\n")
     if rep.records == 0 and rep.errors:
         return 2 if any("not valid JSON" in f.message for f in rep.errors) else 1
     return 0 if rep.ok else 1
@@ -280,22 +313,28 @@ def _cmd_validate(args) -> int:
 
 def _cmd_stats(args) -> int:
     from ..core.files import atomic_write, refuse_overwriting_inputs
-    from ..dataprep.stats import default_png_path, format_stats, mgrs_stats, plot_stats
-    from ..dataprep.validate import resolve_mgrs_path
+    from ..data.inspection import data_stats, detect_kind, format_data_stats
+    from ..dataprep.stats import default_png_path, plot_stats
 
+    kind = args.kind or detect_kind(args.path)
+    if kind != "mgrs" and args.png:
+        return _err("--png: charts are drawn for MGRS data; shards and CSVs get tables (and --json)")
     try:
-        st = mgrs_stats(args.path)
+        st = data_stats(args.path, kind, root=args.root, image_key=args.image_key, caption_key=args.caption_key,
+                        sep=_csv_sep(args))
     except (FileNotFoundError, ValueError) as exc:
         return _err(str(exc))
-    refuse_overwriting_inputs([args.png or default_png_path(args.path)] + ([args.json] if args.json else []),
-                              _existing_json(args.path, resolve_mgrs_path), hint="choose another --png / --json")
-    print(format_stats(st, top=args.top))
-    png = plot_stats(st, args.png or default_png_path(args.path), title=str(args.path))
-    print(f"\nchart written to {png}")
+    outputs = ([args.png or default_png_path(args.path)] if kind == "mgrs" else []) + ([args.json] if args.json else [])
+    refuse_overwriting_inputs(outputs, _inputs(args.path, kind), hint="choose another --png / --json")
+    print(format_data_stats(st, top=args.top))
+    if kind == "mgrs":
+        png = plot_stats(st, args.png or default_png_path(args.path), title=str(args.path))
+        print(f"\nchart written to {png}")
     if args.json:
-        slim = {k: v for k, v in st.items()}
-        slim["objects_per_image"] = {k: v for k, v in st["objects_per_image"].items() if k != "values"}
-        slim["box_side"] = {k: v for k, v in st["box_side"].items() if k not in ("values", "relative_values")}
+        slim = dict(st)
+        if kind == "mgrs":
+            slim["objects_per_image"] = {k: v for k, v in st["objects_per_image"].items() if k != "values"}
+            slim["box_side"] = {k: v for k, v in st["box_side"].items() if k not in ("values", "relative_values")}
         atomic_write(args.json, json.dumps(slim, indent=2, default=str) + "\n")
     return 0
 
@@ -332,6 +371,21 @@ def _cmd_caption(args) -> int:
     for key, msg in res["failures"][:10]:
         print(f"  caption-failed: {key}: {msg}")
     return 0
+
+
+def _inputs(path: str, kind: str) -> list[Path]:
+    """The files a validate/stats run reads, to keep its outputs off them."""
+    from ..data.inspection import shard_list
+    from ..dataprep.validate import resolve_mgrs_path
+
+    if kind == "mgrs":
+        return _existing_json(path, resolve_mgrs_path)
+    if kind == "csv":
+        return [Path(path)] if Path(path).is_file() else []
+    try:
+        return [Path(p) for p in shard_list(path)]
+    except (FileNotFoundError, ValueError):
+        return []
 
 
 def _existing_json(path: str, resolve) -> list[Path]:

@@ -336,6 +336,13 @@ def count_piece_samples(piece: Piece, opener: Callable[[str], object] = open_raw
     return sum(1 for _ in read_piece(piece, lambda i: False, opener))
 
 
+def shard_samples(url: str, opener: Callable[[str], object] = open_raw) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {suffix: bytes}) of every sample of one shard, grouped as the trainer groups them; a broken tar
+    raises (tarfile.TarError, OSError, EOFError) after the samples before the damage."""
+    for _, key, members in _piece_members(Piece(url, 0, 1, os.path.getsize(url)), lambda i: True, opener):
+        yield key, members
+
+
 def shard_records(url: str, opener: Callable[[str], object] = open_raw) -> Iterator[Record | BadInput]:
     """Records of one tar shard, in order. Broken members are yielded as BadInput (the caller counts them)."""
     for _, rec in read_piece(Piece(url, 0, 1, os.path.getsize(url)), opener=opener):

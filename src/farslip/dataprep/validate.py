@@ -50,6 +50,8 @@ class ValidationReport:
     objects: int = 0
     images_checked: int = 0
     findings: list[Finding] = field(default_factory=list)
+    kind: str = "mgrs"                                        # mgrs | webdataset | csv
+    parts: dict[str, int] = field(default_factory=dict)       # samples per shard (webdataset)
 
     @property
     def errors(self) -> list[Finding]:
@@ -64,13 +66,25 @@ class ValidationReport:
         return not self.errors
 
     def format(self, max_lines: int = 50) -> str:
-        lines = [f"{self.path}: {self.records} records, {self.objects} objects, {self.images_checked} images "
-                 f"checked: {len(self.errors)} errors, {len(self.warnings)} warnings"]
+        counted = {"mgrs": f"{self.records} records, {self.objects} objects",
+                   "webdataset": f"{len(self.parts)} shards, {self.records} samples",
+                   "csv": f"{self.records} rows"}[self.kind]
+        lines = [f"{self.path}: {counted}, {self.images_checked} images checked: {len(self.errors)} errors, "
+                 f"{len(self.warnings)} warnings"]
+        lines += [f"  {name}: {n} samples" for name, n in list(self.parts.items())[:max_lines]]
         shown = self.errors + self.warnings
         lines += [f"  {f}" for f in shown[:max_lines]]
         if len(shown) > max_lines:
             lines.append(f"  ... and {len(shown) - max_lines} more")
         return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        """The report as ``--report`` writes it."""
+        out = {"path": self.path, "kind": self.kind, "records": self.records, "objects": self.objects, "ok": self.ok,
+               "findings": [{"level": f.level, "where": f.where, "message": f.message} for f in self.findings]}
+        if self.parts:
+            out["parts"] = dict(self.parts)
+        return out
 
 
 def resolve_mgrs_path(path: str | Path) -> Path:
