@@ -48,10 +48,15 @@ def test_per_set_numbers_average_to_the_published_means():
     checked = 0
     for e in registry.all_entries().values():
         for protocol, per_set in e.paper_sets.items():
+            if protocol in ("farslip-retrieval-i2t", "farslip-retrieval-t2i"):  # the paper gives no mean
+                assert list(per_set) == ["RSICD", "RSITMD", "UCM-captions"], (e.name, protocol)
+                continue
             assert len(per_set) == 8, (e.name, protocol)
             assert abs(sum(per_set.values()) / len(per_set) - e.paper[protocol]) < 0.01, (e.name, protocol)
             checked += 1
-    assert checked == 3  # FarSLIP stage 1 and 2 ViT-B/16, OpenAI ViT-B/16: the paper's per-set OVSS table
+    # the paper's OVSS and classification tables: FarSLIP stages 1 and 2 (ViT-B/32, ViT-B/16), OpenAI CLIP
+    # (both), RemoteCLIP and GeoRSCLIP ViT-B/32 -- the OVSS per-set rows of the three ViT-B/16 models among them
+    assert checked == 16
 
 
 def test_table_and_info_describe_the_entries():

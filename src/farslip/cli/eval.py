@@ -213,6 +213,107 @@ def add_commands(subparsers) -> None:
         if kind == "all":
             _add_ovss_args(p, own=False)
         p.set_defaults(func=run_command, eval_kind=kind)
+    _add_table_command(sub, fmt)
+    _add_ablations_command(sub, fmt)
+
+
+TABLE_EPILOG = """\
+examples:
+  farslip eval table runs/stage1/eval runs/stage2/eval                      # folders holding results.json
+  farslip eval table base=runs/eval/openai/results.json ours=runs/stage2/eval --paper farslip2-vit-b-16
+  farslip eval table runs/*/eval-all --detail --markdown
+
+One table per task, a column per dataset and a row per run; rows of the paper's numbers for runs of released
+models (and --paper NAME); every mean says over how many of the task's sets it is (35.41 (8/8)); each table names
+the protocol of its numbers (OVSS rows made with another protocol than the published numbers' are flagged).
+"""
+
+ABLATIONS_EPILOG = """\
+examples:
+  farslip eval ablations --data-root /data/rs-bench                      # configs/eval/ablations.yaml
+  farslip eval ablations configs/eval/ablations.yaml --data-root /data/rs-bench --markdown
+  farslip eval ablations --no-evaluate                                   # print what is already evaluated
+
+Train the rows first (farslip train --config configs/ablations/<name>.yaml ...); each trained model
+(run.out/final.pt) is evaluated once with the suites of `eval all` and its results kept in run.out/eval-all/.
+"""
+
+
+def _add_table_command(sub, fmt) -> None:
+    p = sub.add_parser("table", help="several runs' results in one table per task, beside the paper's numbers",
+                       description="Gather several results.json (farslip eval's outputs) into one table per task "
+                                   "and dataset, with the paper's published numbers beside them.",
+                       formatter_class=fmt, epilog=TABLE_EPILOG)
+    p.add_argument("runs", nargs="+", metavar="RUN",
+                   help="results.json, or the folder holding it; LABEL=PATH names the row")
+    p.add_argument("--paper", nargs="+", default=[], metavar="NAME",
+                   help="also the published numbers of these released models (farslip model list)")
+    p.add_argument("--no-paper", action="store_true", help="no rows of published numbers")
+    p.add_argument("--detail", action="store_true", help="also one table per task and dataset, every metric")
+    p.add_argument("--markdown", action="store_true", help="Markdown tables (for a README or an issue)")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the tables as JSON")
+    p.set_defaults(func=run_table)
+
+
+def _add_ablations_command(sub, fmt) -> None:
+    p = sub.add_parser("ablations", help="evaluate the ablation recipes' models and print the ablation tables",
+                       description="Evaluate every trained model an ablation recipe names (once; results kept in "
+                                   "each run.out/eval-all/) and print the paper's ablation tables.",
+                       formatter_class=fmt, epilog=ABLATIONS_EPILOG)
+    p.add_argument("recipe", nargs="?", default="configs/eval/ablations.yaml",
+                   help="ablation recipe (default %(default)s)")
+    p.add_argument("--data-root", default=None, help="root of the registered benchmarks (as eval all)")
+    p.add_argument("--root", action="append", default=[], metavar="KIND=DIR", help="as eval all")
+    p.add_argument("--datasets", nargs="+", default=None, metavar="NAME", help="only these benchmarks")
+    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
+    p.add_argument("--redo", action="store_true", help="evaluate again even where results are kept")
+    p.add_argument("--no-evaluate", action="store_true", help="evaluate nothing; print the kept results")
+    p.add_argument("--workers", type=int, default=None, help="DataLoader workers (default min(4, CPUs))")
+    p.add_argument("--limit", type=int, default=None, help="only the first N records of each dataset (smoke runs)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--markdown", action="store_true", help="Markdown tables")
+    p.set_defaults(func=run_ablations)
+
+
+def run_table(args) -> int:
+    """``farslip eval table``: :func:`farslip.eval.results_tables`, printed."""
+    import json
+
+    from ..core.files import atomic_write
+    from ..eval import format_tables, results_tables
+
+    labels, paths = [], []
+    for item in args.runs:
+        label, sep, path = item.partition("=")
+        labels.append(label if sep else None)
+        paths.append(path if sep else item)
+    named = [label for label in labels if label]
+    if named and len(named) != len(labels):
+        from ..core.errors import UsageError
+
+        raise UsageError("name every RUN (LABEL=PATH) or none")
+    tables = results_tables(paths, labels=named or None, paper=args.paper, published=not args.no_paper,
+                            detail=args.detail)
+    print(format_tables(tables, markdown=args.markdown))
+    if args.json:
+        atomic_write(args.json, json.dumps([t.to_dict() for t in tables], indent=2) + "\n")
+    return 0
+
+
+def run_ablations(args) -> int:
+    """``farslip eval ablations``: :func:`farslip.eval.ablation_tables`, printed."""
+    from ..eval import EvalOptions, ablation_tables, format_tables
+
+    if not args.no_evaluate and args.data_root is None and not args.root:
+        from ..core.errors import UsageError
+
+        raise UsageError("eval ablations: give --data-root DIR (or --no-evaluate to print the kept results)")
+    options = EvalOptions(workers=args.workers, limit=args.limit, progress=not args.no_progress)
+    tables = ablation_tables(args.recipe, data_root=args.data_root, roots=_parse_roots(args.root),
+                             datasets=args.datasets, run_missing=not args.no_evaluate, redo=args.redo,
+                             device=args.device, options=options)
+    print(format_tables(tables, markdown=args.markdown))
+    return 0
 
 
 # ----------------------------------------------------------------------------------------------------------------

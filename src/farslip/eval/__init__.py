@@ -15,11 +15,17 @@ One protocol at a time, on a loaded model:
                                   prob_threshold=0.3, reduce_zero_label=True)
     farslip.eval.ovss(model, tokenizer, ds)                  # FarSLIP's protocol: {"mIoU": %, "aAcc": %, ...}
     farslip.eval.ovss(model, tokenizer, ds, protocol="segearth", threshold=0.2)   # SegEarth-OV's, one override
+
+Several runs side by side with the paper's numbers, and the ablation study evaluated:
+
+    print(farslip.eval.format_tables(farslip.eval.results_tables(["runs/a/eval", "runs/b/eval"])))
+    print(farslip.eval.format_tables(farslip.eval.ablation_tables("configs/eval/ablations.yaml", data_root=...)))
 """
 from ..engine import (OVSS_TEMPLATES, SCENE_TEMPLATES, TextEmbeddingCache, class_scores, name_embeddings,
                       predict_classes, sliding_window_logits, window_boxes)
 from ..engine.protocols import PROTOCOLS, OVSSProtocol, get_protocol
 from .common import EvalResult
+from .ablations import ablation_tables
 from .evaluation import (ClassificationData, EvalOptions, EvalReport, OVSSData, RetrievalData, evaluate,
                          published_numbers)
 from .io import EvalDataError
@@ -28,12 +34,14 @@ from .metrics import (SegmentationMeter, best_positive_rank, intersect_and_union
 from .ovss import OVSSDataset, ovss
 from .registry import CLASSIFICATION, OVSS, RETRIEVAL, select
 from .retrieval import SATELLITE_PREFIX, retrieval
+from .tables import format_tables, read_results, results_tables
 from .zeroshot import zero_shot_classification
 
 __all__ = [
     "CLASSIFICATION", "ClassificationData", "EvalDataError", "EvalOptions", "EvalReport", "EvalResult", "OVSS",
     "OVSSData", "OVSSDataset", "OVSSProtocol", "OVSS_TEMPLATES", "PROTOCOLS", "RETRIEVAL", "RetrievalData",
-    "evaluate", "get_protocol", "published_numbers",
+    "ablation_tables", "evaluate", "format_tables", "get_protocol", "published_numbers", "read_results",
+    "results_tables",
     "SATELLITE_PREFIX", "SCENE_TEMPLATES", "SegmentationMeter", "TextEmbeddingCache", "best_positive_rank",
     "class_scores", "intersect_and_union", "name_embeddings", "ovss", "percent", "predict_classes", "recall_at_k",
     "recall_from_ranks", "reduce_zero_label", "retrieval", "segmentation_scores", "select",

@@ -94,18 +94,33 @@ def console_report(report: dict) -> str:
 
 
 def headline(report: dict) -> dict:
-    """The paper's summary numbers: OVSS mean mIoU, ZSC mean top-1 (and retrieval means when run)."""
+    """The paper's summary numbers: OVSS mean mIoU, ZSC mean top-1 (and retrieval means when run), each with the
+    number of sets it is a mean over (``"ovss_sets": "2 of 8"``: not the paper's 8-set mean unless all ran)."""
     s = report["sections"]
     out = {}
     if "ovss" in s:
         out["ovss_mean_mIoU"] = s["ovss"]["mean"].get("mIoU")
+        out["ovss_sets"] = _sets(s["ovss"])
     if "classification" in s:
         out["zsc_mean_top1"] = s["classification"]["mean"].get("top1")
+        out["zsc_sets"] = _sets(s["classification"])
     if "retrieval" in s:
         m = s["retrieval"]["mean"]
         t, i = m.get("text2img_mean"), m.get("img2text_mean")
         out["retrieval_mean_recall"] = round(100 * (t + i) / 2, 2) if t is not None and i is not None else None
+        out["retrieval_sets"] = _sets(s["retrieval"])
     return out
+
+
+def _sets(section: dict) -> str:
+    """``"k of n"``: n is the task's registered sets (the paper's mean is over all of them) when the section ran
+    registered benchmarks, else the datasets it was given (a user's own)."""
+    from .registry import REGISTRY
+
+    registered = REGISTRY.get(section["kind"], {})
+    names = {*section.get("results", {}), *section.get("missing", {}), *section.get("failed", {})}
+    total = len(registered) if names and names <= set(registered) else section.get("expected", len(names))
+    return f"{section.get('evaluated', len(section.get('results', {})))} of {total}"
 
 
 def markdown_report(report: dict, base_dir=None) -> str:
@@ -116,7 +131,8 @@ def markdown_report(report: dict, base_dir=None) -> str:
     lines.append("")
     head = headline(report)
     if head:
-        lines += ["## Summary", "", markdown_table(list(head), [[_fmt(v) for v in head.values()]]), ""]
+        lines += ["## Summary", "", markdown_table(list(head), [[v if isinstance(v, str) else _fmt(v)
+                                                                for v in head.values()]]), ""]
     for kind in ("classification", "retrieval", "ovss"):
         if kind not in report["sections"]:
             continue

@@ -220,6 +220,9 @@ def describe(entry: ModelEntry) -> str:
         lines.append(f"  published     {value:g}  ({protocol})")
         if protocol in entry.paper_sets:
             lines.append("                " + ", ".join(f"{k} {v:g}" for k, v in entry.paper_sets[protocol].items()))
+    for protocol, per_set in entry.paper_sets.items():  # tables the paper gives no mean for (retrieval)
+        if protocol not in entry.paper:
+            lines.append(f"  published     ({protocol}) " + ", ".join(f"{k} {v:g}" for k, v in per_set.items()))
     if entry.confirmed:
         c, how = entry.confirmed, _follow(entry, lambda e: e.confirmed.get("how", ""))
         lines.append(f"  confirmed     file name: {'yes' if c.get('file') else 'no'}, revision: "
