@@ -78,6 +78,8 @@ def test_pretrained_tags_and_openai_archives_decide_by_lineage():
         assert choose_quick_gelu(None, "ViT-B-16", pretrained_tag="laion2b_s34b_b88k") is False
         assert choose_quick_gelu(None, "ViT-B-16", torchscript=True, checkpoint="ViT-B-16.pt") is True
         assert choose_quick_gelu(None, "ViT-B-16-quickgelu", checkpoint="x.pt") is True
+    # forcing the activation the weights were not trained with is done as asked, with a warning (issue 24)
+    with pytest.warns(UserWarning, match="quick_gelu=False contradicts open_clip's ViT-B-16 'openai'"):
         assert choose_quick_gelu(False, "ViT-B-16", pretrained_tag="openai") is False
 
 
