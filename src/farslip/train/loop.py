@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -36,12 +35,12 @@ from ..models.long_text import LONG_CONTEXT, extend_text_context, freeze_leading
 from ..objectives import FarSLIPObjective, make_teacher, update_ema
 from ..core import distributed
 from .accumulation import accumulate_gradients
-from .checkpoint import load_training_checkpoint, rank_states, rng_state, save_training_checkpoint, set_rng_state
+from .checkpoint import load_training_checkpoint, rank_states, rng_state, save_training_checkpoint
 from .checks import check_config
 from .config import TrainConfig
 from .optim import build_optimizer, cosine_lr, set_lr
-from .resume import review_resume
-from .rundir import RunStart, RunStartError, clear_run, plan_start, record_run
+from .resume import restore_position, review_resume
+from .rundir import RunStart, RunStartError, plan_start, take_folder
 from .tensorboard import open_writer
 
 TENSOR_KEYS = ("images", "texts", "crop_images", "crop_boxes", "region_images", "region_boxes", "region_texts",
@@ -151,18 +150,12 @@ def start_run(cfg: TrainConfig, ctx: distributed.Dist, resume: str | None, overw
 
 
 def commit_run(cfg: TrainConfig, ctx: distributed.Dist, start: RunStart, overwrite: bool) -> None:
-    """The job is built: rank 0 now takes the folder -- removes the old run's files (``--overwrite``), writes
-    ``run.json`` and ``config.yaml``, records what a resume changed (``resumes.jsonl``) -- and every rank waits."""
+    """The job is built: rank 0 now takes the folder (:func:`~farslip.train.rundir.take_folder`); every rank
+    waits for it."""
     failure = None
     if ctx.is_main:
-        run_dir = Path(cfg.run.out)
         try:
-            if overwrite:
-                clear_run(run_dir)
-            record_run(run_dir, start.run_id, cfg.name)
-            atomic_write(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-            if start.review is not None:
-                start.review.record(run_dir, start.step, start.checkpoint)
+            take_folder(Path(cfg.run.out), start, cfg.name, cfg.to_dict(), overwrite)
         except Exception as exc:
             failure = exc
     if distributed.broadcast(None if failure is None else str(failure)) is not None:
@@ -331,34 +324,12 @@ class Progress:
 
 
 def restore_progress(start: RunStart, job: Job, ctx: distributed.Dist, cfg: TrainConfig) -> Progress:
-    """The checkpoint's step, with this rank's own place in the data and RNG states (both set here). A checkpoint
-    of another number of processes, loader workers or batch size is an elastic resume: the rest of its epoch is
-    re-dealt to this run's ranks (every sample still trained on once), ranks that existed before take their RNG
-    states, new ones start from ``run.seed + rank``."""
+    """The checkpoint's step, with this rank's own place in the data and RNG states (both set here; another number
+    of processes re-deals the rest of the epoch: :func:`~farslip.train.resume.restore_position`)."""
     if start.state is None:
         return Progress(0, job.loader)
-    ranks = rank_states(start.state)
-    saved_workers = ((start.state.get("config") or {}).get("data") or {}).get("workers", cfg.data.workers)
-    if _layout_changed(ranks, ctx.world, job.loader, saved_workers, cfg):
-        job.loader.load_elastic_state([r["data"] for r in ranks], saved_workers)
-        if ctx.is_main:
-            print(f"[farslip] elastic resume: the rest of epoch {job.loader.state_dict()['epoch']} ("
-                  f"{job.loader.epoch_steps()} steps) is dealt to {ctx.world} process(es) of "
-                  f"{cfg.optim.batch_size * cfg.optim.accum_steps} samples, from {len(ranks)} before")
-        if ctx.rank < len(ranks):
-            set_rng_state(ranks[ctx.rank]["rng"])
-    else:
-        job.loader.load_state_dict(ranks[ctx.rank]["data"])
-        set_rng_state(ranks[ctx.rank]["rng"])
+    restore_position(start.state, job.loader, ctx, cfg)
     return Progress(int(start.state["progress"]["step"]), job.loader)
-
-
-def _layout_changed(ranks: list[dict], world: int, loader: TrainLoader, saved_workers: int, cfg: TrainConfig) -> bool:
-    """Whether the checkpoint's data positions are in terms of another spread of the work: processes, the
-    samples of a step, or (a stream's roles) loader workers."""
-    batch = ranks[0]["data"].get("batch_size", loader.batch_size)
-    workers_changed = cfg.data.kind == "webdataset" and max(1, saved_workers) != max(1, cfg.data.workers)
-    return len(ranks) != world or batch != loader.batch_size or workers_changed
 
 
 # -- one step ---------------------------------------------------------------------------------------------------

@@ -13,7 +13,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..core import distributed
 from ..core.files import atomic_write
+from ..data.loader import TrainLoader
+from .checkpoint import rank_states, set_rng_state
 from .reference import KEYS
 from .rundir import RunStartError
 
@@ -96,3 +99,30 @@ def _listed(changes: dict[str, tuple]) -> str:
 
 def _shown(value) -> str:
     return "null" if value is None else json.dumps(value) if isinstance(value, (str, list)) else f"{value}"
+
+
+def restore_position(state: dict, loader: TrainLoader, ctx: distributed.Dist, cfg) -> None:
+    """This rank's place in the data and RNG states from the checkpoint ``state``. A checkpoint of another number
+    of processes, loader workers or batch size is an elastic resume: the rest of its epoch is re-dealt to this
+    run's ranks (every sample still trained on once), ranks that existed before take their RNG states, new ones
+    start from ``run.seed + rank`` (set when the job was built)."""
+    ranks = rank_states(state)
+    saved_workers = ((state.get("config") or {}).get("data") or {}).get("workers", cfg.data.workers)
+    if not _layout_changed(ranks, ctx.world, loader, saved_workers, cfg):
+        loader.load_state_dict(ranks[ctx.rank]["data"])
+        set_rng_state(ranks[ctx.rank]["rng"])
+        return
+    loader.load_elastic_state([r["data"] for r in ranks], saved_workers)
+    if ctx.is_main:
+        print(f"[farslip] elastic resume: the rest of epoch {loader.state_dict()['epoch']} ({loader.epoch_steps()} "
+              f"steps) is dealt to {ctx.world} process(es) of {loader.batch_size} samples, from {len(ranks)} before")
+    if ctx.rank < len(ranks):
+        set_rng_state(ranks[ctx.rank]["rng"])
+
+
+def _layout_changed(ranks: list[dict], world: int, loader: TrainLoader, saved_workers: int, cfg) -> bool:
+    """Whether the checkpoint's data positions are in terms of another spread of the work: processes, the
+    samples of a step, or (a stream's roles) loader workers."""
+    batch = ranks[0]["data"].get("batch_size", loader.batch_size)
+    workers_changed = cfg.data.kind == "webdataset" and max(1, saved_workers) != max(1, cfg.data.workers)
+    return len(ranks) != world or batch != loader.batch_size or workers_changed

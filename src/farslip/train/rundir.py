@@ -129,6 +129,19 @@ def clear_run(run_dir: Path) -> None:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
 
 
+def take_folder(run_dir: Path, start: RunStart, name: str, config: dict, overwrite: bool) -> None:
+    """Write what makes ``run_dir`` this run's: remove the old run's files (``overwrite``), the run file,
+    ``config.yaml``, and what a resume changed (``resumes.jsonl``)."""
+    import yaml
+
+    if overwrite:
+        clear_run(run_dir)
+    record_run(run_dir, start.run_id, name)
+    atomic_write(run_dir / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+    if start.review is not None:
+        start.review.record(run_dir, start.step, start.checkpoint)
+
+
 def record_run(run_dir: Path, run_id: str, name: str) -> None:
     """Write the run file (atomically: a half-written run file would lock the folder)."""
     atomic_write(run_dir / RUN_FILE, json.dumps({"run_id": run_id, "name": name}, indent=2) + "\n")
