@@ -14,7 +14,7 @@ from farslip.train.rundir import RunStartError
 from support.fixtures import REPO, tiny_overrides
 from support.hostile import assert_user_error, run_cli
 
-RECIPE = REPO / "configs" / "stage2_vitb16_mgrs.yaml"
+RECIPE = REPO / "configs" / "vanilla_vitb16_rs5m.yaml"  # the cheapest step: global ITC on the global views
 
 
 def _steps(run: Path) -> list[int]:
@@ -24,7 +24,8 @@ def _steps(run: Path) -> list[int]:
 @pytest.fixture
 def paused(tmp_path, tiny_arch):
     """A 6-step run paused after step 2 (checkpoint at 2)."""
-    over = tiny_overrides(tmp_path, 2, steps=6)
+    over = tiny_overrides(tmp_path, 1, steps=6)  # webdataset shards: 5 steps of 4 per epoch, two epochs
+    over["optim"]["epochs"] = 2
     over["run"].update(stop_after=2)
     cfg = load_config(RECIPE, over)
     assert train(cfg)["paused"]
@@ -45,8 +46,8 @@ def test_a_changed_batch_size_or_lr_is_refused_with_the_differences(paused, caps
     # the command: one line, exit 2
     args = ["train", "--config", str(RECIPE), "--resume", "auto", "--set", f"run.out={run}",
             "--set", f"data.train={paused.data.train}", "--set", "model.arch=Test-Tiny-ViT",
-            "--set", "model.pretrained=null", "--set", "optim.max_steps=6", "--set", "optim.batch_size=2",
-            "--set", "data.workers=0", "--set", "optim.precision=fp32", "--set", "data.min_region_size=8",
+            "--set", "model.pretrained=null", "--set", "optim.max_steps=6", "--set", "optim.epochs=2", "--set", "optim.batch_size=2",
+            "--set", "data.workers=0", "--set", "optim.precision=fp32", "--set", "data.num_samples=null",
             "--set", "optim.warmup=2", "--set", "optim.lr=1e-4", "--set", "run.tensorboard=false",
             "--set", "run.progress=false", "--set", "run.save_every=1000"]
     assert_user_error(run_cli(capsys, *args), "optim.batch_size 4 -> 2", "--resume-changed")
@@ -58,7 +59,7 @@ def test_resume_changed_accepts_them_and_records_them(paused, capsys):
     result = train(paused, resume="auto", resume_changed=True)
     out = capsys.readouterr().out
     assert "accepted by --resume-changed" in out and "optim.batch_size 4 -> 2" in out
-    # the rest of the epoch is re-dealt in batches of 2: no "epoch produced no batch"
+    # the rest of the epoch is re-dealt in batches of 2 (the shards' unread samples): no "epoch produced no batch"
     assert _steps(run)[:2] == [1, 2] and result["steps"] == _steps(run)[-1] > 2
     assert yaml.safe_load((run / "config.yaml").read_text())["optim"]["lr"] == 1e-3
     record = [json.loads(x) for x in (run / "resumes.jsonl").read_text().splitlines()]
@@ -82,7 +83,7 @@ def test_max_steps_fits_the_schedule(tmp_path, tiny_arch):
     """The cosine reaches zero at optim.max_steps, not at the end of the epochs it cut short."""
     import math
 
-    over = tiny_overrides(tmp_path, 2, steps=4)
+    over = tiny_overrides(tmp_path, 1, steps=4)
     over["optim"].update(warmup=1, epochs=5, lr=1e-3)
     cfg = load_config(RECIPE, over)
     train(cfg)

@@ -23,7 +23,7 @@ def _scalar_steps(folder: Path, tag: str) -> Counter:
 def test_each_step_is_written_once_after_resume(tmp_path, tiny_arch):
     over = tiny_overrides(tmp_path, 1, steps=4)
     over["run"].update(tensorboard=True, save_every=2, stop_after=3)
-    cfg = load_config(REPO / "configs" / "stage1_vitb16_rs5m.yaml", over)
+    cfg = load_config(REPO / "configs" / "vanilla_vitb16_rs5m.yaml", over)
     train(cfg)
     run = Path(cfg.run.out)
     assert _scalar_steps(run / "tensorboard", "train/total") == {1: 1, 2: 1, 3: 1}
