@@ -70,6 +70,12 @@ OTHER_CASES = [
     (["classify", "{d}/none.png", "--checkpoint", "{d}/none.pt", "--classes", "a", "b"], ["none.png"]),
     (["locate", "road", "{d}/none.tif", "--checkpoint", "{d}/none.pt"], ["none.tif"]),
     (["search", "index", "{d}/nowhere", "--checkpoint", "{d}/none.pt"], ["nowhere"]),
+    (["segment", "{d}/names.txt", "--checkpoint", "{d}/none.pt", "--classes", "a", "b", "--address", "head:6379"],
+     ["--address and --actors", "add --engine ray"]),
+    (["classify", "{d}/names.txt", "--checkpoint", "{d}/none.pt", "--classes", "a", "b", "--engine", "ray",
+      "--actors", "0"], ["--actors 0", "at least one"]),
+    (["search", "index", "{d}/img", "--checkpoint", "{d}/none.pt", "--engine", "ray", "--device", "cuda:1"],
+     ["--device cuda:1 with --engine ray"]),
     (["search", "query", "road", "--index", "{d}/nowhere", "--checkpoint", "{d}/none.pt"], ["nowhere"]),
     (["view", "{d}/none.tif"], ["none.tif"]),
 ]
