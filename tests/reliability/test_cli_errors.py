@@ -76,6 +76,8 @@ OTHER_CASES = [
       "--actors", "0"], ["--actors 0", "at least one"]),
     (["search", "index", "{d}/img", "--checkpoint", "{d}/none.pt", "--engine", "ray", "--device", "cuda:1"],
      ["--device cuda:1 with --engine ray"]),
+    (["segment", "{d}/names.txt", "--checkpoint", "{d}/none.pt", "--classes", "a", "b", "--engine", "ray",
+      "--address", "127.0.0.1:1"], ["--address 127.0.0.1:1: no Ray cluster answers there"]),
     (["search", "query", "road", "--index", "{d}/nowhere", "--checkpoint", "{d}/none.pt"], ["nowhere"]),
     (["view", "{d}/none.tif"], ["none.tif"]),
 ]

@@ -33,6 +33,7 @@ import logging
 import os
 import pickle
 import signal
+import socket
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -72,16 +73,26 @@ def connected(address: str | None) -> Iterator[Any]:
         yield ray
         return
     local = address is None and not os.environ.get("RAY_ADDRESS")
-    try:
-        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
-                 **({"object_store_memory": LOCAL_OBJECT_STORE} if local else {}))
-    except (ConnectionError, TimeoutError) as exc:
-        raise FarslipError(f"--address {address or os.environ.get('RAY_ADDRESS')}: no Ray cluster could be "
-                           f"joined there ({exc})") from None
+    if address:
+        _reachable(address)
+    ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING,
+             **({"object_store_memory": LOCAL_OBJECT_STORE} if local else {}))
     try:
         yield ray
     finally:
         ray.shutdown()
+
+
+def _reachable(address: str) -> None:
+    """A cluster's ``host:port`` answers, checked first: Ray itself waits minutes on a mistyped address."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return  # ray://, auto: Ray's own forms
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as exc:
+        raise FarslipError(f"--address {address}: no Ray cluster answers there ({exc.strerror or exc}); start one "
+                           "with `ray start --head`, or leave --address out for a Ray on this machine") from None
 
 
 @dataclass
@@ -124,11 +135,14 @@ def died(tries: int) -> str:
 
 
 class _Actor:
-    """What the model actors share: the run's try counter and the test hook."""
+    """What the model actors share: their threads, the run's try counter and the test hook."""
 
-    def __init__(self, tries, kill_marker: str | None):
+    def __init__(self, pool: Pool, tries, kill_marker: str | None):
         import ray
+        import torch
 
+        if pool.device == "cpu":  # torch in a Ray worker starts with one thread, whatever CPUs the actor holds
+            torch.set_num_threads(max(1, int(pool.cpus)))
         self.tries, self.kill_marker, self.calls = tries, kill_marker, 0
         self.name = f"{ray.util.get_node_ip_address()}/pid {os.getpid()}"
 
@@ -155,10 +169,10 @@ def _packed(rows: list) -> dict:
 class InputActor(_Actor):
     """One model of an input job (segment, locate): runs the inputs it is given, writes their outputs and records."""
 
-    def __init__(self, job: InputJob, device: str, key: str, tries, kill_marker: str | None):
-        super().__init__(tries, kill_marker)
+    def __init__(self, job: InputJob, key: str, pool: Pool, tries, kill_marker: str | None):
+        super().__init__(pool, tries, kill_marker)
         self.job, self.key = job, key
-        self.worker = job.load(device)
+        self.worker = job.load(pool.device)
 
     def __call__(self, batch: dict) -> dict:
         return _packed([self.one(int(i), Path(p), str(s))
@@ -205,10 +219,10 @@ class BatchJob(Protocol):
 class BatchActor(_Actor):
     """One model of a batch job: answers ``(batch number, result, error)`` per batch."""
 
-    def __init__(self, job: BatchJob, device: str, tries, kill_marker: str | None):
-        super().__init__(tries, kill_marker)
+    def __init__(self, job: BatchJob, pool: Pool, tries, kill_marker: str | None):
+        super().__init__(pool, tries, kill_marker)
         self.job = job
-        self.worker = job.load(device)
+        self.worker = job.load(pool.device)
 
     def __call__(self, batch: dict) -> dict:
         rows = []
@@ -236,10 +250,11 @@ def _quiet_ray_data() -> Iterator[None]:
 
 
 def _stream(ray, rows: list[dict], actor: type, args: tuple, pool: Pool, in_flight: int = 1) -> Iterator:
-    """Run ``actor`` over ``rows`` (a block each) on the pool; each answer as it arrives."""
+    """Run ``actor(*args, pool, tries, kill_marker)`` over ``rows`` (a block each) on the pool; each answer as it
+    arrives."""
     tries = ray.remote(num_cpus=0)(Tries).options(scheduling_strategy=_this_node(ray)).remote()
     ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
-        actor, batch_size=1, fn_constructor_args=(*args, tries, os.environ.get(KILL_HOOK)),
+        actor, batch_size=1, fn_constructor_args=(*args, pool, tries, os.environ.get(KILL_HOOK)),
         compute=ray.data.ActorPoolStrategy(size=pool.actors, max_tasks_in_flight_per_actor=in_flight),
         num_cpus=pool.cpus, num_gpus=pool.gpus or None)
     ds.context.enable_progress_bars = False
@@ -267,7 +282,7 @@ class JobProgress:
         self.pixels += pixels
         if self.pixels:
             rate = self.pixels / 1e6 / max(time.perf_counter() - self.start, 1e-9)
-            self.bar.set_postfix_str(f"{rate:.2f} Mpx/s", refresh=False)
+            self.bar.set_postfix_str(f"{rate:.3g} Mpx/s", refresh=False)
         self.bar.update(n)
 
     def write(self, log: Log | None, lines: Sequence[str]) -> None:
@@ -277,7 +292,10 @@ class JobProgress:
                 for line in lines:
                     log(line)
 
-    def close(self) -> None:
+    def __enter__(self) -> "JobProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
         self.bar.close()
 
 
@@ -315,18 +333,15 @@ def run_on_ray(job: InputJob, paths: list[Path], stems: list[str], *, device: st
                 (job.out / DONE_DIR / f"{stems[i]}.json").unlink(missing_ok=True)
         todo.sort(key=lambda i: -_size(paths[i]))  # the largest first: the last to finish are small
         rows = [{"index": i, "path": str(paths[i]), "stem": stems[i]} for i in todo]
-        progress = JobProgress(job.command, len(paths), len(outcomes), job.options.progress)
-        try:
-            with connected(address) as ray:
-                pool = plan_pool(ray.cluster_resources(), device, actors, len(rows))
-                actors_used = pool.actors
-                for i, outcome, result in _stream(ray, rows, InputActor, (_quiet(job), pool.device, key), pool):
+        with connected(address) as ray:
+            pool = plan_pool(ray.cluster_resources(), device, actors, len(rows))
+            actors_used = pool.actors
+            with JobProgress(job.command, len(paths), len(outcomes), job.options.progress) as progress:
+                for i, outcome, result in _stream(ray, rows, InputActor, (_quiet(job), key), pool):
                     outcomes.append(outcome)
                     results.append((i, result))
                     progress.advance(pixels=outcome.pixels)
                     progress.write(log, _lines(job, outcome, result))
-        finally:
-            progress.close()
     if len(paths) == 1 and outcomes[0].status == "failed":
         raise FarslipError(outcomes[0].error or f"{paths[0]}: failed")  # as on one process: its error is the call's
     return finish_run(job, paths, outcomes, results, actors_used, time.perf_counter() - t0, "ray")
@@ -346,14 +361,11 @@ def run_batches_on_ray(job: BatchJob, batches: Sequence[list], *, device: str = 
     answers: list = [(None, None)] * len(batches)
     if not batches:
         return answers, 0
-    bar = JobProgress(job.command, sum(len(b) for b in batches), 0, progress, unit)
     rows = [{"batch": b, "items": pickle.dumps(items)} for b, items in enumerate(batches)]
-    try:
-        with connected(address) as ray:
-            pool = plan_pool(ray.cluster_resources(), device, actors, len(rows))
-            for b, result, error in _stream(ray, rows, BatchActor, (job, pool.device), pool, in_flight=2):
+    with connected(address) as ray:
+        pool = plan_pool(ray.cluster_resources(), device, actors, len(rows))
+        with JobProgress(job.command, sum(len(b) for b in batches), 0, progress, unit) as bar:
+            for b, result, error in _stream(ray, rows, BatchActor, (job,), pool, in_flight=2):
                 answers[b] = (result, error)
                 bar.advance(len(batches[b]))
-    finally:
-        bar.close()
     return answers, pool.actors
