@@ -22,7 +22,8 @@ from safetensors.torch import load_file
 import farslip
 from farslip.cli import main
 from farslip.core.problems import read_problems
-from farslip.infer.ray_engine import KILL_HOOK, TRIES, Tries, clear_partials, plan_pool
+from farslip.infer.ray_engine import KILL_HOOK, TRIES, InputActor, Tries, clear_partials, plan_pool
+from farslip.infer.runner import mark_complete
 from farslip.infer.segmentation import SegmentJob, SegmentOptions
 from support.hostile import assert_user_error, run_cli
 
@@ -179,3 +180,24 @@ def test_tries_and_partials_of_a_dead_try(tmp_path):
         f.write_bytes(b"")
     assert sorted(clear_partials(job, "x")) == sorted(left)
     assert all(f.exists() for f in kept) and not any(f.exists() for f in left)
+
+
+def test_a_try_after_a_death_neither_writes_twice_nor_retries_for_ever(tmp_path):
+    """What an actor does on the second try of an input (the first try's worker died) and after the last try."""
+    job = SegmentJob([["a"], ["b"]], SegmentOptions().resolved(), tmp_path / "out")
+    scene = _geotiff(tmp_path / "x.tif", 0)
+    actor = object.__new__(InputActor)  # the actor's logic without a Ray worker around it
+    actor.job, actor.key, actor.name, actor.calls, actor.kill_marker = job, "settings", "node/pid 1", 0, None
+    actor.worker = None
+
+    def must_not_run(*args):
+        raise AssertionError("an input complete before this try was written again")
+
+    job.one = must_not_run
+    mark_complete(job.out, scene, "settings", [], "x")  # the first try finished it, then died before answering
+    actor.start = lambda piece: 2
+    _, outcome, _ = actor.one(0, scene, "x")
+    assert (outcome.status, outcome.tries) == ("done", 2)
+    actor.start = lambda piece: TRIES + 1  # its worker died on every try
+    _, outcome, _ = actor.one(0, scene, "x")
+    assert outcome.status == "failed" and f"died on each of {TRIES} tries" in outcome.error
