@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--maps-no-vectors", action="store_true", help="locate only, no separate vector export run")
     g.add_argument("--ray-inputs", type=int, default=None, help="rasters for segment --engine ray (default 16)")
     g.add_argument("--ray-size", type=int, default=None, help="their side in pixels (default 1024)")
-    g.add_argument("--ray-arch", default="FarSLIP-Tiny")
+    g.add_argument("--ray-arch", default="FarSLIP-Tiny", help="model of the segment --engine ray part")
     return p
 
 
@@ -169,8 +169,8 @@ def summary(res: dict) -> str:
                          f"peak RSS {fmt(ve['peak_rss_mib'])} MiB")
     ry = res.get("ray")
     if ry:
-        lines.append(f"segment --engine ray ({ry['inputs']} rasters of {ry['size']}^2, {ry['arch']}): inputs/s over "
-                     "the job (start-up included) / steady: " + ", ".join(
+        lines.append(f"segment --engine ray ({ry['inputs']} rasters of {ry['size']}^2, {ry['arch']}, 1 thread a "
+                     "worker): inputs/s over the job (start-up included) / steady: " + ", ".join(
                          f"{k} {fmt(x['inputs_per_s'], 3)} / {fmt(x['steady_inputs_per_s'], 3)}"
                          for k, x in ry["runs"].items()))
     return "\n".join(lines)
@@ -185,13 +185,15 @@ def main(argv=None) -> int:
         import bench_data
         import bench_maps
         import bench_ovss
+        import bench_ray
         import bench_retrieval
         import bench_segment
         import bench_train
         import gpu_check
 
         children = {**bench_train.CHILDREN, **gpu_check.CHILDREN, **bench_data.CHILDREN, **bench_ovss.CHILDREN,
-                    **bench_retrieval.CHILDREN, **bench_segment.CHILDREN, **bench_maps.CHILDREN}
+                    **bench_retrieval.CHILDREN, **bench_segment.CHILDREN, **bench_maps.CHILDREN,
+                    **bench_ray.CHILDREN}
         children[args.child](json.loads(args.params))
         return 0
 
