@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -38,6 +39,8 @@ def child_ray_segment(p: dict) -> None:
 
     import farslip
 
+    # the machine is shared: Ray must not kill the actors when other processes take the memory past its 95% line
+    os.environ["RAY_memory_monitor_refresh_ms"] = "0"
     t0 = time.perf_counter()
     ray.init(address="local", num_cpus=p["actors"], include_dashboard=False, object_store_memory=256 * 2**20,
              logging_level=logging.WARNING)
