@@ -24,6 +24,7 @@ from farslip.cli import main
 from farslip.core.problems import read_problems
 from farslip.infer.ray_engine import KILL_HOOK, TRIES, InputActor, Tries, clear_partials, plan_pool
 from farslip.infer.runner import mark_complete
+from farslip.infer.search import EmbedJob
 from farslip.infer.segmentation import SegmentJob, SegmentOptions
 from support.hostile import assert_user_error, run_cli
 
@@ -215,3 +216,15 @@ def test_a_try_after_a_death_neither_writes_twice_nor_retries_for_ever(tmp_path)
     actor.start = lambda piece: TRIES + 1  # its worker died on every try
     _, outcome, _ = actor.one(0, scene, "x")
     assert outcome.status == "failed" and f"died on each of {TRIES} tries" in outcome.error
+
+
+def test_an_index_batch_with_its_shard_written_is_not_embedded_again(tmp_path):
+    """A batch tried again after its worker died, or a stopped index run started again, finds the batch's shard."""
+    job = EmbedJob(tmp_path, tmp_path / ".farslip-index" / ".shards", "model.pt:1")
+    items = [{"path": "a.tif", "size": 1, "mtime": 1, "inode": 1, "sha256": "ab", "window": None}]
+    shard = job.shard(items)
+    shard.parent.mkdir(parents=True)
+    shard.write_bytes(b"written by the try before")
+    assert job.batch(None, items) == str(shard)  # no model (None) was needed
+    assert job.shard(items) != EmbedJob(job.root, job.shards, "other.pt:1").shard(items)
+    assert job.shard(items) != job.shard([{**items[0], "sha256": "cd"}])
