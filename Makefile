@@ -1,5 +1,6 @@
 # The two commands a new user types: `make quickstart` and `make test`.
-# Each creates .venv/ at the repository root on a machine that has only Python.
+# Each creates .venv/ at the repository root on a machine that has only Python (with the ray extra, so the
+# --engine ray tests run).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,7 +11,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -e '.[dev]'
+	$(BIN)/pip install -e '.[dev,ray]'
 	touch $(STAMP)
 
 quickstart: $(STAMP)

@@ -3,7 +3,7 @@
 
     .venv/bin/python benchmarks/run.py                 # everything, CPU defaults (make bench)
     .venv/bin/python benchmarks/run.py --quick         # smaller sizes, fewer repeats (a smoke run)
-    .venv/bin/python benchmarks/run.py --only train    # one part: train, data, ovss, retrieval, segment, maps
+    .venv/bin/python benchmarks/run.py --only train    # one part: train, data, ovss, retrieval, segment, maps, ray
     .venv/bin/python benchmarks/run.py --device cuda   # GPU: ViT-B-16, batch 40 for the training step
 
 Each part reports medians of several repeats after warm-up and the ratio project / baseline. Results go to
@@ -23,7 +23,7 @@ sys.path.insert(0, str(HERE))
 
 from common import fmt, load_snapshot, machine_info  # noqa: E402
 
-PARTS = ("train", "data", "ovss", "retrieval", "segment", "maps")
+PARTS = ("train", "data", "ovss", "retrieval", "segment", "maps", "ray")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--maps-valid", type=int, default=None,
                    help="only an N x N square of the scene valid, the rest nodata (encodes N^2 pixels)")
     g.add_argument("--maps-no-vectors", action="store_true", help="locate only, no separate vector export run")
+    g.add_argument("--ray-inputs", type=int, default=None, help="rasters for segment --engine ray (default 16)")
+    g.add_argument("--ray-size", type=int, default=None, help="their side in pixels (default 1024)")
+    g.add_argument("--ray-arch", default="FarSLIP-Tiny", help="model of the segment --engine ray part")
     return p
 
 
@@ -81,6 +84,9 @@ def config(args) -> dict:
         # locate and vectors
         "maps_arch": args.maps_arch, "maps_size": args.maps_size or (2048 if q else 8000),
         "maps_valid": args.maps_valid, "maps_vectors": not args.maps_no_vectors,
+        # segment --engine ray: 1 and 2 local actors
+        "ray_arch": args.ray_arch, "ray_inputs": args.ray_inputs or (6 if q else 16),
+        "ray_size": args.ray_size or (512 if q else 1024),
     }
     if cuda:
         cfg["precisions"] = (args.precisions or "fp32,bf16").split(",")
@@ -161,6 +167,12 @@ def summary(res: dict) -> str:
         if ve:
             lines.append(f"vectors {mp['size']}x{mp['size']}: {ve['polygons']} polygons, {fmt(ve['mpx_per_s'])} Mpx/s, "
                          f"peak RSS {fmt(ve['peak_rss_mib'])} MiB")
+    ry = res.get("ray")
+    if ry:
+        lines.append(f"segment --engine ray ({ry['inputs']} rasters of {ry['size']}^2, {ry['arch']}, 1 thread a "
+                     "worker): inputs/s over the job (start-up included) / steady: " + ", ".join(
+                         f"{k} {fmt(x['inputs_per_s'], 3)} / {fmt(x['steady_inputs_per_s'], 3)}"
+                         for k, x in ry["runs"].items()))
     return "\n".join(lines)
 
 
@@ -173,13 +185,15 @@ def main(argv=None) -> int:
         import bench_data
         import bench_maps
         import bench_ovss
+        import bench_ray
         import bench_retrieval
         import bench_segment
         import bench_train
         import gpu_check
 
         children = {**bench_train.CHILDREN, **gpu_check.CHILDREN, **bench_data.CHILDREN, **bench_ovss.CHILDREN,
-                    **bench_retrieval.CHILDREN, **bench_segment.CHILDREN, **bench_maps.CHILDREN}
+                    **bench_retrieval.CHILDREN, **bench_segment.CHILDREN, **bench_maps.CHILDREN,
+                    **bench_ray.CHILDREN}
         children[args.child](json.loads(args.params))
         return 0
 
@@ -202,12 +216,14 @@ def main(argv=None) -> int:
     import bench_data
     import bench_maps
     import bench_ovss
+    import bench_ray
     import bench_retrieval
     import bench_segment
     import bench_train
 
     runners = {"train": bench_train.run, "data": bench_data.run, "ovss": bench_ovss.run,
-               "retrieval": bench_retrieval.run, "segment": bench_segment.run, "maps": bench_maps.run}
+               "retrieval": bench_retrieval.run, "segment": bench_segment.run, "maps": bench_maps.run,
+               "ray": bench_ray.run}
     for part in parts:
         t = time.time()
         res[part] = runners[part](cfg, log)

@@ -19,10 +19,13 @@ examples:
   farslip segment "scenes/*.tif" @more_scenes.txt --checkpoint model.pt --classes road water --out maps/
   torchrun --nproc_per_node=4 -m farslip segment items.json --stac-asset visual --checkpoint model.pt \\
       --classes road water --out maps/       # STAC ItemCollection, files dealt to 4 GPUs
+  farslip segment "archive/**/*.tif" --checkpoint model.pt --classes road water --out maps/ \\
+      --engine ray --address head-node:6379  # a Ray cluster: one model actor per GPU, failures retried
   farslip segment scene.tif --checkpoint runs/quickstart/farslip-tiny-stage2.pt --protocol farslip \\
       --classes "building,roof,house" road "tree,forest" --out maps/
 
-A rerun skips the inputs whose outputs are complete (recorded in OUT/.farslip-done/; --redo to redo them).
+A rerun skips the inputs whose outputs are complete (recorded in OUT/.farslip-done/; --redo to redo them),
+whichever engine made them.
 Each class is one argument; synonyms are joined by commas and a class scores by its best synonym (SegEarth-OV's
 class files; --classes-file also takes a shipped set by name: openearthmap, loveda, isaid, potsdam, vaihingen,
 uavid, udd5, vdd). --checkpoint takes a file or a released model's name (farslip model list). Output (rasters
@@ -64,6 +67,23 @@ def _input_args(p: argparse.ArgumentParser, many: bool = True) -> None:
                        help="redo inputs whose outputs are already complete (default: skip them)")
 
 
+def _engine_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine (docs/scaling.md says which to use when)")
+    g.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help="local (default): this process, or the processes torchrun started (inputs dealt up front); "
+                        "ray: the model actors of a Ray cluster take the inputs as they are free, a worker that "
+                        "dies is replaced and its input tried again (pip install 'farslip[ray]')")
+    g.add_argument("--address", default=None,
+                   help="the Ray cluster to join, e.g. head-node:6379 (default: RAY_ADDRESS, else a Ray started on "
+                        "this machine for the run)")
+    g.add_argument("--actors", type=int, default=None,
+                   help="model actors (default: one per GPU of the cluster; without GPUs one per CPU)")
+
+
+def _engine(args) -> dict:
+    return dict(engine=args.engine, address=args.address, actors=args.actors)
+
+
 def _expanded_many(p_help: str) -> str:
     return (p_help + "; also glob patterns (quoted), @LIST text files of paths, STAC ItemCollection .json files")
 
@@ -103,6 +123,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="polygons of the class regions: gpkg/geojson -> OUT/<name>.<format>; or a .gpkg/.geojson path")
     _vector_args(p)
     p.add_argument("--no-progress", action="store_true")
+    _engine_args(p)
     p.set_defaults(func=run_segment)
 
     add_map_commands(sub)
@@ -119,6 +140,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--out", help="write predictions as .csv or .json")
     p.add_argument("--no-progress", action="store_true")
+    _engine_args(p)
     p.set_defaults(func=run_classify)
 
     p = sub.add_parser("search", help="text or image search over folders of images or inside large rasters",
@@ -141,6 +163,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     pi.add_argument("--batch-size", type=int, default=32, help="images (or chips) per encoder batch")
     _model_args(pi)
     pi.add_argument("--no-progress", action="store_true")
+    _engine_args(pi)
     pi.set_defaults(func=run_index)
     pq = ssub.add_parser("query", help="rank indexed images by a text or an image")
     pq.add_argument("query", help="text, or the path of an image")
@@ -184,7 +207,8 @@ def run_segment(args) -> int:
                           probabilities=args.probabilities, vector=args.vector, min_area=args.min_area,
                           simplify=args.simplify, html=args.html)
     run = farslip.segment(args.images, args.classes, checkpoint=args.checkpoint, classes_file=args.classes_file,
-                          out=args.out, arch=args.arch, device=args.device, options=opts, **_many(args))
+                          out=args.out, arch=args.arch, device=args.device, options=opts, **_many(args),
+                          **_engine(args))
     return _report(run)
 
 
@@ -205,7 +229,8 @@ def run_classify(args) -> int:
 
     run = farslip.classify(args.images, args.classes, checkpoint=args.checkpoint, classes_file=args.classes_file,
                            top_k=args.top_k, arch=args.arch, device=args.device, progress=not args.no_progress,
-                           amp=_amp(args), out=args.out, inputs_from=args.inputs_from, stac_asset=args.stac_asset)
+                           amp=_amp(args), out=args.out, inputs_from=args.inputs_from, stac_asset=args.stac_asset,
+                           **_engine(args))
     if run.rank == 0 and run.results:
         print(table(run.results))
         if args.out:
@@ -218,7 +243,8 @@ def run_index(args) -> int:
     from ..infer.search import index
 
     summary = index(args.folder, checkpoint=args.checkpoint, arch=args.arch, device=args.device, chip=args.chip,
-                    stride=args.stride, batch_size=args.batch_size, progress=not args.no_progress, amp=_amp(args))
+                    stride=args.stride, batch_size=args.batch_size, progress=not args.no_progress, amp=_amp(args),
+                    **_engine(args))
     if launch_rank() == 0:
         print(json.dumps(summary, indent=2))
     return 0
@@ -294,6 +320,7 @@ def add_map_commands(sub) -> None:
     p.add_argument("--stride", type=int, default=None, help="window stride (default: half the window)")
     p.add_argument("--block", type=int, default=1024, help="output pixels per tile side (bounds memory)")
     p.add_argument("--no-progress", action="store_true")
+    _engine_args(p)
     p.set_defaults(func=run_locate)
 
     p = sub.add_parser("view", help="an offline interactive HTML map of farslip outputs",
@@ -330,7 +357,7 @@ def run_locate(args) -> int:
                          bands=_bands(args.bands), progress=not args.no_progress, amp=_amp(args), html=args.html)
     return_freed_memory()  # a whole scene's thousands of windows: keep the peak where the work is
     run = farslip.locate(queries, images, checkpoint=args.checkpoint, out=args.out, arch=args.arch,
-                         device=args.device, options=opts, **_many(args))
+                         device=args.device, options=opts, **_many(args), **_engine(args))
     return _report(run)
 
 

@@ -20,7 +20,7 @@ from ..models.precision import Amp, autocast_for
 from .common import load_for_inference, parse_classes
 from .inputs import expand_inputs
 from .raster import open_raster, read_thumbnail
-from .runner import Log, Outcome, Run, deal, rank_prefix
+from .runner import Log, Outcome, Run, check_engine, deal
 
 
 @dataclass
@@ -43,74 +43,121 @@ def classify(inputs: Sequence[str | Path] | str | Path, classes: Sequence[str] |
              classes_file: str | Path | None = None, templates: Sequence[str] = SCENE_TEMPLATES, top_k: int = 5,
              arch: str | None = None, device: str = "auto", batch_size: int = 32, progress: bool = True,
              amp: Amp = None, out: str | Path | None = None, inputs_from: str | Path | None = None,
-             stac_asset: str | None = None, log: Log | None = print) -> Run:
+             stac_asset: str | None = None, log: Log | None = print, engine: str = "local",
+             address: str | None = None, actors: int | None = None) -> Run:
     """Top-k classes of each input, with the classification protocol of the evaluation (prompt-ensembled class
     embeddings, 100 x cosine, softmax; :func:`~farslip.engine.scene_probabilities`). A class with synonyms scores
     by its best synonym. ``inputs`` as in :func:`~farslip.infer.segment`; under torchrun each process classifies
-    its share. An unreadable input is counted and named, the others are classified (a single input's error is the
-    call's). With ``out`` (.csv or .json) the predictions are written there. Returns the
-    :class:`~farslip.infer.runner.Run` whose results are the :class:`Prediction` s in input order. ``amp``: as in
-    the evaluation (None: float16 autocast on CUDA, fp32 on CPU; ``"bf16"``: bfloat16 on any device)."""
+    its share; with ``engine="ray"`` the batches go to the model actors of a Ray cluster (``address``, ``actors``
+    as in :func:`~farslip.infer.segment`). An unreadable input is counted and named, the others are classified (a
+    single input's error is the call's). With ``out`` (.csv or .json) the predictions are written there. Returns
+    the :class:`~farslip.infer.runner.Run` whose results are the :class:`Prediction` s in input order. ``amp``: as
+    in the evaluation (None: float16 autocast on CUDA, fp32 on CPU; ``"bf16"``: bfloat16 on any device)."""
     paths = expand_inputs([inputs] if isinstance(inputs, (str, Path)) else inputs, inputs_from=inputs_from,
                           stac_asset=stac_asset)
     if top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {top_k}")
-    class_syn = parse_classes(classes, classes_file)
+    job = ClassifyJob(parse_classes(classes, classes_file), list(templates), top_k, amp, checkpoint, arch)
     if out is not None:
         check_predictions_path(Path(out), paths)
     if model is None and checkpoint is None:
         raise UsageError("classify needs a checkpoint (or a model, preprocess and tokenizer)")
+    check_engine(engine, address, actors, device)
     t0 = time.perf_counter()
-    with job_ranks(device) as device:
-        rank, size = world()
-        mine = [paths[i] for i in deal(paths, rank, size)]
-        if model is None:
-            model, preprocess, tokenizer = load_for_inference(arch, checkpoint, device=device)
-        preds, failed = _classify_paths(mine, class_syn, model, preprocess, tokenizer, templates, top_k, batch_size,
-                                        progress and rank == 0, amp)
-        if failed and len(paths) == 1 and size == 1:
-            raise UsageError(failed[0][1])
-        for path, error in failed:
-            if log:
-                log(f"{rank_prefix()}{path}: FAILED -- {error}")
-        outcomes = [Outcome(p.image, "done", rank) for p in preds] + \
-                   [Outcome(str(p), "failed", rank, error=e) for p, e in failed]
-        parts = gather((preds, outcomes))
+    rank = 0
+    if engine == "ray":
+        preds, failed, size = _classify_on_ray(job, paths, model, batch_size, device, address, actors, progress)
+    else:
+        with job_ranks(device) as device:
+            rank, size = world()
+            mine = [paths[i] for i in deal(paths, rank, size)]
+            worker = job.load(device) if model is None else job.prepare(model, preprocess, tokenizer)
+            preds, failed = [], []
+            for start in tqdm(range(0, len(mine), batch_size), desc="classify", unit="batch",
+                              disable=not progress or rank != 0):
+                done, bad = job.batch(worker, mine[start:start + batch_size])
+                preds, failed = preds + done, failed + bad
+            parts = gather((preds, failed))
+        preds, failed = [p for ps, _ in parts for p in ps], [f for _, fs in parts for f in fs]
+    if failed and len(paths) == 1:
+        raise UsageError(failed[0][1])
+    for path, error in failed:
+        if log and rank == 0:
+            log(f"{path}: FAILED -- {error}")
     order = {str(p): i for i, p in enumerate(paths)}
-    run = Run("classify", sorted((p for ps, _ in parts for p in ps), key=lambda p: order[p.image]),
-              sorted((o for _, os_ in parts for o in os_), key=lambda o: order[o.input]), size,
-              time.perf_counter() - t0, rank=rank)
+    outcomes = [Outcome(p.image, "done") for p in preds] + [Outcome(str(p), "failed", error=e) for p, e in failed]
+    run = Run("classify", sorted(preds, key=lambda p: order[p.image]), sorted(outcomes, key=lambda o: order[o.input]),
+              size, time.perf_counter() - t0, rank=rank, engine=engine)
     if out is not None and run.results and rank == 0:
         write_predictions(run.results, Path(out))
     return run
 
 
-def _classify_paths(paths: Sequence[Path], class_syn: list[list[str]], model, preprocess, tokenizer, templates,
-                    top_k: int, batch_size: int, progress: bool, amp: Amp) -> tuple[list[Prediction], list]:
-    """The predictions for ``paths`` in batches, and ``(path, error)`` of each that could not be read."""
-    device = next(model.parameters()).device
-    names, owner = query_table(class_syn)
-    with torch.no_grad():
-        text = name_embeddings(model, tokenizer, names, templates).to(device)
-    side = 2 * model_input_size(model)
+def _classify_on_ray(job: "ClassifyJob", paths: Sequence[Path], model, batch_size: int, device: str,
+                     address: str | None, actors: int | None, progress: bool) -> tuple[list, list, int]:
+    """The predictions and failures of the batches one process would make, classified by Ray actors; and how many
+    actors there were."""
+    from .ray_engine import refuse_model_in_memory, run_batches_on_ray
+
+    refuse_model_in_memory("classify", model)
+    batches = [[str(p) for p in paths[s:s + batch_size]] for s in range(0, len(paths), batch_size)]
+    answers, actors_used = run_batches_on_ray(job, batches, device=device, address=address, actors=actors,
+                                              progress=progress)
     preds, failed = [], []
-    for start in tqdm(range(0, len(paths), batch_size), desc="classify", unit="batch", disable=not progress):
-        chunk, pixels = [], []
-        for p in paths[start:start + batch_size]:
+    for items, (result, error) in zip(batches, answers):
+        done, bad = result if error is None else ([], [(p, error) for p in items])
+        preds, failed = preds + done, failed + bad
+    return preds, failed, actors_used
+
+
+@dataclass
+class ClassifyWorker:
+    """What a process builds once to classify many images: the model and the class embeddings."""
+    model: torch.nn.Module
+    preprocess: object
+    text: torch.Tensor
+    owner: torch.Tensor                 # each name's class
+    side: int                           # longer side of the decimated read of a large raster
+
+
+@dataclass
+class ClassifyJob:
+    """One ``classify`` run, everything but the model's weights: picklable, so a Ray actor can run its batches."""
+    classes: list[list[str]]            # synonyms of each class
+    templates: list[str]
+    top_k: int
+    amp: Amp = None
+    checkpoint: str | Path | None = None
+    arch: str | None = None
+    command: str = "classify"
+
+    def load(self, device: str) -> ClassifyWorker:
+        return self.prepare(*load_for_inference(self.arch, self.checkpoint, device=device))
+
+    def prepare(self, model, preprocess, tokenizer) -> ClassifyWorker:
+        names, owner = query_table(self.classes)
+        with torch.no_grad():
+            text = name_embeddings(model, tokenizer, names, self.templates).to(next(model.parameters()).device)
+        return ClassifyWorker(model, preprocess, text, owner, 2 * model_input_size(model))
+
+    def batch(self, worker: ClassifyWorker, paths: Sequence[str | Path]) -> tuple[list[Prediction], list]:
+        """The predictions of one batch, and ``(path, error)`` of each image in it that could not be read."""
+        chunk, pixels, failed = [], [], []
+        for p in paths:
             try:
-                pixels.append(preprocess(load_image(p, side)))
+                pixels.append(worker.preprocess(load_image(Path(p), worker.side)))
                 chunk.append(p)
             except (FarslipError, OSError, ValueError) as exc:  # one unreadable image is reported, not the end
                 failed.append((p, str(exc)))
         if not chunk:
-            continue
-        with torch.no_grad(), autocast_for(model, amp):
-            feats = model.encode_image(torch.stack(pixels).to(device))
-        probs = scene_probabilities(feats, text, owner, len(class_syn))
-        vals, idx = probs.topk(min(top_k, len(class_syn)), dim=1)
-        for p, v, i in zip(chunk, vals.tolist(), idx.tolist()):
-            preds.append(Prediction(str(p), [(class_syn[j][0], round(pv, 4)) for j, pv in zip(i, v)]))
-    return preds, failed
+            return [], failed
+        model = worker.model
+        with torch.no_grad(), autocast_for(model, self.amp):
+            feats = model.encode_image(torch.stack(pixels).to(next(model.parameters()).device))
+        probs = scene_probabilities(feats, worker.text, worker.owner, len(self.classes))
+        vals, idx = probs.topk(min(self.top_k, len(self.classes)), dim=1)
+        return [Prediction(str(p), [(self.classes[j][0], round(pv, 4)) for j, pv in zip(i, v)])
+                for p, v, i in zip(chunk, vals.tolist(), idx.tolist())], failed
 
 
 PREDICTION_SUFFIXES = (".csv", ".json")

@@ -98,9 +98,10 @@ def locate(queries: Sequence[str] | str, inputs: Sequence[str | Path] | str | Pa
            checkpoint: str | Path | None = None, model=None, tokenizer=None, out: str | Path = "locate",
            arch: str | None = None, device: str = "auto", options: LocateOptions | None = None, redo: bool = False,
            inputs_from: str | Path | None = None, stac_asset: str | None = None, log: Log | None = print,
-           **overrides) -> Run:
+           engine: str = "local", address: str | None = None, actors: int | None = None, **overrides) -> Run:
     """Heatmaps and regions of each query in each input (see the module's description). ``inputs``, ``redo``,
-    torchrun and the returned :class:`~farslip.infer.runner.Run` are as in :func:`~farslip.infer.segment`;
+    torchrun, ``engine="ray"`` and the returned :class:`~farslip.infer.runner.Run` are as in
+    :func:`~farslip.infer.segment`;
     ``overrides`` are :class:`LocateOptions` fields."""
     known = {f.name for f in fields(LocateOptions)}
     if set(overrides) - known:
@@ -113,7 +114,8 @@ def locate(queries: Sequence[str] | str, inputs: Sequence[str | Path] | str | Pa
     stems = distinct_stems(paths)
     job = LocateJob(parse_classes(queries), opts, Path(out), checkpoint, arch, model, tokenizer)
     job.check(paths, stems, [checkpoint] if checkpoint and Path(checkpoint).is_file() else [])
-    return run_inputs(job, paths, stems, device=device, redo=redo, log=log)
+    return run_inputs(job, paths, stems, device=device, redo=redo, log=log, engine=engine, address=address,
+                      actors=actors)
 
 
 @dataclass

@@ -1,11 +1,13 @@
-"""The many-input runner: one job (segment, locate) over many rasters, on one process or on the processes torchrun
-started, resumable.
+"""The many-input runner: one job (segment, locate) over many rasters, on one process, on the processes torchrun
+started, or on a Ray cluster (``engine="ray"``, :mod:`farslip.infer.ray_engine`), resumable.
 
 A job is an object with five methods -- ``settings()`` (what changes its outputs), ``load(device)`` (the model
 part, built once per process), ``one(worker, path, stem)`` (one input's outputs), ``describe(result)`` (the
 lines printed for it) and ``recall(path, stem)`` (the result of an input completed earlier, read back from its
-outputs) -- so the same job runs here and on other engines. :func:`run_inputs` deals the inputs to the ranks (largest file first to the least loaded
-rank), skips the inputs whose outputs are complete, runs the others, and gathers one :class:`Run` for all ranks.
+outputs) -- so the same job runs on either engine. Locally :func:`run_inputs` deals the inputs to the ranks
+(largest file first to the least loaded rank: without Ray the split is static), skips the inputs whose outputs are
+complete, runs the others, and gathers one :class:`Run` for all ranks; on Ray the inputs go to whichever model
+actor is free.
 
 An input is complete when its completion record ``OUT/.farslip-done/<stem>.json`` -- written after all of its
 outputs -- names the same file (path, size, modification time) and the same settings, and its outputs are still
@@ -22,8 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
-from ..core.distributed import gather, job_ranks, world
-from ..core.errors import FarslipError
+from ..core.distributed import gather, job_ranks, launched, world
+from ..core.errors import FarslipError, UsageError
 from ..core.files import atomic_write
 from ..core.problems import Problem, append_problems
 
@@ -34,6 +36,10 @@ Log = Callable[[str], None]
 class InputJob(Protocol):
     command: str
     out: Path
+    options: Any                        # its ``progress`` says whether each input shows a progress bar
+    model: Any                          # a caller's model in memory; None: ``load`` reads the checkpoint
+
+    def outputs(self, stem: str) -> list[Path]: ...
 
     def settings(self) -> dict: ...
 
@@ -64,6 +70,8 @@ class Outcome:
     pixels: int = 0
     outputs: list[str] = field(default_factory=list)
     error: str | None = None
+    worker: str | None = None           # Ray: the actor's node and process that made the outputs
+    tries: int = 1                      # Ray: 2 or more when a worker died on it and it was tried again
 
 
 @dataclass
@@ -78,6 +86,7 @@ class Run:
     seconds: float = 0.0
     record: Path | None = None          # OUT/.farslip-done/<command>-run.json
     rank: int = 0                       # the process this view of the run is from (rank 0 prints)
+    engine: str = "local"               # "local" (this process or torchrun's) | "ray" (processes = model actors)
 
     def __getitem__(self, i):
         return self.results[i]
@@ -103,14 +112,16 @@ class Run:
         """The run as the JSON record ``OUT/.farslip-done/<command>-run.json`` holds it."""
         mpx = self.megapixels
         return {"inputs": len(self.outcomes), "done": self.count("done"), "complete": self.count("complete"),
-                "failed": self.count("failed"), "processes": self.processes, "seconds": round(self.seconds, 2),
+                "failed": self.count("failed"), "engine": self.engine, "processes": self.processes,
+                "seconds": round(self.seconds, 2),
                 "megapixels": round(mpx, 3), "megapixels_per_s": round(mpx / max(self.seconds, 1e-9), 3),
                 "failures": self.failures, "outcomes": [asdict(o) for o in self.outcomes]}
 
     def line(self) -> str:
         """One line for the whole run, e.g. ``segment: 12 input(s) on 2 process(es): 9 done, 2 already complete,
-        1 failed; 480.0 Mpx in 300 s (1.60 Mpx/s)``."""
-        text = (f"{self.command}: {len(self.outcomes)} input(s) on {self.processes} process(es): "
+        1 failed; 480.0 Mpx in 300 s (1.60 Mpx/s)`` (on Ray: ``on 2 Ray actor(s)``)."""
+        workers = f"{self.processes} Ray actor(s)" if self.engine == "ray" else f"{self.processes} process(es)"
+        text = (f"{self.command}: {len(self.outcomes)} input(s) on {workers}: "
                 f"{self.count('done')} done, {self.count('complete')} already complete, {self.count('failed')} failed")
         if self.megapixels:
             text += (f"; {self.megapixels:.1f} Mpx in {self.seconds:.0f} s "
@@ -174,13 +185,60 @@ def rank_prefix() -> str:
     return f"[rank {rank}] " if size > 1 else ""
 
 
+ENGINES = ("local", "ray")
+
+
+def check_engine(engine: str, address: str | None = None, actors: int | None = None, device: str = "auto") -> None:
+    """Refuse, before any work, an engine that is not one, Ray's options without Ray, Ray under torchrun, a device
+    Ray cannot honour, and Ray where it is not installed."""
+    if engine not in ENGINES:
+        raise UsageError(f"--engine {engine!r}: choose local (this process, or torchrun's) or ray")
+    if engine == "local" and (address is not None or actors is not None):
+        raise UsageError("--address and --actors choose a Ray cluster and its actors: add --engine ray")
+    if actors is not None and actors < 1:
+        raise UsageError(f"--actors {actors}: at least one model actor")
+    if engine == "ray":
+        if launched():
+            raise UsageError("--engine ray under torchrun: start the command once, without torchrun (Ray places "
+                             "the work)")
+        if device not in ("auto", "cuda", "cpu"):
+            raise UsageError(f"--device {device} with --engine ray: Ray gives each actor its GPU; use --device "
+                             "cuda, cpu or auto")
+        from .ray_engine import ray_api
+
+        ray_api()
+
+
 def run_inputs(job: InputJob, paths: Sequence[Path], stems: Sequence[str], *, device: str = "auto",
-               redo: bool = False, log: Log | None = print) -> Run:
+               redo: bool = False, log: Log | None = print, engine: str = "local", address: str | None = None,
+               actors: int | None = None) -> Run:
     """Run ``job`` over ``paths`` (their output stems ``stems``) on this process or, under torchrun, on every
-    process (joining the group for the run when it was not joined, and leaving it after); see the module's
-    description. The returned :class:`Run` is the same on every rank."""
+    process (joining the group for the run when it was not joined, and leaving it after); with ``engine="ray"``,
+    on the model actors of a Ray cluster (``address``; default ``RAY_ADDRESS``, else a Ray started here), see
+    :mod:`farslip.infer.ray_engine`. See the module's description. The returned :class:`Run` is the same on
+    every rank."""
+    check_engine(engine, address, actors, device)
+    if engine == "ray":
+        from .ray_engine import run_on_ray
+
+        return run_on_ray(job, list(paths), list(stems), device=device, redo=redo, log=log, address=address,
+                          actors=actors)
     with job_ranks(device) as device:
         return _run_on_ranks(job, list(paths), list(stems), device, redo, log)
+
+
+def skip_complete(job: InputJob, paths: Sequence[Path], stems: Sequence[str], indexes: Sequence[int], key: str,
+                  redo: bool, rank: int = 0) -> tuple[list[Outcome], list[tuple[int, Any]], list[int]]:
+    """The outcomes and results (``(index, result)``) of the inputs among ``indexes`` completed before with the
+    settings ``key``, and the indexes still to do."""
+    outcomes, results, todo = [], [], []
+    for i in indexes:
+        if not redo and is_complete(job.out, paths[i], key, stems[i]):
+            outcomes.append(Outcome(str(paths[i]), "complete", rank))
+            results.append((i, job.recall(paths[i], stems[i])))
+        else:
+            todo.append(i)
+    return outcomes, results, todo
 
 
 def _run_on_ranks(job: InputJob, paths: list[Path], stems: list[str], device: str, redo: bool,
@@ -189,13 +247,7 @@ def _run_on_ranks(job: InputJob, paths: list[Path], stems: list[str], device: st
     single = len(paths) == 1 and size == 1  # nothing else to go on with: its error is the command's
     key = settings_key(job.settings())
     t0 = time.perf_counter()
-    outcomes, results, todo = [], [], []
-    for i in deal(paths, rank, size):
-        if not redo and is_complete(job.out, paths[i], key, stems[i]):
-            outcomes.append(Outcome(str(paths[i]), "complete", rank))
-            results.append((i, job.recall(paths[i], stems[i])))
-        else:
-            todo.append(i)
+    outcomes, results, todo = skip_complete(job, paths, stems, deal(paths, rank, size), key, redo, rank)
     worker = job.load(device) if todo else None  # a bad checkpoint is the command's error, not each input's
     for i in todo:
         path, stem = paths[i], stems[i]
@@ -216,18 +268,20 @@ def _run_on_ranks(job: InputJob, paths: list[Path], stems: list[str], device: st
         outcomes.append(Outcome(str(path), "done", rank, round(time.perf_counter() - start, 3), done.pixels,
                                 done.outputs))
         results.append((i, done.result))
-    return _gathered(job, paths, outcomes, results, size, time.perf_counter() - t0)
-
-
-def _gathered(job: InputJob, paths: list[Path], outcomes: list[Outcome], results: list, size: int,
-              seconds: float) -> Run:
-    """Every rank's outcomes and results, in input order; the failures and the run's record written once."""
-    order = {str(p): i for i, p in enumerate(paths)}
     parts = gather((outcomes, results))
-    every = sorted((o for part, _ in parts for o in part), key=lambda o: order[o.input])
-    done = [r for _, rs in parts for r in rs if r[1] is not None]
-    run = Run(job.command, [r for _, r in sorted(done, key=lambda ir: ir[0])], every, size, seconds,
-              job.out / DONE_DIR / f"{job.command}-run.json", world()[0])
+    return finish_run(job, paths, [o for part, _ in parts for o in part], [r for _, rs in parts for r in rs],
+                      size, time.perf_counter() - t0)
+
+
+def finish_run(job: InputJob, paths: Sequence[Path], outcomes: Sequence[Outcome], results: Sequence[tuple[int, Any]],
+               processes: int, seconds: float, engine: str = "local") -> Run:
+    """Every input's outcome and result, in input order; the failures and the run's record written once (by
+    rank 0)."""
+    order = {str(p): i for i, p in enumerate(paths)}
+    every = sorted(outcomes, key=lambda o: order[o.input])
+    done = sorted((r for r in results if r[1] is not None), key=lambda ir: ir[0])
+    run = Run(job.command, [r for _, r in done], every, processes, seconds,
+              job.out / DONE_DIR / f"{job.command}-run.json", world()[0], engine)
     if run.rank == 0:
         report_failures(job.out, every)
         atomic_write(run.record, json.dumps(run.summary(), indent=1))

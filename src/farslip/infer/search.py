@@ -13,6 +13,8 @@ valid pixel are not indexed. Each hit on a chip knows its window and its footpri
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import sys
@@ -21,16 +23,18 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..core.distributed import batch_shard, gather, job_ranks, world
+from ..core.distributed import batch_shard, broadcast, gather, job_ranks, world
 from ..core.errors import UsageError
 from ..core.files import atomic_path, atomic_write, refuse_overwriting_inputs
 from ..engine import model_input_size, window_spans
 from ..models.precision import Amp, autocast_for
 from .classify import load_image
 from .common import load_for_inference
+from .runner import check_engine
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".jp2"}
 INDEX_DIR = ".farslip-index"
@@ -104,29 +108,49 @@ def load_chip(path: Path, window: Sequence[int] | None, side: int):
 def index(source: str | Path, *, checkpoint: str | Path | None = None, model=None, preprocess=None,
           arch: str | None = None, device: str = "auto", index_dir: str | Path | None = None,
           chip: int | None = None, stride: int | None = None,
-          batch_size: int = 32, progress: bool = True, amp: Amp = None) -> dict:
+          batch_size: int = 32, progress: bool = True, amp: Amp = None, engine: str = "local",
+          address: str | None = None, actors: int | None = None) -> dict:
     """Embed every image under a folder (recursively), or one raster; with ``chip``, every ``chip`` px window of
     each image every ``stride`` px (default: half a chip). Items already embedded with the same model from an
     unchanged file (size and SHA-256 of the content) and the same window are reused; changed files are embedded
     again, removed files dropped. Returns counts.
-    ``amp`` as in the evaluation (None: float16 autocast on CUDA, fp32 on CPU; ``"bf16"``: bfloat16)."""
+    ``amp`` as in the evaluation (None: float16 autocast on CUDA, fp32 on CPU; ``"bf16"``: bfloat16).
+    Under torchrun the batches to embed are split between the processes; with ``engine="ray"`` they go to the
+    model actors of a Ray cluster (``address``, ``actors`` as in :func:`~farslip.infer.segment`), each writing
+    its batches' embeddings to a shard in the index folder, merged into the index at the end. Either way the
+    index is the one one process writes."""
     source = Path(source)
     root, files = _images(source)
     if chip is not None and chip < 8:
         raise UsageError(f"--chip {chip}: too small (at least 8 pixels)")
     stride = stride or (chip // 2 if chip else None)
     emb_path, meta_path = _index_paths(source, Path(index_dir) if index_dir else None)
+    check_engine(engine, address, actors, device)
+    if engine == "ray":
+        from .ray_engine import refuse_model_in_memory
+
+        refuse_model_in_memory("search index", model)
+        if checkpoint is None:
+            raise UsageError("search index --engine ray: each Ray actor loads the model from a checkpoint; pass one")
+        mid = _model_id(checkpoint)
+        plan = _plan(root, files, _previous(emb_path, meta_path, mid), chip, stride)
+        new = _embed_on_ray(plan[2], EmbedJob(root, emb_path.parent / SHARD_DIR, mid, checkpoint, arch, amp),
+                            batch_size, device, address, actors, progress)
+        return _write_index(source, root, emb_path, meta_path, mid, chip, stride, plan, new)
     with job_ranks(device) as device:  # torchrun: the images to embed are split between the processes
         if model is None:
             model, preprocess, _ = load_for_inference(arch, checkpoint, device=device)
-        return _index(source, root, files, model, preprocess, checkpoint, emb_path, meta_path, chip, stride,
-                      batch_size, progress, amp)
+        mid = _model_id(checkpoint) if checkpoint is not None else getattr(model, "farslip_arch", "model")
+        plan = _plan(root, files, _previous(emb_path, meta_path, mid), chip, stride)
+        new = _embed_on_ranks(plan[2], model, preprocess, root, batch_size, progress, amp)
+        summary = _write_index(source, root, emb_path, meta_path, mid, chip, stride, plan, new) \
+            if world()[0] == 0 else None  # one writer; the others wait for it
+        return broadcast(summary)
 
 
-def _index(source: Path, root: Path, files: list[Path], model, preprocess, checkpoint, emb_path: Path,
-           meta_path: Path, chip: int | None, stride: int | None, batch_size: int, progress: bool, amp: Amp) -> dict:
-    mid = _model_id(checkpoint) if checkpoint is not None else getattr(model, "farslip_arch", "model")
-    old = _previous(emb_path, meta_path, mid)
+def _plan(root: Path, files: list[Path], old: dict, chip: int | None, stride: int | None) -> tuple:
+    """``(entries, vectors, todo, failed)``: the items kept from the previous index with their vectors, the items
+    to embed, and the files that could not be read."""
     entries, vectors, todo, failed = [], [], [], []
     for p in files:
         rel, st = str(p.relative_to(root)), p.stat()
@@ -145,36 +169,114 @@ def _index(source: Path, root: Path, files: list[Path], model, preprocess, check
                 vectors.append(hit[2])
             else:
                 todo.append(entry)
-    device_ = next(model.parameters()).device
+    return entries, vectors, todo, failed
+
+
+def embed_batch(model, preprocess, root: Path, items: Sequence[dict], amp: Amp) -> tuple[list, torch.Tensor, list]:
+    """The items of one batch that could be read, their normalised embeddings ``[n, D]`` (on the CPU), and a
+    failure record for each one that could not."""
     side = 2 * model_input_size(model)
-    shard = batch_shard(len(todo), batch_size)  # torchrun: this rank's whole batches, gathered below in order
+    chunk, ims, failed = [], [], []
+    for e in items:
+        try:
+            ims.append(preprocess(load_chip(root / e["path"], e["window"], side)))
+            chunk.append(e)
+        except (OSError, ValueError) as exc:
+            failed.append({"path": e["path"], "window": e["window"], "error": str(exc)})
+    if not ims:
+        return [], torch.zeros(0, 0), failed
+    with torch.no_grad(), autocast_for(model, amp):
+        f = model.encode_image(torch.stack(ims).to(next(model.parameters()).device)).float()
+    return chunk, (f / f.norm(dim=-1, keepdim=True)).cpu(), failed
+
+
+def _embed_on_ranks(todo: list[dict], model, preprocess, root: Path, batch_size: int, progress: bool,
+                    amp: Amp) -> tuple[list, list, list]:
+    """The new entries, vectors and failures of every rank, in the one-process order: each rank embeds a
+    contiguous run of the one process's whole batches."""
+    shard = batch_shard(len(todo), batch_size)
     new_entries, new_vectors, new_failed = [], [], []
     for start in tqdm(range(shard.start, shard.stop, batch_size), desc="index", unit="batch",
                       disable=not progress or world()[0] != 0):
-        chunk, ims = [], []
-        for e in todo[start:min(start + batch_size, shard.stop)]:
-            try:
-                ims.append(preprocess(load_chip(root / e["path"], e["window"], side)))
-                chunk.append(e)
-            except (OSError, ValueError) as exc:
-                new_failed.append({"path": e["path"], "window": e["window"], "error": str(exc)})
-        if not ims:
+        chunk, vectors, failed = embed_batch(model, preprocess, root, todo[start:min(start + batch_size, shard.stop)],
+                                             amp)
+        new_entries, new_vectors, new_failed = new_entries + chunk, new_vectors + list(vectors), new_failed + failed
+    parts = gather((new_entries, new_vectors, new_failed))
+    return tuple([x for part in parts for x in part[k]] for k in range(3))
+
+
+SHARD_DIR = ".shards"
+
+
+@dataclass
+class EmbedJob:
+    """The embedding part of ``search index`` as a Ray actor runs it: each batch's embeddings go to a shard of the
+    index folder, named by a digest of the model and the batch's items, so a batch tried again (or a stopped run
+    started again) finds its shard instead of embedding it twice."""
+    root: Path
+    shards: Path                        # INDEX/.shards
+    model_id: str
+    checkpoint: str | Path | None = None
+    arch: str | None = None
+    amp: Amp = None
+    command: str = "search index"
+
+    def load(self, device: str) -> tuple:
+        model, preprocess, _ = load_for_inference(self.arch, self.checkpoint, device=device)
+        return model, preprocess
+
+    def shard(self, items: Sequence[dict]) -> Path:
+        text = json.dumps([self.model_id, self.amp, list(items)], sort_keys=True)
+        return self.shards / f"{hashlib.sha256(text.encode()).hexdigest()[:32]}.safetensors"
+
+    def batch(self, worker: tuple, items: list[dict]) -> str:
+        path = self.shard(items)
+        if not path.exists():
+            chunk, vectors, failed = embed_batch(*worker, self.root, items, self.amp)
+            with atomic_path(path) as tmp:
+                save_file({"embeddings": vectors.contiguous()}, str(tmp),
+                          metadata={"entries": json.dumps(chunk), "failed": json.dumps(failed)})
+        return str(path)
+
+
+def _embed_on_ray(todo: list[dict], job: EmbedJob, batch_size: int, device: str, address: str | None,
+                  actors: int | None, progress: bool) -> tuple[list, list, list]:
+    """The new entries, vectors and failures of the one-process batches embedded by Ray actors, read back from
+    their shards in batch order (the shards are removed once read)."""
+    from .ray_engine import run_batches_on_ray
+
+    batches = [todo[s:s + batch_size] for s in range(0, len(todo), batch_size)]
+    answers, _ = run_batches_on_ray(job, batches, device=device, address=address, actors=actors, progress=progress,
+                                    unit="item")
+    new_entries, new_vectors, new_failed = [], [], []
+    for items, (shard, error) in zip(batches, answers):
+        if error is not None:
+            new_failed += [{"path": e["path"], "window": e["window"], "error": error} for e in items]
             continue
-        with torch.no_grad(), autocast_for(model, amp):
-            f = model.encode_image(torch.stack(ims).to(device_)).float()
-        f = (f / f.norm(dim=-1, keepdim=True)).cpu()
-        new_entries += chunk
-        new_vectors += list(f)
-    for part_entries, part_vectors, part_failed in gather((new_entries, new_vectors, new_failed)):
-        entries, vectors, failed = entries + part_entries, vectors + part_vectors, failed + part_failed
-    if world()[0] == 0:  # one writer; the others wait for it below
-        matrix = torch.stack(vectors) if vectors else torch.zeros(0, 1)
-        with atomic_path(emb_path) as tmp:
-            save_file({"embeddings": matrix.contiguous()}, str(tmp))
-        atomic_write(meta_path, json.dumps({"model": mid, "source": str(source.resolve()), "root": str(root.resolve()),
-                                            "chip": chip, "stride": stride, "entries": entries, "failed": failed},
-                                           indent=1))
-    gather(None)
+        with safe_open(shard, "pt") as f:
+            meta, vectors = f.metadata(), f.get_tensor("embeddings")
+        new_entries += json.loads(meta["entries"])
+        new_vectors += list(vectors)
+        new_failed += json.loads(meta["failed"])
+    for shard, _ in answers:
+        if shard:
+            Path(shard).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        job.shards.rmdir()
+    return new_entries, new_vectors, new_failed
+
+
+def _write_index(source: Path, root: Path, emb_path: Path, meta_path: Path, mid: str, chip: int | None,
+                 stride: int | None, plan: tuple, new: tuple) -> dict:
+    """The index (embeddings and entries, atomically) and the counts ``index`` returns."""
+    entries, vectors, todo, failed = plan
+    entries, vectors, failed = entries + new[0], vectors + new[1], failed + new[2]
+    matrix = torch.stack(vectors) if vectors else torch.zeros(0, 1)
+    with atomic_path(emb_path) as tmp:
+        save_file({"embeddings": matrix.contiguous()}, str(tmp))
+    atomic_write(meta_path, json.dumps({"model": mid, "source": str(source.resolve()), "root": str(root.resolve()),
+                                        "chip": chip, "stride": stride, "entries": entries, "failed": failed},
+                                       indent=1))
     embedded = len(todo) - sum(1 for f in failed if "window" in f)
     return {"images": len({e["path"] for e in entries}), "items": len(entries), "embedded": embedded,
             "reused": len(entries) - embedded, "failed": len(failed), "index": str(emb_path.parent)}
@@ -203,8 +305,6 @@ def _previous(emb_path: Path, meta_path: Path, model_id: str) -> dict:
 
 def file_digest(path: Path) -> str:
     """SHA-256 of a file's content: a file replaced by another of the same size and time is still noticed."""
-    import hashlib
-
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 

@@ -132,7 +132,8 @@ def segment(inputs: Sequence[str | Path] | str | Path, classes: Sequence[str] | 
             checkpoint: str | Path | None = None, model=None, tokenizer=None, classes_file: str | Path | None = None,
             out: str | Path = "segmentations", arch: str | None = None, device: str = "auto",
             options: SegmentOptions | None = None, redo: bool = False, inputs_from: str | Path | None = None,
-            stac_asset: str | None = None, log: Log | None = print, **overrides) -> Run:
+            stac_asset: str | None = None, log: Log | None = print, engine: str = "local",
+            address: str | None = None, actors: int | None = None, **overrides) -> Run:
     """Segment each input into ``classes`` (``"building,roof"`` = one class with synonyms); per input, write the
     COGs ``OUT/<stem>.tif`` (class indexes, input georeference kept, 255 = nodata) and ``OUT/<stem>.confidence.tif``,
     ``OUT/<stem>.png`` (preview), ``OUT/<stem>.json`` and as asked the per-class probabilities, polygons and an
@@ -142,15 +143,19 @@ def segment(inputs: Sequence[str | Path] | str | Path, classes: Sequence[str] | 
     file); inputs sharing a file name get distinct stems (``a/x.tif``, ``b/x.tif`` -> ``a_x``, ``b_x``). Options
     come from ``options`` and the keyword ``overrides`` (any :class:`SegmentOptions` field, e.g.
     ``protocol="segearth", threshold=0.2``). Inputs already complete in ``out`` are skipped unless ``redo``; under
-    torchrun the inputs are dealt to the processes. Returns the :class:`~farslip.infer.runner.Run`: the results
-    of the inputs segmented now (``run[0].geotiff``) and every input's outcome."""
+    torchrun the inputs are dealt to the processes; with ``engine="ray"`` they go to the model actors of a Ray
+    cluster (``address``, default ``RAY_ADDRESS`` or a Ray started here; ``actors``, default one per GPU or CPU;
+    the model from ``checkpoint``), see :mod:`farslip.infer.ray_engine`. Returns the
+    :class:`~farslip.infer.runner.Run`: the results of the inputs segmented now (``run[0].geotiff``) and every
+    input's outcome."""
     opts = _options(options, overrides)
     paths = expand_inputs([inputs] if isinstance(inputs, (str, Path)) else inputs, inputs_from=inputs_from,
                           stac_asset=stac_asset)
     stems = distinct_stems(paths)
     job = SegmentJob(parse_classes(classes, classes_file), opts, Path(out), checkpoint, arch, model, tokenizer)
     job.check(paths, stems, [p for p in (classes_file, checkpoint) if p and Path(p).is_file()])
-    return run_inputs(job, paths, stems, device=device, redo=redo, log=log)
+    return run_inputs(job, paths, stems, device=device, redo=redo, log=log, engine=engine, address=address,
+                      actors=actors)
 
 
 def _options(options: SegmentOptions | None, overrides: dict) -> SegmentOptions:
