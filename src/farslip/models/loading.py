@@ -27,6 +27,7 @@ from .checkpoint_io import CheckpointError, is_torchscript_archive, read_checkpo
 from .hub import fetch_weights
 from .long_text import KEEP_ROWS, LONG_CONTEXT, fold_long_text_state, freeze_leading_text_rows
 from .registry import find_entry
+from .towers import text_tower
 
 _CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
 _registered_dir: Path | None = None
@@ -212,7 +213,7 @@ def load_model(arch: str | None = None, checkpoint: str | os.PathLike | None = N
         if not _materialize_masks(model):  # an architecture with other non-persistent state: build it for real
             model, preprocess_train, preprocess_eval = create("cpu")
             load_state_strict(model, state, arch, source=str(checkpoint))
-    if model.positional_embedding.shape[0] == LONG_CONTEXT:
+    if getattr(text_tower(model), "positional_embedding", torch.empty(0)).shape[0] == LONG_CONTEXT:
         freeze_leading_text_rows(model, KEEP_ROWS)
     model.farslip_arch = arch
     model.farslip_quick_gelu = quick_gelu
