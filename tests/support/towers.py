@@ -15,6 +15,7 @@ Processes started by a test (torchrun, spawn) call :func:`register_tiny_towers` 
 from __future__ import annotations
 
 import json
+import os
 from functools import partial
 from pathlib import Path
 
@@ -102,8 +103,11 @@ def register_tiny_towers(folder: str | Path) -> dict[str, str]:
         fixture_module("tiny_tokenizer").make(tokenizer_dir)
     configs = folder / "configs"
     configs.mkdir(parents=True, exist_ok=True)
-    for name, cfg in tower_configs(tokenizer_dir).items():
-        (configs / f"{name}.json").write_text(json.dumps(cfg))
-    (configs / "Test-Tiny-ViT.json").write_text(json.dumps(TINY_CFG))
+    for name, cfg in {**tower_configs(tokenizer_dir), "Test-Tiny-ViT": TINY_CFG}.items():
+        path = configs / f"{name}.json"
+        if not path.exists():  # spawned processes find them written (and must not read one half-rewritten)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(cfg))
+            os.replace(tmp, path)
     open_clip.add_model_config(configs)
     return dict(FAMILY_ARCHS)

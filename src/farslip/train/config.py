@@ -70,6 +70,7 @@ class ObjectiveSection:
     multi_positive: bool | None = None
     caption_regions: str | None = None
     attn: str | None = None
+    global_loss: str | None = None         # softmax | sigmoid (SigLIP); None: what the weights were trained with
     global_weight: float | None = None
     distill_weight: float | None = None
     region_weight: float | None = None

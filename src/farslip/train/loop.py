@@ -313,11 +313,19 @@ def optimisation_step(job: Job, batch: dict, lr: float, grad_clip: float | None)
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     restore_frozen_rows(model)
+    bound = logit_scale_bound(job)
     with torch.no_grad():
-        model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        model.logit_scale.clamp_(0, bound)
         if ema:
-            teacher.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+            teacher.logit_scale.clamp_(0, bound)
     return losses
+
+
+def logit_scale_bound(job: Job) -> float:
+    """The largest log logit scale: open_clip_train's log(100) with CLIP's softmax loss; none with SigLIP's sigmoid
+    loss, as SigLIP's own code has none (big_vision models/proj/image_text/two_towers.py: ``t = exp(t')``) -- a
+    pretrained SigLIP's scale may already be past 100, and the clamp would move it at the first step."""
+    return math.inf if job.objective.global_loss_for(job.model) == "sigmoid" else MAX_LOGIT_SCALE
 
 
 # -- logging, validation, checkpoints ----------------------------------------------------------------------------
@@ -406,6 +414,8 @@ def log_step(cfg: TrainConfig, ctx: distributed.Dist, job: Job, log: RunLog, pro
     samples_per_step = cfg.optim.batch_size * ctx.world
     entry = {"step": progress.step, "epoch": progress.step_epoch, "lr": lr,
              "logit_scale": job.model.logit_scale.exp().item(),
+             **({"logit_bias": job.model.logit_bias.item()} if getattr(job.model, "logit_bias", None) is not None
+                else {}),
              "samples_per_s": log.samples_per_s(progress.step, samples_per_step),
              **{k: v.item() for k, v in losses.items()}, "skipped": skipped}
     if ctx.world > 1:
