@@ -254,8 +254,9 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], arch: st
     ``assign``: the model's tensors become the checkpoint's (cast to the model's dtypes) instead of copies --
     for a model built on the meta device."""
     own = model.state_dict()
-    if "logit_scale" in state and state["logit_scale"].ndim != own["logit_scale"].ndim:
-        state = {**state, "logit_scale": state["logit_scale"].reshape(own["logit_scale"].shape)}
+    for name in ("logit_scale", "logit_bias"):  # scalar or one element (open_clip's nonscalar_logit_scale, FSDP)
+        if name in state and name in own and state[name].ndim != own[name].ndim and state[name].numel() == 1:
+            state = {**state, name: state[name].reshape(own[name].shape)}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     misshaped = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
@@ -324,10 +325,12 @@ def model_meta(model: nn.Module) -> dict[str, Any]:
             "quick_gelu": getattr(model, "farslip_quick_gelu", True), "context_length": int(model.context_length)}
 
 
-def save_model(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None = None):
-    """Write a self-describing checkpoint (``.safetensors`` or torch) that ``load_model(checkpoint=path)`` reads."""
+def save_model(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None = None,
+               state_dict: dict[str, torch.Tensor] | None = None):
+    """Write a self-describing checkpoint (``.safetensors`` or torch) that ``load_model(checkpoint=path)`` reads.
+    ``state_dict``: the weights to write, when the model's own are sharded (FSDP's gathered full state)."""
     model = getattr(model, "module", model)
-    return write_checkpoint(path, model.state_dict(), model_meta(model), extra)
+    return write_checkpoint(path, model.state_dict() if state_dict is None else state_dict, model_meta(model), extra)
 
 
 def weights_fingerprint(model: nn.Module) -> str:

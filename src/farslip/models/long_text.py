@@ -106,7 +106,8 @@ def freeze_leading_text_rows(model: nn.Module, keep: int = KEEP_ROWS) -> None:
     """
     param = text_tower(model).positional_embedding
     already = getattr(model, FROZEN_ATTR, None) is not None and getattr(param, "_farslip_masked", False)
-    setattr(model, FROZEN_ATTR, (keep, param.detach()[:keep].clone()))
+    values = param.detach().full_tensor() if _sharded(param) else param.detach()
+    setattr(model, FROZEN_ATTR, (keep, values[:keep].clone()))
     if already:
         return
 
@@ -125,6 +126,38 @@ def restore_frozen_rows(model: nn.Module) -> None:
     if frozen is None:
         return
     keep, values = frozen
+    pos = text_tower(model).positional_embedding
     with torch.no_grad():
-        pos = text_tower(model).positional_embedding
-        pos[:keep].copy_(values.to(pos))
+        if _sharded(pos):  # FSDP: rows live on several ranks
+            from torch.distributed.tensor import distribute_tensor
+
+            whole = pos.full_tensor()
+            whole[:keep] = values.to(whole)
+            pos.copy_(distribute_tensor(whole, pos.device_mesh, pos.placements))
+        else:
+            pos[:keep].copy_(values.to(pos))
+
+
+def mask_frozen_grads(model: nn.Module) -> None:
+    """Zero the gradient of the frozen rows where the gradient hook cannot (FSDP hands no hook its sharded
+    gradients). Call between backward and the optimiser step; a no-op without long text or gradients."""
+    frozen = getattr(model, FROZEN_ATTR, None)
+    pos = getattr(text_tower(model), "positional_embedding", None)
+    if frozen is None or pos is None or pos.grad is None:
+        return
+    keep = frozen[0]
+    with torch.no_grad():
+        if _sharded(pos.grad):
+            from torch.distributed.tensor import distribute_tensor
+
+            rows = torch.ones(pos.shape[0], 1, dtype=pos.grad.dtype, device=pos.grad.to_local().device)
+            rows[:keep] = 0
+            pos.grad.mul_(distribute_tensor(rows, pos.grad.device_mesh, pos.grad.placements))
+        else:
+            pos.grad[:keep] = 0
+
+
+def _sharded(t: torch.Tensor) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)

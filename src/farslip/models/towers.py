@@ -79,3 +79,16 @@ def text_tower(model: nn.Module) -> nn.Module:
     """The module that holds the text transformer's positions: the CLIP itself, or a CustomTextCLIP's ``text``."""
     text = getattr(model, "text", None)
     return text if isinstance(text, nn.Module) else model
+
+
+def fsdp_blocks(model: nn.Module) -> list[nn.Module]:
+    """The transformer blocks every forward calls whole (never reads their weights directly): the units FSDP
+    shards and gathers one at a time. The image trunk's blocks -- but a CLS tower's last one, which the dense path
+    takes apart (farslip.models.dense) -- and the text tower's blocks."""
+    visual = getattr(model, "visual", model)
+    family = tower_family(model)
+    blocks = list(visual.transformer.resblocks[:-1]) if family == "cls" else list(visual.trunk.blocks)
+    text = getattr(text_tower(model), "transformer", None)
+    if text is not None and hasattr(text, "resblocks"):
+        blocks += list(text.resblocks)
+    return blocks

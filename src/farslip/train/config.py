@@ -90,6 +90,8 @@ class OptimSection:
     grad_clip: float | None = None
     precision: str = "amp_bf16"            # fp32 | amp (fp16 + grad scaler) | amp_bf16
     compile: bool = False                  # torch.compile the step (measured: no gain in stage 1 on CPU, docs/)
+    fsdp: bool = False                     # FSDP2: shard model, gradients, optimiser; activation checkpointing; bf16
+                                           # blocks with amp_bf16; sharded checkpoints (train/sharding.py)
     max_steps: int | None = None           # stop early (tests, smoke runs); the schedule still spans the epochs
 
 

@@ -22,7 +22,7 @@ import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..core.errors import FarslipError
+from ..core.errors import FarslipError, UsageError
 from ..core.files import atomic_write
 from ..core.problems import append_problems
 from ..data.device_views import materialise
@@ -33,7 +33,8 @@ from ..models.precision import TRAINING_PRECISION, autocast_for
 from ..models.long_text import LONG_CONTEXT, extend_text_context, freeze_leading_text_rows, restore_frozen_rows
 from ..objectives import FarSLIPObjective, make_teacher, update_ema
 from ..core import distributed
-from .checkpoint import load_training_checkpoint, rank_state, rng_state, save_training_checkpoint, set_rng_state
+from . import sharding
+from .checkpoint import checkpoint_path, load_training_checkpoint, rank_state, rng_state, save_training_checkpoint, set_rng_state
 from .config import TrainConfig
 from .optim import build_optimizer, cosine_lr, set_lr
 from .rundir import RunStart, RunStartError, clear_run, plan_start, record_run
@@ -147,13 +148,18 @@ class Job:
     preprocess: Callable  # the model's evaluation transform, for validation
     total_steps: int
     last_step: int
+    sharded: bool = False  # optim.fsdp: FSDP2 units, sharded checkpoints (train/sharding.py)
 
 
 def build_job(cfg: TrainConfig, ctx: distributed.Dist, state: dict | None) -> Job:
     """Model, objective, teacher, data and optimiser, with the checkpoint's weights and optimiser state if resuming."""
     torch.manual_seed(cfg.run.seed + ctx.rank)
     model, preprocess, tokenizer = build_model(cfg, resuming=state is not None)
-    if state is not None:
+    sharded_state = state is not None and bool(state.get("sharded"))
+    if state is not None and sharded_state != cfg.optim.fsdp:
+        raise UsageError(f"the checkpoint was written {'with' if sharded_state else 'without'} optim.fsdp; resume "
+                           f"with optim.fsdp: {str(sharded_state).lower()}")
+    if state is not None and not sharded_state:
         model.load_state_dict(state["state_dict"])
         if model.context_length == LONG_CONTEXT:
             freeze_leading_text_rows(model)  # the frozen rows are the checkpoint's, not the fresh model's
@@ -162,19 +168,24 @@ def build_job(cfg: TrainConfig, ctx: distributed.Dist, state: dict | None) -> Jo
     teacher = make_teacher(model) if objective.needs_teacher else None
     loader = build_loader(cfg, model, tokenizer, ctx)
     o = cfg.optim
-    optimizer = build_optimizer(model, o.lr, o.weight_decay, (o.beta1, o.beta2), o.eps)
     mode = autocast_mode(o.precision)
+    step_module = wrap_step_module(TrainStep(model, objective), cfg, ctx, mode)  # FSDP shards before the optimiser
+    optimizer = build_optimizer(model, o.lr, o.weight_decay, (o.beta1, o.beta2), o.eps, fused=False if o.fsdp else None)
     scaler = torch.amp.GradScaler(ctx.device.type) if mode == "fp16" else None
-    if state is not None:
+    if sharded_state:
+        sharding.load(Path(state["sharded"]), model, optimizer)
+    elif state is not None:
         if teacher is not None and state.get("teacher"):
             teacher.load_state_dict(state["teacher"])
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
+    if o.fsdp and model.context_length == LONG_CONTEXT:
+        freeze_leading_text_rows(model)  # the sharded parameter is a new one (and holds the checkpoint's rows)
     total_steps = loader.steps_per_epoch * o.epochs
-    return Job(model, objective, teacher, wrap_step_module(TrainStep(model, objective), cfg, ctx), optimizer, scaler,
+    return Job(model, objective, teacher, step_module, optimizer, scaler,
                lambda: autocast_for(ctx.device, mode, training=True), loader, tokenizer, preprocess, total_steps,
-               min(total_steps, o.max_steps) if o.max_steps else total_steps)
+               min(total_steps, o.max_steps) if o.max_steps else total_steps, sharded=o.fsdp)
 
 
 class TrainStep(nn.Module):
@@ -188,8 +199,11 @@ class TrainStep(nn.Module):
         return self.objective(self.model, batch, teacher=teacher)
 
 
-def wrap_step_module(step: TrainStep, cfg: TrainConfig, ctx: distributed.Dist) -> nn.Module:
-    if ctx.world > 1:
+def wrap_step_module(step: TrainStep, cfg: TrainConfig, ctx: distributed.Dist, mode: str) -> nn.Module:
+    if cfg.optim.fsdp:
+        sharding.check_settings(mode, step.objective.target)
+        step = sharding.shard(step, step.model, ctx.device, mode)
+    elif ctx.world > 1:
         step = nn.parallel.DistributedDataParallel(
             step, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     if cfg.optim.compile:  # compiles the forward (model + objective); checkpoints still hold the plain model
@@ -300,6 +314,8 @@ def optimisation_step(job: Job, batch: dict, lr: float, grad_clip: float | None)
     with job.autocast():
         losses = job.step_module(batch, teacher)
     (scaler.scale(losses["total"]) if scaler else losses["total"]).backward()
+    if job.sharded:
+        sharding.after_backward(model)
     if ema:
         update_ema(teacher, model, job.objective.ema_momentum)  # official order: before the optimiser step
     if scaler:
@@ -413,9 +429,9 @@ def log_step(cfg: TrainConfig, ctx: distributed.Dist, job: Job, log: RunLog, pro
     skipped = sum(r["skipped"] for r in ranks)
     samples_per_step = cfg.optim.batch_size * ctx.world
     entry = {"step": progress.step, "epoch": progress.step_epoch, "lr": lr,
-             "logit_scale": job.model.logit_scale.exp().item(),
-             **({"logit_bias": job.model.logit_bias.item()} if getattr(job.model, "logit_bias", None) is not None
-                else {}),
+             "logit_scale": sharding.full(job.model.logit_scale).exp().item(),
+             **({"logit_bias": sharding.full(job.model.logit_bias).item()}
+                if getattr(job.model, "logit_bias", None) is not None else {}),
              "samples_per_s": log.samples_per_s(progress.step, samples_per_step),
              **{k: v.item() for k, v in losses.items()}, "skipped": skipped}
     if ctx.world > 1:
@@ -441,7 +457,8 @@ def run_validation(validate: Validator, job: Job, ctx: distributed.Dist, log: Ru
     the features -- has all of them in its collectives, and one that does not simply computes the same metrics on
     each. Rank 0 logs them. Validation draws no training randomness (forked RNG)."""
     job.model.eval()
-    with torch.no_grad(), torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
+    with torch.no_grad(), torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []), \
+            sharding.gathered(job.step_module, job.sharded):
         metrics = validate(job.model, job.tokenizer, job.preprocess, step)
     job.model.train()
     log.step({"step": step, **{f"val/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}})
@@ -452,10 +469,12 @@ def save_checkpoint(cfg: TrainConfig, ctx: distributed.Dist, job: Job, log: RunL
     """``step_N.pt`` with every rank's own state (gathered: all ranks call this at the same step)."""
     log.write_skipped()  # a resume from here keeps exactly the skipped records up to here
     ranks = distributed.gather(progress.own())
+    path = checkpoint_path(Path(cfg.run.out), progress.step)
+    shards = sharding.save(path.with_suffix(".dcp"), job.model, job.optimizer) if job.sharded else None
     if ctx.is_main:
         save_training_checkpoint(Path(cfg.run.out), job.model, optimizer=job.optimizer, scaler=job.scaler,
                                  teacher=job.teacher, progress=progress.shared(), ranks=ranks, run_id=run_id,
-                                 config=cfg.to_dict(), keep_last=cfg.run.keep_last)
+                                 config=cfg.to_dict(), keep_last=cfg.run.keep_last, sharded=shards)
 
 
 def save_on_interrupt(cfg, ctx, job, log, progress, run_id) -> None:
@@ -514,8 +533,9 @@ def finish_run(cfg: TrainConfig, ctx: distributed.Dist, job: Job, log: RunLog, p
     skipped, notes = sum(r[0] for r in ranks), sum(r[1] for r in ranks)
     summary = {"steps": progress.step, "skipped_records": skipped, "object_fixes": notes,
                "final_model": str(run_dir / "final.pt")}
+    state = sharding.full_state_dict(job.model) if job.sharded else None  # gathered by every rank
     if ctx.is_main:
-        save_model(job.model, run_dir / "final.pt")
+        save_model(job.model, run_dir / "final.pt", state_dict=state)
         atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2))
         if skipped or notes:
             print(f"[farslip] skipped {skipped} unusable records and fixed or dropped {notes} objects; details in "
