@@ -194,6 +194,8 @@ def load_model(arch: str | None = None, checkpoint: str | os.PathLike | None = N
     ctx = context_length or facts.get("context_length")
     image_size = facts.get("image_size")
     cfg = open_clip.get_model_config(arch)
+    # Before the model is built: a tokenizer that cannot be had is a one-line error, not one after a long load.
+    tokenizer = get_tokenizer(arch, ctx or cfg.get("text_cfg", {}).get("context_length"))
     if image_size == cfg["vision_cfg"].get("image_size"):
         image_size = None
 
@@ -219,8 +221,21 @@ def load_model(arch: str | None = None, checkpoint: str | os.PathLike | None = N
     model.farslip_quick_gelu = quick_gelu
     model.farslip_name = entry.name if entry is not None else None
     model = _set_precision(model.to(device), precision)
-    tokenizer = open_clip.get_tokenizer(arch, context_length=model.context_length)
     return model, preprocess_train, preprocess_eval, tokenizer
+
+
+def get_tokenizer(arch: str, context_length: int | None = None):
+    """open_clip's tokenizer for ``arch``. SigLIP's and SigLIP 2's come from the Hugging Face Hub (``transformers``,
+    kept in the Hugging Face cache after the first download): one that is neither cached nor reachable is a
+    one-line error."""
+    try:
+        return open_clip.get_tokenizer(arch, context_length=context_length)
+    except OSError as exc:
+        name = ((open_clip.get_model_config(arch) or {}).get("text_cfg") or {}).get("hf_tokenizer_name") or arch
+        raise UsageError(f"{arch}'s tokenizer {name} is on the Hugging Face Hub and could not be fetched "
+                         f"({str(exc).splitlines()[0]}); run once with network access (it is then kept in the "
+                         "Hugging Face cache, HF_HOME / HF_HUB_CACHE), or point HF_HUB_CACHE at a cache that "
+                         "holds it") from None
 
 
 @contextlib.contextmanager

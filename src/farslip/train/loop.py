@@ -28,7 +28,7 @@ from ..core.problems import append_problems
 from ..data.device_views import materialise
 from ..data.loader import LoaderConfig, TrainLoader
 from ..data.views import ViewConfig
-from ..models.loading import load_model, save_model
+from ..models.loading import get_tokenizer, load_model, save_model
 from ..models.precision import TRAINING_PRECISION, autocast_for
 from ..models.long_text import LONG_CONTEXT, extend_text_context, freeze_leading_text_rows, restore_frozen_rows
 from ..objectives import FarSLIPObjective, make_teacher, update_ema
@@ -226,9 +226,7 @@ def build_model(cfg: TrainConfig, resuming: bool):
                                                       context_length=LONG_CONTEXT if (m.long_text and resuming) else None)
     if m.long_text and model.context_length != LONG_CONTEXT:
         extend_text_context(model, LONG_CONTEXT)
-        import open_clip
-
-        tokenizer = open_clip.get_tokenizer(model.farslip_arch, context_length=LONG_CONTEXT)
+        tokenizer = get_tokenizer(model.farslip_arch, LONG_CONTEXT)
     if m.grad_checkpointing:
         model.set_grad_checkpointing(True)
     return model, preprocess_eval, tokenizer
