@@ -66,7 +66,7 @@ def child_fsdp_memory(p: dict) -> None:
     elif ctx.world > 1:
         step = nn.parallel.DistributedDataParallel(step, device_ids=[ctx.device.index] if ctx.device.type == "cuda"
                                                    else None)
-    optimizer = build_optimizer(model, 1e-6, 1.0, fused=False if p["mode"] == "fsdp" else None)
+    optimizer = build_optimizer(model, 1e-6, 1.0)
     cuda = ctx.device.type == "cuda"
     times, sizes, loss, oom = [], {}, None, False
     try:

@@ -52,8 +52,8 @@ def tower_family(model: nn.Module) -> str:
     kind = type(getattr(visual, "trunk", visual)).__name__
     raise DenseFeaturesError(f"dense features need a ViT whose embedding is a CLS token (open_clip ViT) or an "
                              f"attention-pooling head (SigLIP, SigLIP 2, PE-Core); this model's image encoder is a "
-                             f"{kind} (segmentation and OVSS need one of those; classification and search work with "
-                             "any)")
+                             f"{kind} (segmentation and OVSS need a ViT model of one of those kinds; classification "
+                             "and search work with any)")
 
 
 def patch_size(model: nn.Module) -> int:

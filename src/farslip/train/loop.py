@@ -34,7 +34,8 @@ from ..models.long_text import LONG_CONTEXT, extend_text_context, freeze_leading
 from ..objectives import FarSLIPObjective, make_teacher, update_ema
 from ..core import distributed
 from . import sharding
-from .checkpoint import checkpoint_path, load_training_checkpoint, rank_state, rng_state, save_training_checkpoint, set_rng_state
+from .checkpoint import (checkpoint_path, load_training_checkpoint, rank_state, rng_state, save_training_checkpoint,
+                         set_rng_state)
 from .config import TrainConfig
 from .optim import build_optimizer, cosine_lr, set_lr
 from .rundir import RunStart, RunStartError, clear_run, plan_start, record_run
@@ -170,7 +171,7 @@ def build_job(cfg: TrainConfig, ctx: distributed.Dist, state: dict | None) -> Jo
     o = cfg.optim
     mode = autocast_mode(o.precision)
     step_module = wrap_step_module(TrainStep(model, objective), cfg, ctx, mode)  # FSDP shards before the optimiser
-    optimizer = build_optimizer(model, o.lr, o.weight_decay, (o.beta1, o.beta2), o.eps, fused=False if o.fsdp else None)
+    optimizer = build_optimizer(model, o.lr, o.weight_decay, (o.beta1, o.beta2), o.eps)
     scaler = torch.amp.GradScaler(ctx.device.type) if mode == "fp16" else None
     if sharded_state:
         sharding.load(Path(state["sharded"]), model, optimizer)
