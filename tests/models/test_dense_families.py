@@ -70,7 +70,8 @@ def test_map_tower_tokens_match_reference(tiny_towers, family, attn):
 
 def test_latent_weights_over_maskclip_tokens_give_the_pooled_embedding(tiny_towers):
     """SigLIP 2 (no CLS token, no projection after the head): the head's output is ``y + mlp(norm(y))`` with ``y``
-    the latent's attention-weighted sum of the ``maskclip`` tokens -- the readout is affine, so exactly."""
+    the readout of the latent's attention-weighted values (the surgery CLS row); the readout is affine, so one
+    head's weights over the ``maskclip`` tokens equal the readout of its weighted values."""
     model = _load(tiny_towers, "siglip2")
     trunk, images = model.visual.trunk, torch.randn(3, 3, 32, 32)
     pool = trunk.attn_pool

@@ -14,8 +14,8 @@ The attention variants (``segearth``: (A_q + A_k + A_v) v, ``sclip``: (A_q + A_k
   (``fc_norm``, the classifier ``head``, open_clip's projection). This is TextRegion's readout of SigLIP 2 and PE
   region tokens (avaxiao/TextRegion, TextRegionSegmenter.py, ``siglip_value_with_sam2_attn`` /
   ``pe_value_with_sam2_attn``): value projection, output projection, no MLP; docs/models.md says why.
-  Without the MLP the readout is affine, so the latent's attention weights over the ``maskclip`` tokens give back
-  the head's output before its MLP exactly (tests/models/test_dense_families.py holds it).
+  Without the MLP the readout is affine and commutes with the head's weighted sums: the pooled embedding is the
+  readout of the latent's weighted values plus the MLP's residual (tests/models/test_dense_families.py).
 
 The trunk runs once for every row; the pooled embedding (the ordinary head) and the dense tokens (the modified
 one) then cost one head each, only on the rows that need them.
