@@ -23,7 +23,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import emit, machine_info, median, peak_rss_mib, run_measured, set_threads  # noqa: E402
+from common import emit, load_snapshot, machine_info, median, peak_rss_mib, run_measured, set_threads  # noqa: E402
 
 
 def _bytes(tensors) -> int:
@@ -103,8 +103,9 @@ def child_fsdp_memory(p: dict) -> None:
 CHILDREN = {"fsdp_memory": child_fsdp_memory}
 
 
-def run(cfg: dict, log) -> dict:
-    """Every ``mode:ranks`` of ``cfg["fsdp_runs"]`` in fresh processes."""
+def run(cfg: dict, log, save=None) -> dict:
+    """Every ``mode:ranks`` of ``cfg["fsdp_runs"]`` in fresh processes; ``save(results)`` after each (a later run
+    killed for memory keeps the earlier figures)."""
     out = {}
     for spec in cfg["fsdp_runs"]:
         mode, world = spec.split(":")
@@ -115,7 +116,14 @@ def run(cfg: dict, log) -> dict:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}",
                    *cmd[1:]]
         t = time.time()
-        r = run_measured(cmd, params["threads"], parse_result=True)
+        try:
+            r = run_measured(cmd, params["threads"], parse_result=True)
+        except RuntimeError as exc:  # e.g. killed by the kernel for memory: that is the figure
+            out[spec] = {"failed": str(exc).splitlines()[0], "seconds": round(time.time() - t)}
+            log(f"[fsdp] {cfg['fsdp_arch']} {spec}: failed ({out[spec]['failed']})")
+            if save:
+                save(out)
+            continue
         out[spec] = r
         steps = [x["step_s"] for x in r["ranks"] if x["step_s"] is not None]
         r["step_s"] = median(steps) if steps else None
@@ -123,6 +131,8 @@ def run(cfg: dict, log) -> dict:
         log(f"[fsdp] {cfg['fsdp_arch']} {spec}: peak {r['peak_mib_max']:.0f} MiB per rank"
             + (", out of memory" if r["out_of_memory"] else f", step {r['step_s']:.2f} s")
             + f" ({time.time() - t:.0f} s)")
+        if save:
+            save(out)
     return out
 
 
@@ -139,11 +149,15 @@ def main(argv=None) -> int:
     cfg = {"fsdp_arch": args.arch, "fsdp_batch": args.batch, "fsdp_steps": args.steps, "views": 4,
            "fsdp_runs": args.runs.split(","), "device": args.device, "threads": args.threads}
     t0 = time.time()
-    res = {"machine": machine_info(args.device), "config": cfg, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-           "runs": run(cfg, lambda m: print(f"[{time.time() - t0:6.0f}s] {m}", flush=True))}
-    res["total_seconds"] = round(time.time() - t0, 1)
     out = Path(args.out) if args.out else HERE / "results" / f"{args.device}-fsdp-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(res, indent=1, default=str))
+    res = {"machine": machine_info(args.device), "config": cfg, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+           "load_before": load_snapshot()}
+
+    def save(runs: dict) -> None:
+        out.write_text(json.dumps({**res, "runs": runs, "seconds": round(time.time() - t0, 1)}, indent=1,
+                                  default=str))
+
+    run(cfg, lambda m: print(f"[{time.time() - t0:6.0f}s] {m}", flush=True), save)
     print(f"results in {out}")
     return 0
 

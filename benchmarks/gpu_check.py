@@ -180,8 +180,9 @@ def summarise(res: dict, cfg: dict) -> dict:
     s = res["segment"]
     out["segment"] = {"arch": s["arch"], **{f"{k}px": {"mpx_per_s": v["mpx_per_s"], "peak_rss_mib": v["peak_rss_mib"]}
                                             for k, v in s["runs"].items()}}
-    out["fsdp"] = {spec: {"arch": cfg["fsdp_arch"], "batch": cfg["fsdp_batch"], "peak_memory_mib": r["peak_mib_max"],
-                          "step_s": r["step_s"], "out_of_memory": r["out_of_memory"]}
+    out["fsdp"] = {spec: {"arch": cfg["fsdp_arch"], "batch": cfg["fsdp_batch"],
+                          "peak_memory_mib": r.get("peak_mib_max"), "step_s": r.get("step_s"),
+                          "out_of_memory": r.get("out_of_memory"), "failed": r.get("failed")}
                    for spec, r in res["fsdp"].items()}
     return out
 
