@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """One prepared GPU check (``benchmarks/gpu.sh``): the figures users pay for, in one JSON file.
 
-    python benchmarks/gpu_check.py --out gpu.json          # on a CUDA machine (sized for 6-7 min on one H100/H200)
+    python benchmarks/gpu_check.py --out gpu.json          # on a CUDA machine (sized for 7-8 min on one H100/H200)
     python benchmarks/gpu_check.py --cpu --tiny --out x.json   # the CPU fallback at a tiny size (the test suite)
 
 Parts (each reuses the benchmark modules beside this file):
