@@ -148,3 +148,29 @@ def test_two_ranks_sharded_resume_is_exact(tmp_path):
     a = torch.load(full / "final.pt", weights_only=True)["state_dict"]
     b = torch.load(part / "final.pt", weights_only=True)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("change,fragment", [({"precision": "amp"}, "amp_bf16"),
+                                             ({"compile": True}, "optim.compile"),
+                                             ({}, "objective.target='ema'")])
+def test_what_sharding_cannot_do_is_one_line(tmp_path, change, fragment):
+    from farslip.core.errors import UsageError
+
+    over = tiny_overrides(tmp_path, 1, steps=1)
+    over["optim"].update({"fsdp": True, "precision": "fp32", **change})
+    if not change:
+        over["objective"] = {"target": "ema"}
+    with pytest.raises(UsageError) as err:
+        train(load_config(REPO / "configs" / "stage1_vitb16_rs5m.yaml", over))
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_checkpoint_resumes_only_with_its_own_fsdp_setting(tmp_path):
+    from farslip.core.errors import UsageError
+
+    over = tiny_overrides(tmp_path, 1, steps=1)
+    over["optim"].update(precision="fp32")
+    train(load_config(REPO / "configs" / "stage1_vitb16_rs5m.yaml", over))
+    over["optim"].update(fsdp=True, max_steps=2)
+    with pytest.raises(UsageError, match="written without optim.fsdp; resume with optim.fsdp: false"):
+        train(load_config(REPO / "configs" / "stage1_vitb16_rs5m.yaml", over), resume="auto")

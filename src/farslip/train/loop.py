@@ -202,7 +202,7 @@ class TrainStep(nn.Module):
 
 def wrap_step_module(step: TrainStep, cfg: TrainConfig, ctx: distributed.Dist, mode: str) -> nn.Module:
     if cfg.optim.fsdp:
-        sharding.check_settings(mode, step.objective.target)
+        sharding.check_settings(mode, step.objective.target, cfg.optim.compile)
         step = sharding.shard(step, step.model, ctx.device, mode)
     elif ctx.world > 1:
         step = nn.parallel.DistributedDataParallel(

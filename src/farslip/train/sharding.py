@@ -36,8 +36,10 @@ from ..models.towers import fsdp_blocks
 SCALARS = ("logit_scale", "logit_bias")
 
 
-def check_settings(precision_mode: str, target: str) -> None:
-    """Refuse, in one line each, what sharding cannot do."""
+def check_settings(precision_mode: str, target: str, compile_step: bool = False) -> None:
+    """Refuse, in one line each, what sharding cannot do (here)."""
+    if compile_step:
+        raise UsageError("optim.fsdp with optim.compile is not supported: compile one or shard, not both")
     if precision_mode == "fp16":
         raise UsageError("optim.fsdp: float16 autocast with a gradient scaler is not supported with FSDP; use "
                          "optim.precision: amp_bf16 (or fp32)")
