@@ -159,7 +159,7 @@ def build_job(cfg: TrainConfig, ctx: distributed.Dist, state: dict | None) -> Jo
     sharded_state = state is not None and bool(state.get("sharded"))
     if state is not None and sharded_state != cfg.optim.fsdp:
         raise UsageError(f"the checkpoint was written {'with' if sharded_state else 'without'} optim.fsdp; resume "
-                           f"with optim.fsdp: {str(sharded_state).lower()}")
+                         f"with optim.fsdp: {str(sharded_state).lower()}")
     if state is not None and not sharded_state:
         model.load_state_dict(state["state_dict"])
         if model.context_length == LONG_CONTEXT:
