@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # One prepared GPU check: training step (stage 1 and 2, ViT-B-16, batch 40, bf16 and fp16: samples/s, peak memory,
 # MFU), end-to-end training throughput with 8 loader workers against the official data flow, OVSS windows batched
-# against one at a time, segment Mpx/s on a large raster -- one JSON file. Sized for 6-7 minutes on one H100/H200
-# (estimated from the parts' sizes: not yet timed on a GPU); it must finish within 8.
+# against one at a time, segment Mpx/s on a large raster, peak memory per rank of a ViT-L/14 step at batch 40 with
+# and without optim.fsdp -- one JSON file. Sized for 7-8 minutes on one H100/H200 (estimated from the parts' sizes:
+# not yet timed on a GPU; the ViT-L/14 part about one minute of it); it must finish within 8 (--only fsdp runs the
+# ViT-L/14 part alone).
 #
 #   benchmarks/gpu.sh                      # on a CUDA machine -> benchmarks/results/gpu-check-<time>.json
 #   benchmarks/gpu.sh --out /tmp/gpu.json

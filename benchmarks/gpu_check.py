@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """One prepared GPU check (``benchmarks/gpu.sh``): the figures users pay for, in one JSON file.
 
-    python benchmarks/gpu_check.py --out gpu.json          # on a CUDA machine (sized for 6-7 min on one H100/H200)
+    python benchmarks/gpu_check.py --out gpu.json          # on a CUDA machine (sized for 7-8 min on one H100/H200)
     python benchmarks/gpu_check.py --cpu --tiny --out x.json   # the CPU fallback at a tiny size (the test suite)
 
 Parts (each reuses the benchmark modules beside this file):
@@ -14,7 +14,10 @@ Parts (each reuses the benchmark modules beside this file):
   data flow (PIL crops and resizes in the workers, the reference step) against farslip's (one decode, tensor
   resizes, its step) and farslip's with ``data.views_on_device`` (workers only decode);
 * ``ovss``: sliding windows batched against one window at a time (bench_ovss; masks compared);
-* ``segment``: ``farslip segment`` Mpx/s on a large raster (bench_segment).
+* ``segment``: ``farslip segment`` Mpx/s on a large raster (bench_segment);
+* ``fsdp``: peak memory per rank and step time of a ViT-L/14 stage-1 step at batch 40 (amp_bf16), the trainer as
+  it is (``plain``) and with ``optim.fsdp`` on one GPU (activation checkpointing and bf16 block weights; sharding
+  itself needs several GPUs) (bench_fsdp; an out-of-memory is recorded as such).
 
 The goals the figures are read against (docs/performance.md): end-to-end >= 2x the official data flow, step >=
 1.5x at no more memory, >= 40% MFU in bf16, OVSS >= 5x the one-window loop.
@@ -48,6 +51,8 @@ def config(cpu: bool, tiny: bool) -> dict:
         "ovss_arch": "FarSLIP-Tiny" if tiny else "ViT-B-16", "ovss_images": 1 if tiny else 16,
         "ovss_repeats": 1 if tiny else 3,
         "segment_arch": "FarSLIP-Tiny" if tiny else "ViT-B-16", "segment_sizes": [256 if tiny else 8000],
+        "fsdp_arch": "FarSLIP-Tiny" if tiny else "ViT-L-14", "fsdp_batch": 2 if tiny else 40,
+        "fsdp_steps": 1 if tiny else 2, "fsdp_runs": ["plain:1", "fsdp:1"],
     }
 
 
@@ -175,6 +180,10 @@ def summarise(res: dict, cfg: dict) -> dict:
     s = res["segment"]
     out["segment"] = {"arch": s["arch"], **{f"{k}px": {"mpx_per_s": v["mpx_per_s"], "peak_rss_mib": v["peak_rss_mib"]}
                                             for k, v in s["runs"].items()}}
+    out["fsdp"] = {spec: {"arch": cfg["fsdp_arch"], "batch": cfg["fsdp_batch"],
+                          "peak_memory_mib": r.get("peak_mib_max"), "step_s": r.get("step_s"),
+                          "out_of_memory": r.get("out_of_memory"), "failed": r.get("failed")}
+                   for spec, r in res["fsdp"].items()}
     return out
 
 
@@ -183,7 +192,7 @@ def main(argv=None) -> int:
     p.add_argument("--cpu", action="store_true", help="run on the CPU (the fallback; figures are not GPU figures)")
     p.add_argument("--tiny", action="store_true", help="tiny model and sizes (checks that everything runs)")
     p.add_argument("--out", default=None, help="JSON file (default benchmarks/results/gpu-check-<time>.json)")
-    p.add_argument("--only", default=None, help="comma list of parts: train_step, end_to_end, ovss, segment")
+    p.add_argument("--only", default=None, help="comma list of parts: train_step, end_to_end, ovss, segment, fsdp")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--params", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -192,6 +201,7 @@ def main(argv=None) -> int:
 
         if not torch.cuda.is_available():
             p.error("no CUDA device here: run on a GPU machine, or pass --cpu for the CPU fallback")
+    import bench_fsdp
     import bench_ovss
     import bench_segment
     import bench_train
@@ -204,7 +214,7 @@ def main(argv=None) -> int:
         print(f"[{time.time() - t0:6.0f}s] {msg}", flush=True)
 
     runners = {"train_step": bench_train.run, "end_to_end": run_end_to_end, "ovss": bench_ovss.run,
-               "segment": bench_segment.run}
+               "segment": bench_segment.run, "fsdp": bench_fsdp.run}
     parts = list(runners) if not args.only else [x.strip() for x in args.only.split(",")]
     res = {"machine": machine_info(cfg["device"]), "config": {k: v for k, v in cfg.items()},
            "command": " ".join(["benchmarks/gpu_check.py"] + (argv if argv is not None else sys.argv[1:])),

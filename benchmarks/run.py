@@ -183,6 +183,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.child:
         import bench_data
+        import bench_fsdp
         import bench_maps
         import bench_ovss
         import bench_ray
@@ -193,7 +194,7 @@ def main(argv=None) -> int:
 
         children = {**bench_train.CHILDREN, **gpu_check.CHILDREN, **bench_data.CHILDREN, **bench_ovss.CHILDREN,
                     **bench_retrieval.CHILDREN, **bench_segment.CHILDREN, **bench_maps.CHILDREN,
-                    **bench_ray.CHILDREN}
+                    **bench_ray.CHILDREN, **bench_fsdp.CHILDREN}
         children[args.child](json.loads(args.params))
         return 0
 

@@ -9,14 +9,7 @@ import torch
 
 torch.set_num_threads(2)
 
-# A ViT small enough for CPU tests but with every structural feature of ViT-B (CLS token, ln_pre/ln_post,
-# projections, multi-head attention). 32 px / patch 8 -> a 4 x 4 grid.
-TINY_CFG = {
-    "embed_dim": 32,
-    "quick_gelu": True,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 16, "patch_size": 8},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
-}
+from support.towers import TINY_CFG  # noqa: E402 (re-exported: tests import it from conftest)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -35,3 +28,14 @@ def tiny_model(tiny_arch):
     torch.manual_seed(0)
     model, _, preprocess, tokenizer = farslip.load_model(tiny_arch)
     return model, preprocess, tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_towers(tmp_path_factory, tiny_arch):
+    """Every tower family in small (tests/support/towers.py): family -> registered architecture name, plus the
+    folder a spawned process hands to ``register_tiny_towers``."""
+    from support.towers import register_tiny_towers
+
+    folder = tmp_path_factory.mktemp("towers")
+    archs = register_tiny_towers(folder)
+    return {**archs, "_folder": str(folder)}

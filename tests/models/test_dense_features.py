@@ -88,3 +88,16 @@ def test_unknown_variant_is_rejected(tiny_model):
     model, _, _ = tiny_model
     with pytest.raises(ValueError, match="segearth"):
         farslip.dense_features(model, torch.randn(1, 3, 32, 32), attn="bogus")
+
+
+@pytest.mark.parametrize("attn", ATTENTION_VARIANTS)
+def test_large_openai_style_tower_matches_reference(tiny_towers, attn):
+    """Patch 14 and heads 20 wide (the OpenAI L/14 and H/14 shapes, tests/support/towers.py), at a size it was not
+    built for: 5 x 6 patches where it was built for 4 x 4."""
+    torch.manual_seed(0)
+    model = farslip.load_model(tiny_towers["vit-l14"])[0].eval()
+    images = torch.randn(2, 3, 70, 84)
+    with torch.no_grad():
+        tokens, _ = farslip.dense_features(model, images, attn=attn)
+        assert tokens.shape == (2, 5, 6, 40)
+        torch.testing.assert_close(tokens, _reference_dense(model, images, attn), atol=1e-5, rtol=1e-5)

@@ -164,3 +164,19 @@ def test_the_real_command_exits_2_with_one_line(files, argv, fragment):
     assert proc.returncode == 2, proc.stderr
     assert len(lines) == 1 and lines[0].startswith("farslip: error: ") and fragment in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_hub_tokenizer_out_of_reach_is_one_line(capsys, files, monkeypatch):
+    """SigLIP 2's tokenizer comes from the Hugging Face Hub: offline and not cached, one line that says so -- before
+    the weights are fetched or the model built."""
+    import numpy as np
+    from huggingface_hub import constants
+    from PIL import Image
+
+    for name, value in (("HF_HUB_OFFLINE", True), ("HF_HUB_CACHE", str(files / "empty-cache"))):
+        monkeypatch.setattr(constants, name, value)
+        monkeypatch.setenv(name, "1" if value is True else value)
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(files / "scene.png")
+    outcome = run_cli(capsys, "classify", files / "scene.png", "--checkpoint", "webli", "--model",
+                      "ViT-B-16-SigLIP2", "--classes", "a", "b")
+    _one_error_line(outcome, ["timm/ViT-B-16-SigLIP2", "Hugging Face cache"], files)

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..models.precision import Amp, model_device, model_dtype
+from ..models.towers import joint_dim
 from .images import model_input_size
 from .protocols import OVSSProtocol
 from .simfeatup import load_simfeatup
@@ -41,7 +42,7 @@ def protocol_runtime(model: nn.Module, protocol: OVSSProtocol, amp: Amp = None) 
     run_model = half_model(model) if half else model
     upsampler = None
     if protocol.simfeatup:
-        upsampler = load_simfeatup(protocol.simfeatup, feat_dim=model.text_projection.shape[-1]).to(device)
+        upsampler = load_simfeatup(protocol.simfeatup, feat_dim=joint_dim(model)).to(device)
         if half and device.type == "cuda":
             upsampler = upsampler.half()
     return ProtocolRuntime(run_model, torch.float16 if half else torch.float32,

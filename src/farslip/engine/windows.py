@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import dense_features
+from ..models.towers import patch_size
 from ..models.precision import Amp, autocast_for, model_device, model_dtype
 from .simfeatup import UPSAMPLING
 
@@ -46,15 +47,6 @@ def pad_to_patch(h: int, w: int, patch: int) -> tuple[int, int, int, int]:
         tb = patch - h % patch
         t, b = tb // 2, tb - tb // 2
     return l, r, t, b
-
-
-def _patch_size(model: nn.Module) -> int:
-    ps = getattr(model.visual, "patch_size", None)
-    if isinstance(ps, (tuple, list)):
-        return int(ps[0])
-    if ps is None:
-        return int(model.visual.conv1.kernel_size[0])
-    return int(ps)
 
 
 @torch.no_grad()
@@ -121,7 +113,7 @@ def default_window_batch(model: nn.Module, crop: int = 224) -> int:
     """Windows per encoder call: 64 on an accelerator; on the CPU about ``CPU_ROWS_PER_CALL`` token rows."""
     if model_device(model).type != "cpu":
         return DEVICE_WINDOW_BATCH
-    tokens = (crop // _patch_size(model)) ** 2 + 1
+    tokens = (crop // patch_size(model)) ** 2 + 1
     return max(1, CPU_ROWS_PER_CALL // tokens)
 
 
@@ -143,7 +135,7 @@ def sliding_window_logits(model: nn.Module, images: Sequence[torch.Tensor], quer
     """
     device = model_device(model)
     window_batch_size = window_batch_size or default_window_batch(model, crop)
-    patch = _patch_size(model)
+    patch = patch_size(model)
     Q = query_features.shape[0]
     jobs: dict[tuple[int, int], list] = {}
     sums, counts = [], []

@@ -97,10 +97,31 @@ def _read_torch_pickle(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
     meta = obj.get(META_KEY) or {}
+    if obj.get("sharded"):  # a sharded training checkpoint (FSDP): the weights are in the folder it names
+        return read_sharded_model(path.parent / obj["sharded"]), meta
     for wrapper in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj.get(wrapper), dict):
             return obj[wrapper], meta
     return obj, meta
+
+
+def read_sharded_model(folder: Path) -> dict[str, torch.Tensor]:
+    """The whole model state of a ``torch.distributed.checkpoint`` folder written by sharded training
+    (farslip.train.sharding), read in this one process, without a process group."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    if not Path(folder).is_dir():
+        raise CheckpointError(f"{folder}: the sharded model this checkpoint names is missing")
+    reader = dcp.FileSystemReader(str(folder))
+    shapes = reader.read_metadata().state_dict_metadata
+    model = {k[len("model."):]: torch.empty(m.size, dtype=m.properties.dtype) for k, m in shapes.items()
+             if k.startswith("model.") and isinstance(m, TensorStorageMetadata)}
+    state = {"model": model}
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.load(state, storage_reader=reader, no_dist=True)
+    return state["model"]
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -139,7 +139,9 @@ def export_onnx(model: nn.Module, out_dir: str | os.PathLike, *, image_size: int
     if attn not in ATTENTION_VARIANTS:
         raise ExportError(f"attn must be one of {ATTENTION_VARIANTS}, got {attn!r}")
     if not hasattr(model.visual, "conv1") or not hasattr(model.visual, "class_embedding"):
-        raise ExportError("ONNX export of the dense tower needs a ViT image encoder")
+        raise ExportError("ONNX export of the dense tower supports open_clip's own ViTs (CLS token); this model's "
+                          f"image encoder is a {type(model.visual).__name__} (SigLIP and PE-Core towers: export with "
+                          "--format open_clip-hub)")
     model = model.float().eval()
     size = image_size or _input_size(model)
     patch = model.visual.conv1.kernel_size[0]

@@ -27,6 +27,7 @@ from .checkpoint_io import CheckpointError, is_torchscript_archive, read_checkpo
 from .hub import fetch_weights
 from .long_text import KEEP_ROWS, LONG_CONTEXT, fold_long_text_state, freeze_leading_text_rows
 from .registry import find_entry
+from .towers import text_tower
 
 _CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
 _registered_dir: Path | None = None
@@ -193,6 +194,8 @@ def load_model(arch: str | None = None, checkpoint: str | os.PathLike | None = N
     ctx = context_length or facts.get("context_length")
     image_size = facts.get("image_size")
     cfg = open_clip.get_model_config(arch)
+    # Before the model is built: a tokenizer that cannot be had is a one-line error, not one after a long load.
+    tokenizer = get_tokenizer(arch, ctx or cfg.get("text_cfg", {}).get("context_length"))
     if image_size == cfg["vision_cfg"].get("image_size"):
         image_size = None
 
@@ -212,14 +215,27 @@ def load_model(arch: str | None = None, checkpoint: str | os.PathLike | None = N
         if not _materialize_masks(model):  # an architecture with other non-persistent state: build it for real
             model, preprocess_train, preprocess_eval = create("cpu")
             load_state_strict(model, state, arch, source=str(checkpoint))
-    if model.positional_embedding.shape[0] == LONG_CONTEXT:
+    if getattr(text_tower(model), "positional_embedding", torch.empty(0)).shape[0] == LONG_CONTEXT:
         freeze_leading_text_rows(model, KEEP_ROWS)
     model.farslip_arch = arch
     model.farslip_quick_gelu = quick_gelu
     model.farslip_name = entry.name if entry is not None else None
     model = _set_precision(model.to(device), precision)
-    tokenizer = open_clip.get_tokenizer(arch, context_length=model.context_length)
     return model, preprocess_train, preprocess_eval, tokenizer
+
+
+def get_tokenizer(arch: str, context_length: int | None = None):
+    """open_clip's tokenizer for ``arch``. SigLIP's and SigLIP 2's come from the Hugging Face Hub (``transformers``,
+    kept in the Hugging Face cache after the first download): one that is neither cached nor reachable is a
+    one-line error."""
+    try:
+        return open_clip.get_tokenizer(arch, context_length=context_length)
+    except OSError as exc:
+        name = ((open_clip.get_model_config(arch) or {}).get("text_cfg") or {}).get("hf_tokenizer_name") or arch
+        raise UsageError(f"{arch}'s tokenizer {name} is on the Hugging Face Hub and could not be fetched "
+                         f"({str(exc).splitlines()[0]}); run once with network access (it is then kept in the "
+                         "Hugging Face cache, HF_HOME / HF_HUB_CACHE), or point HF_HUB_CACHE at a cache that "
+                         "holds it") from None
 
 
 @contextlib.contextmanager
@@ -253,8 +269,9 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], arch: st
     ``assign``: the model's tensors become the checkpoint's (cast to the model's dtypes) instead of copies --
     for a model built on the meta device."""
     own = model.state_dict()
-    if "logit_scale" in state and state["logit_scale"].ndim != own["logit_scale"].ndim:
-        state = {**state, "logit_scale": state["logit_scale"].reshape(own["logit_scale"].shape)}
+    for name in ("logit_scale", "logit_bias"):  # scalar or one element (open_clip's nonscalar_logit_scale, FSDP)
+        if name in state and name in own and state[name].ndim != own[name].ndim and state[name].numel() == 1:
+            state = {**state, name: state[name].reshape(own[name].shape)}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     misshaped = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
@@ -323,10 +340,12 @@ def model_meta(model: nn.Module) -> dict[str, Any]:
             "quick_gelu": getattr(model, "farslip_quick_gelu", True), "context_length": int(model.context_length)}
 
 
-def save_model(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None = None):
-    """Write a self-describing checkpoint (``.safetensors`` or torch) that ``load_model(checkpoint=path)`` reads."""
+def save_model(model: nn.Module, path: str | os.PathLike, extra: dict[str, Any] | None = None,
+               state_dict: dict[str, torch.Tensor] | None = None):
+    """Write a self-describing checkpoint (``.safetensors`` or torch) that ``load_model(checkpoint=path)`` reads.
+    ``state_dict``: the weights to write, when the model's own are sharded (FSDP's gathered full state)."""
     model = getattr(model, "module", model)
-    return write_checkpoint(path, model.state_dict(), model_meta(model), extra)
+    return write_checkpoint(path, model.state_dict() if state_dict is None else state_dict, model_meta(model), extra)
 
 
 def weights_fingerprint(model: nn.Module) -> str:

@@ -4,11 +4,18 @@ Spec section 2. The official FarSLIP fork keeps two 248-row tensors, ``positiona
 frozen) and ``positional_embedding_res`` (rows 20..247 used, trained). We keep stock open_clip's single
 ``positional_embedding`` and reproduce the freezing with a gradient mask plus a restore after each optimiser
 step (AdamW's decoupled weight decay would otherwise move frozen rows).
+
+The text positions live on the CLIP itself or, for open_clip's CustomTextCLIP (SigLIP, PE-Core, ...), on its
+``text`` tower (:func:`farslip.models.towers.text_tower`); the stretch needs CLIP's 77 positions and a text tower
+that reads the end-of-text token (``argmax`` pooling), and refuses others in one line.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from ..core.errors import UsageError
+from .towers import text_tower
 
 KEEP_ROWS = 20
 LONG_CONTEXT = 248
@@ -51,25 +58,42 @@ def fold_long_text_state(state: dict[str, torch.Tensor], keep: int = KEEP_ROWS) 
 
 def set_text_context(model: nn.Module, context_length: int, values: torch.Tensor | None = None) -> None:
     """Give ``model``'s text tower ``context_length`` positions (new embedding and causal mask)."""
-    old = model.positional_embedding
+    owner = text_tower(model)
+    old = owner.positional_embedding
     new = values if values is not None else torch.zeros(context_length, old.shape[1])
-    model.positional_embedding = nn.Parameter(new.to(device=old.device, dtype=old.dtype),
+    owner.positional_embedding = nn.Parameter(new.to(device=old.device, dtype=old.dtype),
                                               requires_grad=old.requires_grad)
-    mask = torch.full((context_length, context_length), float("-inf"), device=old.device).triu_(1)
-    model.register_buffer("attn_mask", mask, persistent=False)
-    model.context_length = context_length
+    if getattr(owner, "attn_mask", None) is not None:  # a causal text tower (SigLIP's attends both ways)
+        mask = torch.full((context_length, context_length), float("-inf"), device=old.device).triu_(1)
+        owner.register_buffer("attn_mask", mask, persistent=False)
+    owner.context_length = model.context_length = context_length
+
+
+def check_long_text(model: nn.Module, arch: str | None = None) -> None:
+    """Refuse, in one line, a text tower that Long-CLIP's stretch to 248 positions does not fit."""
+    owner = text_tower(model)
+    pos = getattr(owner, "positional_embedding", None)
+    pool = getattr(owner, "text_pool_type", None) or getattr(owner, "pool_type", None)
+    n = None if pos is None else pos.shape[0]
+    if n not in (77, LONG_CONTEXT) or pool != "argmax":
+        raise UsageError(f"long text (Long-CLIP's {LONG_CONTEXT} positions) needs a CLIP text tower with 77 "
+                         f"positions read at the end-of-text token; {arch or type(model).__name__}'s has "
+                         f"{n if n is not None else 'no learned'} positions and pools {pool!r} "
+                         "(set model.long_text: false)")
 
 
 def extend_text_context(model: nn.Module, context_length: int = LONG_CONTEXT, keep: int = KEEP_ROWS) -> nn.Module:
     """Expand a 77-position text encoder to Long-CLIP's 248 positions in place; rows 0..keep-1 train frozen."""
-    n = model.positional_embedding.shape[0]
+    check_long_text(model, getattr(model, "farslip_arch", None))
+    n = text_tower(model).positional_embedding.shape[0]
     if n == context_length:
         freeze_leading_text_rows(model, keep)
         return model
     target = 4 * n - 3 * keep
     if context_length != target:
         raise ValueError(f"Long-CLIP stretch of {n} positions gives {target} rows, not {context_length}")
-    set_text_context(model, context_length, stretch_positional_embedding(model.positional_embedding.data, keep))
+    set_text_context(model, context_length, stretch_positional_embedding(text_tower(model).positional_embedding.data,
+                                                                         keep))
     freeze_leading_text_rows(model, keep)
     return model
 
@@ -80,9 +104,10 @@ def freeze_leading_text_rows(model: nn.Module, keep: int = KEEP_ROWS) -> None:
     Call it again after loading other weights into the model (a resume does): it then only re-reads the values
     that restore_frozen_rows puts back, without stacking another gradient hook.
     """
-    param = model.positional_embedding
+    param = text_tower(model).positional_embedding
     already = getattr(model, FROZEN_ATTR, None) is not None and getattr(param, "_farslip_masked", False)
-    setattr(model, FROZEN_ATTR, (keep, param.detach()[:keep].clone()))
+    values = param.detach().full_tensor() if _sharded(param) else param.detach()
+    setattr(model, FROZEN_ATTR, (keep, values[:keep].clone()))
     if already:
         return
 
@@ -101,5 +126,38 @@ def restore_frozen_rows(model: nn.Module) -> None:
     if frozen is None:
         return
     keep, values = frozen
+    pos = text_tower(model).positional_embedding
     with torch.no_grad():
-        model.positional_embedding[:keep].copy_(values.to(model.positional_embedding))
+        if _sharded(pos):  # FSDP: rows live on several ranks
+            from torch.distributed.tensor import distribute_tensor
+
+            whole = pos.full_tensor()
+            whole[:keep] = values.to(whole)
+            pos.copy_(distribute_tensor(whole, pos.device_mesh, pos.placements))
+        else:
+            pos[:keep].copy_(values.to(pos))
+
+
+def mask_frozen_grads(model: nn.Module) -> None:
+    """Zero the gradient of the frozen rows where the gradient hook cannot (FSDP hands no hook its sharded
+    gradients). Call between backward and the optimiser step; a no-op without long text or gradients."""
+    frozen = getattr(model, FROZEN_ATTR, None)
+    pos = getattr(text_tower(model), "positional_embedding", None)
+    if frozen is None or pos is None or pos.grad is None:
+        return
+    keep = frozen[0]
+    with torch.no_grad():
+        if _sharded(pos.grad):
+            from torch.distributed.tensor import distribute_tensor
+
+            rows = torch.ones(pos.shape[0], 1, dtype=pos.grad.dtype, device=pos.grad.to_local().device)
+            rows[:keep] = 0
+            pos.grad.mul_(distribute_tensor(rows, pos.grad.device_mesh, pos.grad.placements))
+        else:
+            pos.grad[:keep] = 0
+
+
+def _sharded(t: torch.Tensor) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(t, DTensor)

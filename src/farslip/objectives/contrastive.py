@@ -1,4 +1,5 @@
-"""Image-text contrastive losses: CLIP's InfoNCE (global) and the multi-positive region-category loss."""
+"""Image-text contrastive losses: CLIP's InfoNCE and SigLIP's sigmoid loss (global), and the multi-positive
+region-category loss."""
 from __future__ import annotations
 
 import torch
@@ -17,6 +18,23 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
     rank, world_size = world()
     loss = ClipLoss(local_loss=False, gather_with_grad=True, rank=rank, world_size=world_size)
     return loss(F.normalize(image_features, dim=-1), F.normalize(text_features, dim=-1), logit_scale.exp())
+
+
+def sigmoid_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor,
+                 logit_bias: torch.Tensor) -> torch.Tensor:
+    """SigLIP's pairwise sigmoid loss over the global batch (open_clip's SigLipLoss): with ``z = t x.y + b``,
+    ``-1/B sum_ij log sigmoid(+-z_ij)`` over this rank's ``B`` images and every rank's texts, ``+`` on matching
+    pairs. The texts of the other ranks come by neighbour exchange, gradients flowing back to their rank.
+
+    Features are L2-normalised here; ``logit_scale`` is the log-scale parameter ``t'`` (``t = exp(t')``),
+    ``logit_bias`` the learned bias ``b``.
+    """
+    from open_clip.loss import SigLipLoss
+
+    rank, world_size = world()
+    loss = SigLipLoss(rank=rank, world_size=world_size)
+    return loss(F.normalize(image_features, dim=-1), F.normalize(text_features, dim=-1), logit_scale.exp(),
+                logit_bias)
 
 
 def multi_positive_loss(image_features: torch.Tensor, text_features: torch.Tensor, labels: torch.Tensor,

@@ -14,15 +14,17 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from ..core.errors import UsageError
 from ..data.batch import STAGE1_KEYS, STAGE2_KEYS, check_batch
 from ..models.dense import ATTENTION_VARIANTS, encode_views
-from .contrastive import clip_loss, multi_positive_loss
+from .contrastive import clip_loss, multi_positive_loss, sigmoid_loss
 from .distill import cosine_distill_loss, roi_pooled
 
 DISTILL_ALIGNS = ("roi2pooled", "roi2cls", "combined")
 TARGETS = ("active", "ema", "frozen")
 REGION_ALIGNS = ("cls", "pooled", "roi")
 CAPTION_REGIONS = ("drop", "classes")
+GLOBAL_LOSSES = ("softmax", "sigmoid")
 
 
 @dataclass
@@ -40,6 +42,9 @@ class FarSLIPObjective:
         caption_regions: objects known only by a free-text caption (label -1): ``drop`` them as the official code
             does, or treat each distinct caption as its own ``classes``.
         attn: attention variant of the dense last block used in training.
+        global_loss: the global image-text term: ``softmax`` (CLIP's InfoNCE), ``sigmoid`` (SigLIP's pairwise
+            sigmoid loss with the model's learned logit bias) or None: what the weights were trained with -- the
+            sigmoid loss when the model has a logit bias (SigLIP, SigLIP 2), else InfoNCE.
         global_weight, distill_weight, region_weight: loss weights of the total.
         ema_momentum: momentum of the EMA teacher (used by the trainer's update_ema).
     """
@@ -50,6 +55,7 @@ class FarSLIPObjective:
     multi_positive: bool = True
     caption_regions: str = "drop"
     attn: str = "segearth"
+    global_loss: str | None = None
     global_weight: float = 1.0
     distill_weight: float = 1.0
     region_weight: float = 1.0
@@ -59,7 +65,8 @@ class FarSLIPObjective:
         for name, value, allowed in (("distill", self.distill, DISTILL_ALIGNS + (None,)),
                                      ("target", self.target, TARGETS), ("region", self.region, REGION_ALIGNS + (None,)),
                                      ("caption_regions", self.caption_regions, CAPTION_REGIONS),
-                                     ("attn", self.attn, ATTENTION_VARIANTS)):
+                                     ("attn", self.attn, ATTENTION_VARIANTS),
+                                     ("global_loss", self.global_loss, GLOBAL_LOSSES + (None,))):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
 
@@ -81,6 +88,17 @@ class FarSLIPObjective:
     def config(self) -> dict:
         return asdict(self)
 
+    def global_loss_for(self, model: nn.Module) -> str:
+        """The global term this objective uses for ``model`` (``global_loss``, or chosen by the weights)."""
+        model = getattr(model, "module", model)
+        has_bias = getattr(model, "logit_bias", None) is not None
+        if self.global_loss is None:
+            return "sigmoid" if has_bias else "softmax"
+        if self.global_loss == "sigmoid" and not has_bias:
+            raise UsageError("objective.global_loss: sigmoid needs a model with a learned logit bias (SigLIP "
+                             "weights); this one has none (use softmax)")
+        return self.global_loss
+
     # -- the loss ------------------------------------------------------------------------------------------------
     def __call__(self, model: nn.Module, batch: dict, teacher: nn.Module | None = None) -> dict[str, torch.Tensor]:
         model = getattr(model, "module", model)
@@ -98,7 +116,10 @@ class FarSLIPObjective:
         image_emb, losses = self._image_side(model, batch, teacher)
         text_emb, region_text_emb = self._text_side(model, batch)
         scale = model.logit_scale
-        losses["global_itc"] = clip_loss(image_emb, text_emb, scale)
+        if self.global_loss_for(model) == "sigmoid":
+            losses["global_itc"] = sigmoid_loss(image_emb, text_emb, scale, model.logit_bias)
+        else:
+            losses["global_itc"] = clip_loss(image_emb, text_emb, scale)
         if self.region:
             losses["region_itc"] = self._region_loss(batch, losses.pop("_region_img"), region_text_emb, scale, B)
         total = self.global_weight * losses["global_itc"]

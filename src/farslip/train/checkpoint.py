@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -48,13 +49,19 @@ def _to_tuple(x):
     return tuple(_to_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"step_{step:08d}.pt"
+
+
 def save_training_checkpoint(run_dir: Path, model, *, optimizer, scaler, teacher, progress: dict, ranks: list[dict],
-                             run_id: str, config: dict, keep_last: int) -> Path:
+                             run_id: str, config: dict, keep_last: int, sharded: str | None = None) -> Path:
     """Write ``step_N.pt``. ``progress`` is the run's (step, epoch, ...); ``ranks`` holds each rank's own state
-    (``data``: the loader's place and skip counts; ``rng``: RNG states), so every rank resumes where it stopped."""
-    path = Path(run_dir) / "checkpoints" / f"step_{progress['step']:08d}.pt"
+    (``data``: the loader's place and skip counts; ``rng``: RNG states), so every rank resumes where it stopped.
+    ``sharded``: the model and optimiser state are in that folder next to it (FSDP, train/sharding.py), not here."""
+    path = checkpoint_path(run_dir, progress["step"])
     extra = {
-        "optimizer": optimizer.state_dict(),
+        "optimizer": {} if sharded else optimizer.state_dict(),
+        "sharded": sharded,
         "scaler": scaler.state_dict() if scaler is not None else None,
         "teacher": teacher.state_dict() if teacher is not None else None,
         "progress": progress,
@@ -63,9 +70,10 @@ def save_training_checkpoint(run_dir: Path, model, *, optimizer, scaler, teacher
         "config": config,
         "git_commit": git_commit(),
     }
-    write_checkpoint(path, model.state_dict(), model_meta(model), extra)
+    write_checkpoint(path, {} if sharded else model.state_dict(), model_meta(model), extra)
     for old in sorted(list_checkpoints(run_dir))[:-keep_last] if keep_last > 0 else []:
         old.unlink(missing_ok=True)
+        shutil.rmtree(old.with_suffix(".dcp"), ignore_errors=True)
     return path
 
 
@@ -99,4 +107,8 @@ def load_training_checkpoint(path: Path) -> dict:
             raise CheckpointError(f"{path}: not a farslip training checkpoint (no {key!r})")
     if "ranks" not in payload and "rng" not in payload:
         raise CheckpointError(f"{path}: not a farslip training checkpoint (no RNG state)")
+    if payload.get("sharded"):  # the model and optimiser shards: a folder next to the file
+        payload["sharded"] = str(Path(path).parent / payload["sharded"])
+        if not Path(payload["sharded"]).is_dir():
+            raise CheckpointError(f"{path}: its sharded model and optimiser state {payload['sharded']} is missing")
     return payload

@@ -71,6 +71,7 @@ class ObjectiveSection:
     multi_positive: bool | None = None
     caption_regions: str | None = None
     attn: str | None = None
+    global_loss: str | None = None         # softmax | sigmoid (SigLIP); None: what the weights were trained with
     global_weight: float | None = None
     distill_weight: float | None = None
     region_weight: float | None = None
@@ -90,6 +91,8 @@ class OptimSection:
     grad_clip: float | None = None
     precision: str = "amp_bf16"            # fp32 | amp (fp16 + grad scaler) | amp_bf16
     compile: bool = False                  # torch.compile the step (measured: no gain in stage 1 on CPU, docs/)
+    fsdp: bool = False                     # FSDP2: shard model, gradients, optimiser; activation checkpointing; bf16
+                                           # blocks with amp_bf16; sharded checkpoints (train/sharding.py)
     max_steps: int | None = None           # a shorter run; the cosine schedule is fitted to the steps run
     accum_steps: int = 1                   # micro-batches of batch_size per optimiser step (official --accum-freq)
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..core.errors import FarslipError
+from ..core.errors import FarslipError, UsageError
 from ..core.files import atomic_write
 from ..core.problems import append_problems
 from ..data.device_views import materialise
@@ -29,13 +29,14 @@ from ..data.loader import LoaderConfig, TrainLoader
 from ..data.views import ViewConfig
 from ..models.checkpoint_io import META_KEY
 from ..models.hub import ensure_pretrained
-from ..models.loading import load_model, save_model
+from ..models.loading import get_tokenizer, load_model, save_model
 from ..models.precision import TRAINING_PRECISION, autocast_for
 from ..models.long_text import LONG_CONTEXT, extend_text_context, freeze_leading_text_rows, restore_frozen_rows
 from ..objectives import FarSLIPObjective, make_teacher, update_ema
 from ..core import distributed
+from . import sharding
 from .accumulation import accumulate_gradients
-from .checkpoint import load_training_checkpoint, rank_states, rng_state, save_training_checkpoint
+from .checkpoint import checkpoint_path, load_training_checkpoint, rank_states, rng_state, save_training_checkpoint
 from .checks import check_config
 from .config import TrainConfig
 from .optim import build_optimizer, cosine_lr, set_lr
@@ -180,6 +181,7 @@ class Job:
     accum_steps: int = 1
     total_steps: int = 0  # the data's steps from the start of the run (fit_schedule)
     last_step: int = 0    # the run's last step: total_steps, or optim.max_steps if fewer; the schedule spans it
+    sharded: bool = False  # optim.fsdp: FSDP2 units, sharded checkpoints (train/sharding.py)
 
 
 def build_job(cfg: TrainConfig, ctx: distributed.Dist, state: dict | None) -> Job:
@@ -189,7 +191,11 @@ def build_job(cfg: TrainConfig, ctx: distributed.Dist, state: dict | None) -> Jo
     if ctx.is_main:
         print(f"[farslip] model {model.farslip_arch} with {'QuickGELU' if model.farslip_quick_gelu else 'GELU'} "
               f"({'model.quick_gelu' if cfg.model.quick_gelu is not None else 'as its weights were trained'})")
-    if state is not None:
+    sharded_state = state is not None and bool(state.get("sharded"))
+    if state is not None and sharded_state != cfg.optim.fsdp:
+        raise UsageError(f"the checkpoint was written {'with' if sharded_state else 'without'} optim.fsdp; resume "
+                         f"with optim.fsdp: {str(sharded_state).lower()}")
+    if state is not None and not sharded_state:
         model.load_state_dict(state["state_dict"])
         if model.context_length == LONG_CONTEXT:
             freeze_leading_text_rows(model)  # the frozen rows are the checkpoint's, not the fresh model's
@@ -198,17 +204,23 @@ def build_job(cfg: TrainConfig, ctx: distributed.Dist, state: dict | None) -> Jo
     teacher = make_teacher(model) if objective.needs_teacher else None
     loader = build_loader(cfg, model, tokenizer, ctx)
     o = cfg.optim
-    optimizer = build_optimizer(model, o.lr, o.weight_decay, (o.beta1, o.beta2), o.eps)
     mode = autocast_mode(o.precision)
+    step_module = wrap_step_module(TrainStep(model, objective), cfg, ctx, mode)  # FSDP shards before the optimiser
+    optimizer = build_optimizer(model, o.lr, o.weight_decay, (o.beta1, o.beta2), o.eps)
     scaler = torch.amp.GradScaler(ctx.device.type) if mode == "fp16" else None
-    if state is not None:
+    if sharded_state:
+        sharding.load(Path(state["sharded"]), model, optimizer)
+    elif state is not None:
         if teacher is not None and state.get("teacher"):
             teacher.load_state_dict(state["teacher"])
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-    return Job(model, objective, teacher, wrap_step_module(TrainStep(model, objective), cfg, ctx), optimizer, scaler,
-               lambda: autocast_for(ctx.device, mode, training=True), loader, tokenizer, preprocess, o.accum_steps)
+    if o.fsdp and model.context_length == LONG_CONTEXT:
+        freeze_leading_text_rows(model)  # the sharded parameter is a new one (and holds the checkpoint's rows)
+    return Job(model, objective, teacher, step_module, optimizer, scaler,
+               lambda: autocast_for(ctx.device, mode, training=True), loader, tokenizer, preprocess, o.accum_steps,
+               sharded=o.fsdp)
 
 
 def fit_schedule(cfg: TrainConfig, job: Job, progress: "Progress") -> None:
@@ -229,8 +241,11 @@ class TrainStep(nn.Module):
         return self.objective(self.model, batch, teacher=teacher)
 
 
-def wrap_step_module(step: TrainStep, cfg: TrainConfig, ctx: distributed.Dist) -> nn.Module:
-    if ctx.world > 1:
+def wrap_step_module(step: TrainStep, cfg: TrainConfig, ctx: distributed.Dist, mode: str) -> nn.Module:
+    if cfg.optim.fsdp:
+        sharding.check_settings(mode, step.objective.target, cfg.optim.compile)
+        step = sharding.shard(step, step.model, ctx.device, mode)
+    elif ctx.world > 1:
         step = nn.parallel.DistributedDataParallel(
             step, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
     if cfg.optim.compile:  # compiles the forward (model + objective); checkpoints still hold the plain model
@@ -261,9 +276,7 @@ def build_model(cfg: TrainConfig, state: dict | None):
                                                           context_length=LONG_CONTEXT if m.long_text else None)
     if m.long_text and model.context_length != LONG_CONTEXT:
         extend_text_context(model, LONG_CONTEXT)
-        import open_clip
-
-        tokenizer = open_clip.get_tokenizer(model.farslip_arch, context_length=LONG_CONTEXT)
+        tokenizer = get_tokenizer(model.farslip_arch, LONG_CONTEXT)
     if m.grad_checkpointing:
         model.set_grad_checkpointing(True)
     return model, preprocess_eval, tokenizer
@@ -346,6 +359,8 @@ def optimisation_step(job: Job, batch: dict, lr: float, grad_clip: float | None)
     ema = teacher is not None and job.objective.target == "ema"
     set_lr(optimizer, lr)
     losses = accumulate_gradients(job.step_module, batch, teacher, job.autocast, scaler, job.accum_steps)
+    if job.sharded:
+        sharding.after_backward(model)
     if ema:
         update_ema(teacher, model, job.objective.ema_momentum)  # official order: before the optimiser step
     if scaler:
@@ -359,11 +374,19 @@ def optimisation_step(job: Job, batch: dict, lr: float, grad_clip: float | None)
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     restore_frozen_rows(model)
+    bound = logit_scale_bound(job)
     with torch.no_grad():
-        model.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+        model.logit_scale.clamp_(0, bound)
         if ema:
-            teacher.logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+            teacher.logit_scale.clamp_(0, bound)
     return losses
+
+
+def logit_scale_bound(job: Job) -> float:
+    """The largest log logit scale: open_clip_train's log(100) with CLIP's softmax loss; none with SigLIP's sigmoid
+    loss, as SigLIP's own code has none (big_vision models/proj/image_text/two_towers.py: ``t = exp(t')``) -- a
+    pretrained SigLIP's scale may already be past 100, and the clamp would move it at the first step."""
+    return math.inf if job.objective.global_loss_for(job.model) == "sigmoid" else MAX_LOGIT_SCALE
 
 
 # -- logging, validation, checkpoints ----------------------------------------------------------------------------
@@ -446,7 +469,9 @@ def log_step(cfg: TrainConfig, ctx: distributed.Dist, job: Job, log: RunLog, pro
     skipped = sum(r["skipped"] for r in ranks)
     samples_per_step = cfg.optim.batch_size * cfg.optim.accum_steps * ctx.world
     entry = {"step": progress.step, "epoch": progress.step_epoch, "lr": lr,
-             "logit_scale": job.model.logit_scale.exp().item(),
+             "logit_scale": sharding.full(job.model.logit_scale).exp().item(),
+             **({"logit_bias": sharding.full(job.model.logit_bias).item()}
+                if getattr(job.model, "logit_bias", None) is not None else {}),
              "samples_per_s": log.samples_per_s(progress.step, samples_per_step),
              **{k: v.item() for k, v in losses.items()}, "skipped": skipped}
     if ctx.world > 1:
@@ -472,7 +497,8 @@ def run_validation(validate: Validator, job: Job, ctx: distributed.Dist, log: Ru
     the features -- has all of them in its collectives, and one that does not simply computes the same metrics on
     each. Rank 0 logs them. Validation draws no training randomness (forked RNG)."""
     job.model.eval()
-    with torch.no_grad(), torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
+    with torch.no_grad(), torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []), \
+            sharding.gathered(job.step_module, job.sharded):
         metrics = validate(job.model, job.tokenizer, job.preprocess, step)
     job.model.train()
     log.step({"step": step, **{f"val/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}})
@@ -483,10 +509,12 @@ def save_checkpoint(cfg: TrainConfig, ctx: distributed.Dist, job: Job, log: RunL
     """``step_N.pt`` with every rank's own state (gathered: all ranks call this at the same step)."""
     log.write_skipped()  # a resume from here keeps exactly the skipped records up to here
     ranks = distributed.gather(progress.own())
+    path = checkpoint_path(Path(cfg.run.out), progress.step)
+    shards = sharding.save(path.with_suffix(".dcp"), job.model, job.optimizer) if job.sharded else None
     if ctx.is_main:
         save_training_checkpoint(Path(cfg.run.out), job.model, optimizer=job.optimizer, scaler=job.scaler,
                                  teacher=job.teacher, progress=progress.shared(), ranks=ranks, run_id=run_id,
-                                 config=cfg.to_dict(), keep_last=cfg.run.keep_last)
+                                 config=cfg.to_dict(), keep_last=cfg.run.keep_last, sharded=shards)
 
 
 def save_on_interrupt(cfg, ctx, job, log, progress, run_id) -> None:
@@ -558,8 +586,9 @@ def finish_run(cfg: TrainConfig, ctx: distributed.Dist, job: Job, log: RunLog, p
     skipped, notes = sum(r[0] for r in ranks), sum(r[1] for r in ranks)
     summary = {"steps": progress.step, "skipped_records": skipped, "object_fixes": notes,
                "final_model": str(run_dir / "final.pt")}
+    state = sharding.full_state_dict(job.model) if job.sharded else None  # gathered by every rank
     if ctx.is_main:
-        save_model(job.model, run_dir / "final.pt")
+        save_model(job.model, run_dir / "final.pt", state_dict=state)
         atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2))
         if skipped or notes:
             print(f"[farslip] skipped {skipped} unusable records and fixed or dropped {notes} objects; details in "

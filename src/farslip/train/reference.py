@@ -19,7 +19,7 @@ from ..data.records import CAPTION_CHOICES
 from ..data.views import VIEWS
 from ..models.dense import ATTENTION_VARIANTS
 from ..models.precision import TRAINING_PRECISION
-from ..objectives.farslip import CAPTION_REGIONS, DISTILL_ALIGNS, REGION_ALIGNS, TARGETS
+from ..objectives.farslip import CAPTION_REGIONS, DISTILL_ALIGNS, GLOBAL_LOSSES, REGION_ALIGNS, TARGETS
 
 #: ``objective.preset``: the paper's two stages and the plain fine-tuning baseline.
 PRESETS = ("stage1", "stage2", "vanilla")
@@ -121,6 +121,10 @@ KEYS: dict[str, KeyDoc] = {
     "objective.distill_weight": KeyDoc("weight of the distillation term; null keeps the preset's", "--w-d"),
     "objective.region_weight": KeyDoc("weight of the region term; null keeps the preset's", "--w-l"),
     "objective.ema_momentum": KeyDoc("momentum of the EMA teacher; null keeps the preset's", "--EMA-momentum"),
+    "objective.global_loss": KeyDoc("the global image-text term: softmax (CLIP's InfoNCE) or sigmoid (SigLIP's "
+                                    "pairwise loss with the learned logit bias); null: what the weights were trained "
+                                    "with (sigmoid when the model has a logit bias)",
+                                    "--siglip (stock open_clip_train; not in FarSLIP's params.py)", choices=GLOBAL_LOSSES),
 
     "optim.lr": KeyDoc("peak learning rate (AdamW)", "--lr"),
     "optim.weight_decay": KeyDoc("AdamW weight decay (gains, biases and the logit scale excluded)", "--wd"),
@@ -139,6 +143,10 @@ KEYS: dict[str, KeyDoc] = {
                               choices=tuple(TRAINING_PRECISION)),
     "optim.compile": KeyDoc("torch.compile the step (forward of model + objective)", "--torchcompile",
                             resume="free"),
+    "optim.fsdp": KeyDoc("FSDP2: shard the model, gradients and optimiser state over the processes, with activation "
+                         "checkpointing of each block and bf16 blocks under amp_bf16; checkpoints are sharded "
+                         "(step_N.dcp beside step_N.pt). A checkpoint resumes only with the setting it was written "
+                         "with"),
     "optim.max_steps": KeyDoc("stop the run after this many optimiser steps; the cosine schedule is fitted to the "
                               "steps run (to pause without changing the schedule: run.stop_after)"),
 
