@@ -262,9 +262,9 @@ def _segment_one(path: Path, stem: str, runtime: ProtocolRuntime, text, query_to
     window = opts.window or model_input_size(model)
     scene = SceneTiles(r, window, opts.stride or window // 2, opts.scale, opts.block, opts.resampling)
     protocol_options = runtime.window_options(opts.as_protocol(scene.window, scene.stride))
+    del protocol_options["crop"], protocol_options["stride"]  # the scene's windows
     normalise = protocol_normalise if opts.protocol else None  # the raster defaults: the model's own mean/std
     tags = {"FARSLIP_PROTOCOL": opts.protocol or "none", **scene.tags()}
-    del protocol_options["crop"], protocol_options["stride"]  # the scene's windows
     colours = _class_colours(names)
     tif = out / f"{stem}.tif"
     conf_tif = out / f"{stem}.confidence.tif" if opts.confidence else None
