@@ -77,7 +77,8 @@ def bf16_run(cmd: list[str], tif: Path, work: Path, fp32: dict, threads: int) ->
 
 def run(cfg: dict, log) -> dict:
     work = Path(tempfile.mkdtemp(prefix="farslip-bench-segment-"))
-    out = {"arch": cfg["segment_arch"], "runs": {}}
+    scale, resampling = cfg["segment_scale"], cfg["segment_resampling"]
+    out = {"arch": cfg["segment_arch"], "scale": scale, "resampling": resampling, "runs": {}}
     try:
         ckpt = work / "model.pt"
         run_child("segment_checkpoint", {"arch": cfg["segment_arch"], "path": str(ckpt)}, cfg["threads"])
@@ -88,6 +89,8 @@ def run(cfg: dict, log) -> dict:
                 f"on disk); running farslip segment with {cfg['segment_arch']}")
             cmd = [sys.executable, "-m", "farslip", "segment", str(tif), "--checkpoint", str(ckpt),
                    "--classes", *CLASSES, "--out", str(work / "out"), "--no-progress", "--device", cfg["device"]]
+            if scale != 1.0:
+                cmd += ["--scale", f"{scale:g}", "--resampling", resampling]
             r = run_measured(cmd, cfg["threads"])
             summary = json.loads((work / "out" / f"scene{size}.json").read_text())
             px = size * size
@@ -98,7 +101,8 @@ def run(cfg: dict, log) -> dict:
             out["runs"][str(size)] = res
             log(f"[segment] {size}: {res['mpx_per_s']:.2f} Mpx/s ({res['segment_s']:.1f} s), peak RSS "
                 f"{res['peak_rss_mib']:.0f} MiB")
-            if size == cfg["segment_sizes"][0] and cfg["device"] == "cpu" and native_bf16():
+            if size == cfg["segment_sizes"][0] and cfg["device"] == "cpu" and cfg["segment_bf16"] \
+                    and native_bf16():
                 out["bf16"] = bf16_run(cmd, tif, work, res, cfg["threads"])
                 log(f"[segment] {size} with --amp bf16: {out['bf16']['mpx_per_s']:.2f} Mpx/s "
                     f"({out['bf16']['speedup']:.2f}x), {100 * out['bf16']['agreement']:.2f}% of pixels as fp32")

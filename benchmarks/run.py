@@ -46,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--segment-size", type=int, default=None, help="raster side in pixels (default 8000; 20000 is "
                                                                   "the issue's memory goal)")
     g.add_argument("--segment-arch", default="FarSLIP-Tiny")
+    g.add_argument("--segment-scale", type=float, default=1.0, help="segment's --scale (default 1: no resampling)")
+    g.add_argument("--segment-resampling", default="opencv-linear", choices=["opencv-linear", "gdal-bilinear"],
+                   help="segment's --resampling when --segment-scale resamples")
+    g.add_argument("--segment-no-bf16", action="store_true",
+                   help="skip the --amp bf16 rerun on a CPU with native bf16 (it doubles the time)")
     g.add_argument("--maps-size", type=int, default=None, help="raster side for locate and the vector export "
                                                                "(default 8000; 20000 for the memory goal)")
     g.add_argument("--maps-arch", default="FarSLIP-Tiny")
@@ -81,6 +86,8 @@ def config(args) -> dict:
         # segment
         "segment_arch": args.segment_arch,
         "segment_sizes": [args.segment_size or (2048 if q else 8000)],
+        "segment_scale": args.segment_scale, "segment_resampling": args.segment_resampling,
+        "segment_bf16": not args.segment_no_bf16,
         # locate and vectors
         "maps_arch": args.maps_arch, "maps_size": args.maps_size or (2048 if q else 8000),
         "maps_valid": args.maps_valid, "maps_vectors": not args.maps_no_vectors,
@@ -151,7 +158,8 @@ def summary(res: dict) -> str:
     s = res.get("segment")
     if s:
         for size, x in s["runs"].items():
-            lines.append(f"segment {size}x{size} ({s['arch']}): {fmt(x['mpx_per_s'])} Mpx/s, peak RSS "
+            rescale = f", --scale {s['scale']:g} {s['resampling']}" if s.get("scale", 1.0) != 1.0 else ""
+            lines.append(f"segment {size}x{size} ({s['arch']}{rescale}): {fmt(x['mpx_per_s'])} Mpx/s, peak RSS "
                          f"{fmt(x['peak_rss_mib'])} MiB")
         if "bf16" in s:
             b = s["bf16"]

@@ -9,7 +9,7 @@ from PIL import Image
 
 import farslip
 from farslip.engine.protocols import get_protocol
-from farslip.engine import (OVSS_TEMPLATES, class_scores, name_embeddings, normaliser, predict_classes, query_table,
+from farslip.engine import (OVSS_TEMPLATES, class_scores, name_embeddings, predict_classes, prepare_image, query_table,
                             sliding_window_logits)
 from farslip.engine.runtime import protocol_runtime
 from farslip.infer.segmentation import SegmentOptions
@@ -42,7 +42,7 @@ def test_segment_with_the_farslip_protocol_equals_the_engine(tmp_path, tiny_mode
     runtime = protocol_runtime(model, proto)
     names, owner = query_table([c.split(",") for c in classes])
     text = name_embeddings(model, tokenizer, names, OVSS_TEMPLATES)
-    x = normaliser(model)(torch.from_numpy(rgb).permute(2, 0, 1))
+    x = prepare_image(rgb, None)  # the protocol's pixels: its mean and std, not the model's
     [logits] = sliding_window_logits(model, [x], text, **runtime.window_options(proto))
     want = predict_classes(class_scores(logits, owner, 3), 0.0, 0).numpy()
     with rasterio.open(res.geotiff) as f:

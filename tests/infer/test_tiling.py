@@ -1,6 +1,7 @@
 """Tiled segmentation equals one pass over the whole image: the windows, the overlap average and the resize."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import rasterio
@@ -10,6 +11,8 @@ from rasterio.transform import from_origin
 
 import farslip
 from farslip.engine.windows import sliding_window_logits, window_boxes, window_spans
+from farslip.infer.raster import Window, open_raster, read_rgb
+from farslip.infer.scene import SceneTiles
 from farslip.infer.tiling import axis_tiles, linear_source, tile_boxes, tile_step
 
 
@@ -62,6 +65,32 @@ def _geotiff(path, arr):
                        crs="EPSG:32633", transform=from_origin(500000, 4600000, 1, 1)) as dst:
         dst.write(arr)
     return path
+
+
+@pytest.mark.parametrize("dtype, bands", [("uint8", None), ("uint16", (4, 3, 2))])
+def test_scene_pixels_are_the_resize_of_the_whole_raster(tmp_path, dtype, bands):
+    """Each tile's region of the rescaled grid is OpenCV's resize of the whole 8-bit image there (a 16-bit
+    multi-band raster: its percentile stretch first, then the resize, as the evaluation of its 8-bit rendition);
+    GDAL's bilinear read, the explicit alternative, gives other pixels."""
+    rng = np.random.default_rng(5)
+    arr = rng.integers(0, 4000 if dtype == "uint16" else 256, (4 if bands else 3, 83, 121)).astype(dtype)
+    with rasterio.open(tmp_path / "s.tif", "w", driver="GTiff", height=83, width=121, count=arr.shape[0], dtype=dtype,
+                       crs="EPSG:32633", transform=from_origin(500000, 4600000, 1, 1)) as dst:
+        dst.write(arr)
+    r = open_raster(tmp_path / "s.tif", bands)
+    try:
+        eight_bit = read_rgb(r, Window(0, 0, 121, 83)).transpose(1, 2, 0)
+        for scale in (0.45, 1.7):
+            scene = SceneTiles(r, 32, 16, scale, block=40)
+            whole = cv2.resize(eight_bit, scene.scaled[::-1], interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1)
+            gdal = SceneTiles(r, 32, 16, scale, block=40, resampling="gdal-bilinear")
+            assert len(scene) > 4
+            for tile in scene:
+                (y0, y1), (x0, x1) = tile.rows.region, tile.cols.region
+                np.testing.assert_array_equal(scene.pixels(tile), whole[:, y0:y1, x0:x1])
+            assert any((gdal.pixels(t) != scene.pixels(t)).any() for t in scene)
+    finally:
+        r.close()
 
 
 @pytest.mark.parametrize("scale", [1.0, 0.6])

@@ -57,6 +57,15 @@ def _class_args(p: argparse.ArgumentParser) -> None:
                                           "name: openearthmap, loveda, isaid, potsdam, vaihingen, uavid, udd5, vdd")
 
 
+def _scale_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scale", type=float, default=1.0, help="resample the image by this factor before inference")
+    p.add_argument("--resampling", default="opencv-linear", choices=["opencv-linear", "gdal-bilinear"],
+                   help="how --scale resamples. opencv-linear (default): OpenCV's bilinear resize of the whole image, "
+                        "as the OVSS protocols and farslip eval resize (exact, tile by tile); gdal-bilinear: GDAL's "
+                        "bilinear in the read (uses a raster's overviews; other pixels, so other maps). The outputs "
+                        "record it (FARSLIP_RESAMPLING)")
+
+
 def _input_args(p: argparse.ArgumentParser, many: bool = True) -> None:
     g = p.add_argument_group("many inputs (also under torchrun: files dealt to the processes)")
     g.add_argument("--inputs-from", metavar="LIST", help="a text file of input paths, one a line (same as @LIST)")
@@ -110,7 +119,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--attn", default=None, choices=["segearth", "sclip", "clearclip", "maskclip", "vanilla"],
                    help="attention of the modified last block (default segearth)")
     p.add_argument("--cls-lambda", type=float, default=None, help="global-bias weight (default -0.3, as SegEarth-OV)")
-    p.add_argument("--scale", type=float, default=1.0, help="resample the image by this factor before inference")
+    _scale_args(p)
     p.add_argument("--window", type=int, default=None, help="sliding-window size (default: the model's input size)")
     p.add_argument("--stride", type=int, default=None, help="window stride (default: half the window)")
     p.add_argument("--block", type=int, default=1024,
@@ -202,8 +211,9 @@ def run_segment(args) -> int:
               "(a few pixels in a thousand change class)", file=sys.stderr)
     opts = SegmentOptions(protocol=args.protocol, attn=args.attn, cls_lambda=args.cls_lambda,
                           threshold=args.threshold, background_index=args.background_index, window=args.window,
-                          stride=args.stride, scale=args.scale, block=args.block, progress=not args.no_progress,
-                          amp=_amp(args), bands=_bands(args.bands), confidence=not args.no_confidence,
+                          stride=args.stride, scale=args.scale, resampling=args.resampling, block=args.block,
+                          progress=not args.no_progress, amp=_amp(args), bands=_bands(args.bands),
+                          confidence=not args.no_confidence,
                           probabilities=args.probabilities, vector=args.vector, min_area=args.min_area,
                           simplify=args.simplify, html=args.html)
     run = farslip.segment(args.images, args.classes, checkpoint=args.checkpoint, classes_file=args.classes_file,
@@ -315,7 +325,7 @@ def add_map_commands(sub) -> None:
     p.add_argument("--vector-format", default="gpkg", choices=["gpkg", "geojson"])
     _vector_args(p)
     p.add_argument("--bands", help="1-based bands for R,G,B of multi-band inputs, e.g. 4,3,2")
-    p.add_argument("--scale", type=float, default=1.0, help="resample the image by this factor before inference")
+    _scale_args(p)
     p.add_argument("--window", type=int, default=None, help="sliding-window size (default: the model's input size)")
     p.add_argument("--stride", type=int, default=None, help="window stride (default: half the window)")
     p.add_argument("--block", type=int, default=1024, help="output pixels per tile side (bounds memory)")
@@ -353,8 +363,9 @@ def run_locate(args) -> int:
                          f"(got queries {queries or 'none'}, images {images or 'none'})")
     opts = LocateOptions(threshold=args.threshold, background=args.background or BACKGROUND,
                          min_area=args.min_area, simplify=args.simplify, vector_format=args.vector_format,
-                         scale=args.scale, window=args.window, stride=args.stride, block=args.block,
-                         bands=_bands(args.bands), progress=not args.no_progress, amp=_amp(args), html=args.html)
+                         scale=args.scale, resampling=args.resampling, window=args.window, stride=args.stride,
+                         block=args.block, bands=_bands(args.bands), progress=not args.no_progress, amp=_amp(args),
+                         html=args.html)
     return_freed_memory()  # a whole scene's thousands of windows: keep the peak where the work is
     run = farslip.locate(queries, images, checkpoint=args.checkpoint, out=args.out, arch=args.arch,
                          device=args.device, options=opts, **_many(args), **_engine(args))

@@ -116,6 +116,73 @@ def resize_bilinear(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return out if out.ndim == image.ndim else out[..., None]
 
 
+#: OpenCV's 8-bit resize weighs the two source pixels with 11-bit fixed-point weights (INTER_RESIZE_COEF_BITS).
+_COEF_SCALE = 2048
+
+
+def _linear_taps(n_src: int, n_dst: int, start: int, stop: int,
+                 clamp_weights: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For destination pixels ``start..stop-1`` of OpenCV's ``INTER_LINEAR`` resize ``n_src -> n_dst`` along one
+    axis: the two source pixels each one reads and their 11-bit weights, as ``cv::resize`` computes them
+    (modules/imgproc/src/resize.cpp): the source coordinate ``(d + 0.5) * (1 / (n_dst / n_src)) - 0.5`` in double,
+    rounded to float; weights ``1 - f`` and ``f`` of its fraction, times 2048, each rounded to nearest even. Along x
+    (``clamp_weights``) a coordinate past either edge reads the edge pixel with weights (2048, 0); along y only the
+    rows are clamped and the weights are kept (``yofs``/``ibeta`` are not clamped there)."""
+    f = ((np.arange(start, stop, dtype=np.float64) + 0.5) * (1.0 / (n_dst / n_src)) - 0.5).astype(np.float32)
+    s = np.floor(f)
+    f = f - s
+    s = s.astype(np.int64)
+    if clamp_weights:
+        f[(s < 0) | (s >= n_src - 1)] = 0
+    w0 = np.rint((np.float32(1) - f) * np.float32(_COEF_SCALE)).astype(np.int32)
+    w1 = np.rint(f * np.float32(_COEF_SCALE)).astype(np.int32)
+    return np.clip(s, 0, n_src - 1), np.clip(s + 1, 0, n_src - 1), w0, w1
+
+
+def resize_bilinear_part(read, full: tuple[int, int], size: tuple[int, int], rows: tuple[int, int],
+                         cols: tuple[int, int], row_block: int = 256) -> np.ndarray:
+    """Rows ``rows[0]:rows[1]`` and columns ``cols[0]:cols[1]`` of :func:`resize_bilinear` of a uint8 image of
+    shape ``full`` (``(H, W)``) to ``size``, bit for bit, from only the source window those pixels read (their
+    span plus the one pixel of margin the bilinear kernel needs): ``read(y0, y1, x0, x1)`` gives
+    ``image[y0:y1, x0:x1]`` as ``uint8 [h, w, C]``. A raster far too large to resize whole is resized this way
+    tile by tile, without seams: every tile's pixels are the whole image's.
+
+    OpenCV's 8-bit path, reproduced in integers (resize.cpp: ``HResizeLinear`` then ``VResizeLinear`` with
+    ``VResizeLinearVec_32s8u``, whose rounding its scalar tail repeats, so no pixel depends on where it lies in a
+    row): the horizontal pass sums ``src * weight`` exactly; the vertical pass takes each row sum ``>> 4`` (as
+    int16), multiplies by its weight keeping the high 16 bits, adds the two, and rounds ``(v + 2) >> 2``."""
+    if tuple(full) == tuple(size):
+        return read(rows[0], rows[1], cols[0], cols[1])
+    ys0, ys1, yw0, yw1 = _linear_taps(full[0], size[0], rows[0], rows[1], clamp_weights=False)
+    xs0, xs1, xw0, xw1 = _linear_taps(full[1], size[1], cols[0], cols[1], clamp_weights=True)
+    y0, x0 = int(ys0.min()), int(xs0.min())
+    src = read(y0, int(ys1.max()) + 1, x0, int(xs1.max()) + 1)
+    # the horizontal pass on the source rows that some destination row reads (under half of them when shrinking)
+    used, where = np.unique(np.concatenate([ys0, ys1]) - y0, return_inverse=True)
+    taken = src[used]
+    sums = np.take(taken, xs0 - x0, axis=1).astype(np.int32)
+    sums *= xw0[:, None]
+    sums += np.take(taken, xs1 - x0, axis=1) * xw1[:, None]
+    del taken
+    sums >>= 4
+    n = len(ys0)
+    out = np.empty((n,) + sums.shape[1:], np.uint8)
+    for a in range(0, n, row_block):  # the vertical pass a block of rows at a time: bounded temporaries
+        b = min(n, a + row_block)
+        shape = (b - a,) + (1,) * (sums.ndim - 1)
+        v = np.take(sums, where[a:b], axis=0)
+        v *= yw0[a:b].reshape(shape)
+        v >>= 16
+        w = np.take(sums, where[n + a:n + b], axis=0)
+        w *= yw1[a:b].reshape(shape)
+        w >>= 16
+        v += w
+        v += 2
+        v >>= 2
+        out[a:b] = np.minimum(v, 255)
+    return out
+
+
 def fit_image(image: np.ndarray, scale: int | tuple[int, int] | None) -> np.ndarray:
     """mmcv ``imrescale``: ``image`` resized with OpenCV to fit ``scale`` keeping its ratio (None: unchanged)."""
     if not scale:
@@ -128,10 +195,15 @@ def prepare_image(rgb: torch.Tensor | np.ndarray, scale: int | None) -> torch.Te
     official OVSS pipelines: ``Resize(scale=(448, 448), keep_ratio=True)``) and normalised with CLIP's mean/std on
     the 0..255 scale: ``float32 [3, h, w]``."""
     arr = rgb.numpy() if isinstance(rgb, torch.Tensor) else np.asarray(rgb)
-    x = torch.from_numpy(np.ascontiguousarray(fit_image(arr, scale))).permute(2, 0, 1).float()
-    mean = torch.tensor(PIXEL_MEAN).view(3, 1, 1)
-    std = torch.tensor(PIXEL_STD).view(3, 1, 1)
-    return (x - mean) / std
+    return protocol_normalise(torch.from_numpy(np.ascontiguousarray(fit_image(arr, scale))).permute(2, 0, 1))
+
+
+def protocol_normalise(rgb: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[3, h, w]`` -> float32 normalised as the protocols do it: :data:`PIXEL_MEAN` and :data:`PIXEL_STD`
+    on the 0..255 scale (SegEarth-OV's SegDataPreProcessor), whatever the model's own constants."""
+    mean = torch.tensor(PIXEL_MEAN, device=rgb.device).view(3, 1, 1)
+    std = torch.tensor(PIXEL_STD, device=rgb.device).view(3, 1, 1)
+    return (rgb.float() - mean) / std
 
 
 def read_rgb_like_mmcv(path: str | os.PathLike) -> np.ndarray | None:

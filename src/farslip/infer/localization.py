@@ -38,7 +38,7 @@ from .common import load_for_inference, parse_classes
 from .inputs import expand_inputs
 from .raster import open_raster, read_thumbnail
 from .runner import Done, Log, Run, checkpoint_identity, run_inputs
-from .scene import SceneTiles, bounded_gdal_cache, tile_logits
+from .scene import SceneTiles, bounded_gdal_cache, check_resampling, tile_logits
 from .vectors import REGION_FIELDS, Features, driver_for, heatmap_polygons, write_features
 
 #: What a query competes with at each pixel (a query's own names are left out of it).
@@ -56,6 +56,7 @@ class LocateOptions:
     cls_lambda: float = -0.3
     logit_scale: float = 50.0
     scale: float = 1.0
+    resampling: str = "opencv-linear"   # or "gdal-bilinear" (see segment's option)
     window: int | None = None
     stride: int | None = None
     block: int = 1024
@@ -149,6 +150,7 @@ class LocateJob:
         if len(set(self.slugs)) != len(self.slugs):
             raise UsageError(f"two queries give the same file name: {self.slugs}")
         driver_for(f"x.{opts.vector_format}")
+        check_resampling(opts.resampling)
         if self.model is None and self.checkpoint is None:
             raise UsageError("locate needs a checkpoint (or a model and its tokenizer)")
         if self.out.exists() and not self.out.is_dir():
@@ -237,7 +239,7 @@ def _locate_one(path: Path, stem: str, model, text, owner, queries, slugs, out: 
     t0 = time.perf_counter()
     r = open_raster(path, opts.bands, opts.percentiles)
     window = opts.window or model_input_size(model)
-    scene = SceneTiles(r, window, opts.stride or window // 2, opts.scale, opts.block)
+    scene = SceneTiles(r, window, opts.stride or window // 2, opts.scale, opts.block, opts.resampling)
     heat_paths = [out / f"{stem}.{s}.tif" for s in slugs]
     peaks = np.full(len(queries), np.nan)
     try:
@@ -245,7 +247,7 @@ def _locate_one(path: Path, stem: str, model, text, owner, queries, slugs, out: 
             dsts = [stack.enter_context(score_writer(p, r.src, [q], kind="similarity", source=path))
                     for p, q in zip(heat_paths, queries)]
             for d in dsts:
-                d.update_tags(FARSLIP_THRESHOLD=str(opts.threshold))
+                d.update_tags(FARSLIP_THRESHOLD=str(opts.threshold), **scene.tags())
             for tile in tqdm(scene, total=len(scene), desc=f"locate {path.name}", unit="tile",
                              disable=not opts.progress):
                 win = tile.window

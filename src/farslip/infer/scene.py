@@ -5,6 +5,13 @@ grid that touch it, so the result equals one pass over the whole raster); ``tile
 window-averaged cosine logits at output resolution. Windows that hold no valid pixel (nodata, mask or alpha) are
 not encoded, and a tile with no valid pixel encodes nothing: on a scene with a wide nodata collar that is most of
 the work saved, and no valid pixel's value changes (every window that covers a valid pixel is kept).
+
+A rescaled raster (``scale`` != 1) is resampled the OVSS protocols' way by default (``resampling="opencv-linear"``):
+OpenCV's bilinear resize of the whole raster, as mmcv's ``imresize`` in both official evaluations and
+:func:`~farslip.engine.images.prepare_image`, evaluated at each tile's pixels from the source window they read plus
+one pixel of margin -- bit for bit the resize of the whole image, so the windows see what ``farslip eval`` would
+show them. ``"gdal-bilinear"`` lets GDAL resample the tile's (fractional) window as it reads it instead: other
+pixels (GDAL's bilinear differs from OpenCV's by up to tens of grey levels), overviews used where they exist.
 """
 from __future__ import annotations
 
@@ -14,9 +21,19 @@ import numpy as np
 import torch
 from rasterio.enums import Resampling
 
+from ..core.errors import UsageError
 from ..engine import normaliser, sliding_window_logits
+from ..engine.images import resize_bilinear_part
 from .raster import RasterInput, Window, read_rgb, read_valid
 from .tiling import AxisTile, axis_tiles, tile_boxes, tile_step
+
+#: How a rescaled raster is resampled: the protocols' OpenCV bilinear (default), or GDAL's in the read.
+RESAMPLINGS = ("opencv-linear", "gdal-bilinear")
+
+
+def check_resampling(resampling: str) -> None:
+    if resampling not in RESAMPLINGS:
+        raise UsageError(f"--resampling {resampling!r}: choose one of {', '.join(RESAMPLINGS)}")
 
 
 @dataclass
@@ -32,11 +49,12 @@ class Tile:
 
 
 class SceneTiles:
-    """The tiles of a raster for windows of ``window`` px every ``stride`` px on the grid rescaled by ``scale``,
-    about ``block`` output pixels a side."""
+    """The tiles of a raster for windows of ``window`` px every ``stride`` px on the grid rescaled by ``scale``
+    (resampled as ``resampling`` says: one of :data:`RESAMPLINGS`), about ``block`` output pixels a side."""
 
-    def __init__(self, r: RasterInput, window: int, stride: int, scale: float = 1.0, block: int = 1024):
-        self.r, self.window, self.stride, self.scale = r, window, stride, scale
+    def __init__(self, r: RasterInput, window: int, stride: int, scale: float = 1.0, block: int = 1024,
+                 resampling: str = "opencv-linear"):
+        self.r, self.window, self.stride, self.scale, self.resampling = r, window, stride, scale, resampling
         H, W = r.height, r.width
         self.scaled = (max(1, round(H * scale)), max(1, round(W * scale)))  # the grid the windows slide on
         step = tile_step(block, stride, scale)
@@ -56,6 +74,26 @@ class SceneTiles:
         (Hs, Ws), (H, W) = self.scaled, (self.r.height, self.r.width)
         (ry0, ry1), (rx0, rx1) = tile.rows.region, tile.cols.region
         return Window(rx0 * W / Ws, ry0 * H / Hs, (rx1 - rx0) * W / Ws, (ry1 - ry0) * H / Hs)
+
+    @property
+    def rescaled(self) -> bool:
+        return self.scaled != (self.r.height, self.r.width)
+
+    def tags(self) -> dict[str, str]:
+        """What the rasters written from these tiles record of the resampling (GeoTIFF metadata)."""
+        return {"FARSLIP_SCALE": f"{self.scale:g}", "FARSLIP_RESAMPLING": self.resampling if self.rescaled else "none"}
+
+    def pixels(self, tile: Tile) -> np.ndarray:
+        """8-bit RGB ``[3, h, w]`` of the tile's region of the rescaled grid."""
+        if not self.rescaled or self.resampling == "gdal-bilinear":
+            return read_rgb(self.r, self.region(tile), self.region_shape(tile))
+
+        def read(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+            return read_rgb(self.r, Window(x0, y0, x1 - x0, y1 - y0)).transpose(1, 2, 0)
+
+        hwc = resize_bilinear_part(read, (self.r.height, self.r.width), self.scaled, tile.rows.region,
+                                   tile.cols.region)
+        return np.ascontiguousarray(hwc.transpose(2, 0, 1))
 
     def region_shape(self, tile: Tile) -> tuple[int, int]:
         (ry0, ry1), (rx0, rx1) = tile.rows.region, tile.cols.region
@@ -99,14 +137,15 @@ def bounded_gdal_cache(megabytes: int):
 
 
 def tile_logits(scene: SceneTiles, tile: Tile, model, text: torch.Tensor, *, amp=None,
-                window_batch_size: int | None = None, **window) -> torch.Tensor | None:
+                window_batch_size: int | None = None, normalise=None, **window) -> torch.Tensor | None:
     """``[Q, h, w]`` window-averaged cosine logits of the tile's output pixels against ``text`` (NaN where no
-    encoded window covers a pixel, i.e. nodata), or None when the tile has no valid pixel. ``window``: the
-    other options of :func:`~farslip.engine.sliding_window_logits` (attn, cls_lambda, a protocol's settings)."""
+    encoded window covers a pixel, i.e. nodata), or None when the tile has no valid pixel. ``normalise``: uint8
+    ``[3, h, w]`` -> the model's input (default: the model's own mean and std). ``window``: the other options of
+    :func:`~farslip.engine.sliding_window_logits` (attn, cls_lambda, a protocol's settings)."""
     boxes = scene.encoded_boxes(tile)
     if not boxes:
         return None
-    x = normaliser(model)(torch.from_numpy(read_rgb(scene.r, scene.region(tile), scene.region_shape(tile))))
+    x = (normalise or normaliser(model))(torch.from_numpy(scene.pixels(tile)))
     logits = sliding_window_logits(model, [x.to(next(model.parameters()).device)], text, crop=scene.window,
                                    stride=scene.stride, amp=amp, window_batch_size=window_batch_size,
                                    boxes=[boxes], **window)[0]

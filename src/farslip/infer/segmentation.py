@@ -8,8 +8,11 @@ runs at the model's own window size. Memory is bounded by the tile size, not the
 Defaults are raster-friendly (windows of the model's input size, stride half of it, CLS-bias -0.3, no threshold,
 the raster at its own resolution). ``protocol="farslip"`` or ``"segearth"`` takes an evaluation protocol's
 window, stride, attention, CLS-bias, temperature, window resize, SimFeatUp and float16 model instead; its
-threshold too where it has one number (``segearth``'s are per dataset, so the option's stays). The raster is
-never fitted to 448 px: ``scale`` stays a resampling factor.
+threshold too where it has one number (``segearth``'s are per dataset, so the option's stays), and its
+normalisation of the pixels. The raster is never fitted to 448 px: ``scale`` stays a resampling factor, and the
+resampling is the protocols' own (OpenCV's bilinear resize of the whole raster, evaluated tile by tile: see
+``scene.py``) unless ``resampling="gdal-bilinear"`` asks for GDAL's; so a protocol's map of an image is the map
+``farslip eval`` computes for it at the same scale.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from ..core.files import atomic_path, atomic_write, distinct_stems, refuse_overw
 from ..core.memory import trim
 from ..engine import OVSS_TEMPLATES, class_scores, model_input_size, name_embeddings, predict_classes, query_table
 from ..engine.colours import palette as make_palette
+from ..engine.images import protocol_normalise
 from ..engine.protocols import OVSSProtocol, get_protocol
 from ..engine.runtime import ProtocolRuntime, protocol_runtime
 from ..models import weights_fingerprint
@@ -38,7 +42,7 @@ from .common import load_for_inference, parse_classes
 from .inputs import expand_inputs
 from .raster import RasterError, open_raster, read_thumbnail
 from .runner import Done, Log, Run, checkpoint_identity, run_inputs
-from .scene import SceneTiles, bounded_gdal_cache, tile_logits
+from .scene import SceneTiles, bounded_gdal_cache, check_resampling, tile_logits
 from .vectors import driver_for, vectorize_class_map
 
 NODATA = 255
@@ -68,6 +72,7 @@ class SegmentOptions:
     window: int | None = None           # sliding-window size
     stride: int | None = None           # window step
     scale: float = 1.0                  # resample the raster by this factor before the windows (e.g. to match GSD)
+    resampling: str = "opencv-linear"   # how: the protocols' OpenCV bilinear, or "gdal-bilinear" (GDAL's, in the read)
     block: int = 1024                   # output pixels per tile side (rounded to whole window strides)
     window_batch_size: int | None = None  # default: 64 on a GPU, about 1024 token rows on the CPU
     bands: Sequence[int] | None = None
@@ -198,6 +203,7 @@ class SegmentJob:
             raise UsageError(f"--background-index {opts.background_index} is outside the {n} classes")
         if n >= NODATA:
             raise UsageError(f"{n} classes: a class map holds at most {NODATA} ({NODATA} marks nodata)")
+        check_resampling(opts.resampling)
         if self.out.exists() and not self.out.is_dir():
             raise UsageError(f"--out {self.out}: is a file; segment writes a folder of outputs per image")
         if self.model is None and self.checkpoint is None:
@@ -259,9 +265,11 @@ def _segment_one(path: Path, stem: str, runtime: ProtocolRuntime, text, query_to
     model = runtime.model
     r = open_raster(path, opts.bands, opts.percentiles)
     window = opts.window or model_input_size(model)
-    scene = SceneTiles(r, window, opts.stride or window // 2, opts.scale, opts.block)
+    scene = SceneTiles(r, window, opts.stride or window // 2, opts.scale, opts.block, opts.resampling)
     protocol_options = runtime.window_options(opts.as_protocol(scene.window, scene.stride))
     del protocol_options["crop"], protocol_options["stride"]  # the scene's windows
+    normalise = protocol_normalise if opts.protocol else None  # the raster defaults: the model's own mean/std
+    tags = {"FARSLIP_PROTOCOL": opts.protocol or "none", **scene.tags()}
     colours = _class_colours(names)
     tif = out / f"{stem}.tif"
     conf_tif = out / f"{stem}.confidence.tif" if opts.confidence else None
@@ -274,10 +282,13 @@ def _segment_one(path: Path, stem: str, runtime: ProtocolRuntime, text, query_to
                                                     source=path, class_names=names)) if conf_tif else None
             probs = stack.enter_context(score_writer(prob_tif, r.src, names, kind="probability",
                                                      source=path)) if prob_tif else None
+            for written in (dst, conf, probs):
+                if written is not None:
+                    written.update_tags(**tags)
             for tile in tqdm(scene, total=len(scene), desc=f"segment {path.name}", unit="tile",
                              disable=not opts.progress):
                 logits = tile_logits(scene, tile, model, text, amp=opts.amp, window_batch_size=opts.window_batch_size,
-                                     **protocol_options)
+                                     normalise=normalise, **protocol_options)
                 if logits is None:
                     continue  # no valid pixel: the rasters keep their nodata there
                 trim()  # the windows' buffers are freed: hand their pages back before the next tile
