@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..engine.protocols import HALF_MODEL_CHOICES, PROTOCOLS
-from ..models.dense import ATTENTION_VARIANTS
+from ..models.attention import ATTENTION_VARIANTS
 
 EPILOG_ALL = """\
 Layout under --data-root (see docs/benchmarks.md for sources and preparation):

@@ -14,8 +14,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..core.errors import UsageError
-
-ATTENTION_VARIANTS = ("segearth", "sclip", "clearclip", "maskclip", "vanilla")
+from .attention import ATTENTION_VARIANTS
 
 
 def interpolate_pos_embed(pos: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
