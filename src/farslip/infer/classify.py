@@ -56,6 +56,9 @@ def classify(inputs: Sequence[str | Path] | str | Path, classes: Sequence[str] |
     if top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {top_k}")
     class_syn = parse_classes(classes, classes_file)
+    if len(class_syn) < 2:
+        raise UsageError(f"one class ({class_syn[0][0]!r}): every image would be it with probability 1; name at "
+                         "least two, or rank images by one text with `farslip search query`")
     if out is not None:
         check_predictions_path(Path(out), paths)
     if model is None and checkpoint is None:

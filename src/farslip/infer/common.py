@@ -22,10 +22,12 @@ def load_for_inference(arch: str | None = None, checkpoint: str | Path | None = 
     return model.eval(), preprocess, tokenizer
 
 
-def parse_classes(classes: Sequence[str] | None = None, classes_file: str | Path | None = None) -> list[list[str]]:
+def parse_classes(classes: Sequence[str] | None = None, classes_file: str | Path | None = None, *,
+                  option: str = "--classes") -> list[list[str]]:
     """One entry per class, synonyms joined by commas (SegEarth-OV's class-file convention); names Unicode
     NFC-normalised. A name given to two classes is refused (the text encoder lower-cases, so case does not make two
-    names): the maps and the fractions would otherwise disagree about which class a pixel is."""
+    names): the maps and the fractions would otherwise disagree about which class a pixel is. So is an empty class
+    (``--classes "" water``): dropping it would silently change what the user asked for."""
     lines: list[tuple[str, str]] = []  # (where, line)
     if classes_file:
         path = resolve_class_file(classes_file)  # a file, or a shipped set's name (openearthmap, loveda, ...)
@@ -34,12 +36,13 @@ def parse_classes(classes: Sequence[str] | None = None, classes_file: str | Path
         except UnicodeDecodeError:
             raise UsageError(f"{path}: not a UTF-8 text file (a class file has one class per line)") from None
         lines += [(f"{path}:{i}", ln) for i, ln in enumerate(text.splitlines(), 1) if ln.strip()]
-    lines += [(f"--classes {c!r}", c) for c in classes or []]
+    lines += [(f"{option} {c!r}", c) for c in classes or []]
     parsed, owner = [], {}
     for place, line in lines:
         synonyms = list(dict.fromkeys(unicodedata.normalize("NFC", s.strip()) for s in line.split(",") if s.strip()))
         if not synonyms:
-            continue
+            raise UsageError(f"{place}: an empty class name; each class is one non-empty argument (or line), "
+                             "synonyms joined by commas, e.g. --classes \"tree,forest\" road")
         for name in synonyms:
             key = name.casefold()
             if key in owner:

@@ -111,7 +111,7 @@ def locate(queries: Sequence[str] | str, inputs: Sequence[str | Path] | str | Pa
     paths = expand_inputs([inputs] if isinstance(inputs, (str, Path)) else inputs, inputs_from=inputs_from,
                           stac_asset=stac_asset)
     stems = distinct_stems(paths)
-    job = LocateJob(parse_classes(queries), opts, Path(out), checkpoint, arch, model, tokenizer)
+    job = LocateJob(parse_classes(queries, option="query"), opts, Path(out), checkpoint, arch, model, tokenizer)
     job.check(paths, stems, [checkpoint] if checkpoint and Path(checkpoint).is_file() else [])
     return run_inputs(job, paths, stems, device=device, redo=redo, log=log)
 

@@ -189,6 +189,10 @@ class SegmentJob:
     def check(self, paths: Sequence[Path], stems: Sequence[str], extra_inputs: Sequence) -> None:
         """Everything that can be refused before any work: the class list, ``out``, outputs over inputs."""
         opts, n = self.options, len(self.classes)
+        if n < 2:
+            raise UsageError(f"one class ({self.names[0]!r}): every pixel would be it; name at least two (the "
+                             f"other things in the scene, or \"background\"), or find one thing with `farslip "
+                             f"locate {self.names[0]!r} IMAGE`")
         if not 0 <= opts.background_index < n:
             raise UsageError(f"--background-index {opts.background_index} is outside the {n} classes")
         if n >= NODATA:
