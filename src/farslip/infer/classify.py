@@ -94,7 +94,7 @@ def _classify_paths(paths: Sequence[Path], class_syn: list[list[str]], model, pr
     device = next(model.parameters()).device
     names, owner = query_table(class_syn)
     with torch.no_grad():
-        text = name_embeddings(model, tokenizer, names, templates).to(device)
+        text = name_embeddings(model, tokenizer, names, templates, progress=progress).to(device)
     side = 2 * model_input_size(model)
     preds, failed = [], []
     for start in tqdm(range(0, len(paths), batch_size), desc="classify", unit="batch", disable=not progress):

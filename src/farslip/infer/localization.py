@@ -169,7 +169,7 @@ class LocateJob:
         if model is None:
             model, _, tokenizer = load_for_inference(self.arch, self.checkpoint, device=device)
         background = background_names(self.queries, self.options.background)
-        text, owner = query_embeddings(model, tokenizer, self.queries, background)
+        text, owner = query_embeddings(model, tokenizer, self.queries, background, progress=self.options.progress)
         if self.model is None:
             # The queries are embedded: free the text tower (a ViT-B-16's 250 MB) before any image is read, so the
             # tiles' buffers never sit on top of it. A caller's own model is left whole.
@@ -209,13 +209,14 @@ def background_names(query_syn: list[list[str]], background: Sequence[str]) -> l
     return names
 
 
-def query_embeddings(model, tokenizer, query_syn: list[list[str]],
-                     background: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def query_embeddings(model, tokenizer, query_syn: list[list[str]], background: Sequence[str],
+                     progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``(text, owner)``: the embeddings of the queries' names then the background's (80 templates each), and
     each name's query index."""
     names, owner = query_table(query_syn)
     with torch.no_grad():
-        text = name_embeddings(model, tokenizer, names + list(background), OVSS_TEMPLATES, batch_size=64)
+        text = name_embeddings(model, tokenizer, names + list(background), OVSS_TEMPLATES, batch_size=64,
+                               progress=progress)
     return text, owner
 
 

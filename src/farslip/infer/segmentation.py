@@ -230,7 +230,8 @@ class SegmentJob:
         with torch.no_grad():
             # once per process, in fp32 whatever amp; 64 prompts a batch keeps the text tower's activations (~0.6 GB
             # at 256 for ViT-B) under the peak the tiles reach
-            text = name_embeddings(runtime.model, tokenizer, queries, OVSS_TEMPLATES, batch_size=64)
+            text = name_embeddings(runtime.model, tokenizer, queries, OVSS_TEMPLATES, batch_size=64,
+                                   progress=self.options.progress)
         return SegmentWorker(runtime, text, query_to_class)
 
     def one(self, worker: SegmentWorker, path: Path, stem: str) -> Done:
