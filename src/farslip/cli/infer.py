@@ -221,7 +221,7 @@ def run_index(args) -> int:
                     stride=args.stride, batch_size=args.batch_size, progress=not args.no_progress, amp=_amp(args))
     if launch_rank() == 0:
         print(json.dumps(summary, indent=2))
-    return 0
+    return 1 if summary["failed"] else 0  # as segment and classify: an input that failed is the run's status
 
 
 def run_query(args) -> int:

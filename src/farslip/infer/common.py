@@ -3,13 +3,18 @@ from __future__ import annotations
 
 import unicodedata
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 
 from ..core.errors import UsageError
 from ..engine.class_files import resolve_class_file
 from ..models.loading import load_model
+
+
+#: The mark of the PNGs farslip draws (previews, contact sheets), as the COGs' ``SOFTWARE=farslip`` tag: ``search
+#: index`` leaves them out of a folder it indexes.
+PNG_METADATA = {"Software": "farslip"}
 
 
 def load_for_inference(arch: str | None = None, checkpoint: str | Path | None = None, *, device: str = "auto",
@@ -69,3 +74,15 @@ def parse_bands(text: str | Sequence[int] | None) -> list[int] | None:
     if any(b < 1 for b in bands):
         raise UsageError(f"--bands {text}: band numbers start at 1")
     return bands
+
+
+def pixel_progress(tiles: Iterable, total_pixels: int, desc: str, enabled: bool = True) -> Iterator:
+    """The tiles of a scene, with a progress bar counted in pixels (``12.3M/16.8M px``, rate and time left): a
+    1 Mpx image is one tile, and a bar of tiles would go 0/1 -> 1/1. Each tile (``.window``) counts once its
+    loop body is done."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total_pixels, desc=desc, unit="px", unit_scale=True, disable=not enabled) as bar:
+        for tile in tiles:
+            yield tile
+            bar.update(int(tile.window.width * tile.window.height))

@@ -62,6 +62,14 @@ def _expand_one(item: str, stac_asset: str | None, json_is_stac: bool) -> list[P
     return [path]
 
 
+def listing_files(entries: Iterable[str | Path], inputs_from: str | Path | None = None) -> list[Path]:
+    """The files that name inputs rather than being ones -- ``@list.txt`` files, ``--inputs-from``, STAC JSON
+    files -- so that no output is written over them either."""
+    items = [str(e) for e in entries] + ([f"@{inputs_from}"] if inputs_from else [])
+    return [Path(i[1:]) if i.startswith("@") else Path(i) for i in items
+            if i.startswith("@") or (i.lower().endswith(".json") and Path(i).is_file())]
+
+
 def names_input(entry: str) -> bool:
     """Whether a command-line word names input files (a file, ``@list``, a glob that matches) rather than being a
     query (``farslip locate`` mixes both)."""

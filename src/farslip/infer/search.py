@@ -30,7 +30,8 @@ from ..core.files import atomic_path, atomic_write, refuse_overwriting_inputs
 from ..engine import model_input_size, window_spans
 from ..models.precision import Amp, autocast_for
 from .classify import load_image
-from .common import load_for_inference
+from .common import PNG_METADATA, load_for_inference
+from .runner import DONE_DIR
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".jp2"}
 INDEX_DIR = ".farslip-index"
@@ -60,15 +61,49 @@ def _model_id(checkpoint) -> str:
     return f"{p.resolve()}:{p.stat().st_mtime_ns}" if p.is_file() else str(checkpoint)
 
 
-def _images(source: Path) -> tuple[Path, list[Path]]:
-    """The folder paths are relative to, and the images to index."""
-    if source.is_dir():
-        files = sorted(p for p in source.rglob("*")
-                       if p.suffix.lower() in IMAGE_SUFFIXES and INDEX_DIR not in p.parts and p.is_file())
-        return source, files
+def _images(source: Path) -> tuple[Path, list[Path], list[str]]:
+    """The folder paths are relative to, the images to index, and the files left out as farslip's own outputs
+    (:func:`farslip_output`). Hidden folders (an index, completion records, staged files) and indexes of rasters
+    are not walked into, nor is a sub-folder of segment or locate outputs (it holds ``.farslip-done/``)."""
     if source.is_file():
-        return source.parent, [source]
-    raise FileNotFoundError(f"image folder or raster not found: {source}")
+        return source.parent, [source], []
+    if not source.is_dir():
+        raise FileNotFoundError(f"image folder or raster not found: {source}")
+    files, skipped = [], []
+    for folder, subfolders, names in os.walk(source):
+        here = Path(folder)
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith(".") and not d.endswith(INDEX_DIR)
+                               and not (here / d / DONE_DIR).is_dir())
+        for name in sorted(names):
+            p = here / name
+            if name.startswith(".") or p.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            (skipped if farslip_output(p) else files).append(p)
+    return source, sorted(files), [str(p.relative_to(source)) for p in sorted(skipped)]
+
+
+def farslip_output(path: Path) -> bool:
+    """Whether an image is one farslip wrote: a raster tagged ``SOFTWARE=farslip`` (every COG of segment and
+    locate), a PNG marked ``Software: farslip`` (previews, contact sheets), or a preview that the JSON summary
+    beside it names."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".tif", ".tiff"):
+            from .raster import open_dataset
+
+            with open_dataset(path) as src:
+                return src.tags().get("SOFTWARE") == "farslip"
+        if suffix == ".png":
+            from PIL import Image
+
+            with Image.open(path) as im:
+                if im.info.get("Software") == PNG_METADATA["Software"]:
+                    return True
+            summary = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+            return isinstance(summary, dict) and Path(str(summary.get("preview", ""))).name == path.name
+    except (OSError, ValueError):  # unreadable (named as a failure when it is embedded), or no summary
+        return False
+    return False
 
 
 def chip_windows(path: Path, chip: int, stride: int) -> list[tuple[int, int, int, int]]:
@@ -111,7 +146,7 @@ def index(source: str | Path, *, checkpoint: str | Path | None = None, model=Non
     again, removed files dropped. Returns counts.
     ``amp`` as in the evaluation (None: float16 autocast on CUDA, fp32 on CPU; ``"bf16"``: bfloat16)."""
     source = Path(source)
-    root, files = _images(source)
+    root, files, skipped = _images(source)
     if chip is not None and chip < 8:
         raise UsageError(f"--chip {chip}: too small (at least 8 pixels)")
     stride = stride or (chip // 2 if chip else None)
@@ -119,8 +154,9 @@ def index(source: str | Path, *, checkpoint: str | Path | None = None, model=Non
     with job_ranks(device) as device:  # torchrun: the images to embed are split between the processes
         if model is None:
             model, preprocess, _ = load_for_inference(arch, checkpoint, device=device)
-        return _index(source, root, files, model, preprocess, checkpoint, emb_path, meta_path, chip, stride,
-                      batch_size, progress, amp)
+        summary = _index(source, root, files, model, preprocess, checkpoint, emb_path, meta_path, chip, stride,
+                         batch_size, progress, amp)
+    return {**summary, "skipped_farslip_outputs": len(skipped)}
 
 
 def _index(source: Path, root: Path, files: list[Path], model, preprocess, checkpoint, emb_path: Path,
@@ -177,7 +213,9 @@ def _index(source: Path, root: Path, files: list[Path], model, preprocess, check
     gather(None)
     embedded = len(todo) - sum(1 for f in failed if "window" in f)
     return {"images": len({e["path"] for e in entries}), "items": len(entries), "embedded": embedded,
-            "reused": len(entries) - embedded, "failed": len(failed), "index": str(emb_path.parent)}
+            "reused": len(entries) - embedded, "failed": len(failed), "index": str(emb_path.parent),
+            "failures": [f"{f['path']}" + (f" (window {f['window']})" if f.get("window") else "") + f": {f['error']}"
+                         for f in failed]}
 
 
 def _previous(emb_path: Path, meta_path: Path, model_id: str) -> dict:
@@ -243,9 +281,13 @@ def query(q: str | Path, *, index: str | Path, checkpoint: str | Path | None = N
     image_query = os.path.isfile(str(q)) and Path(q).suffix.lower() in IMAGE_SUFFIXES
     auto_geojson = geojson == "auto"
     geojson = (Path(sheet).parent if sheet else Path(".")) / "search_results.geojson" if auto_geojson else geojson
+    if sheet and Path(sheet).suffix.lower() != ".png":
+        raise UsageError(f"--sheet {sheet}: the contact sheet is a PNG; give a .png file name")
+    if geojson and Path(geojson).suffix.lower() not in (".geojson", ".json"):
+        raise UsageError(f"--geojson {geojson}: give a .geojson file name")
     refuse_overwriting_inputs([p for p in (sheet, geojson) if p],
-                              [root / e["path"] for e in meta["entries"]] + ([Path(q)] if image_query else []),
-                              hint="choose another --sheet / --geojson")
+                              [root / e["path"] for e in meta["entries"]] + ([Path(q)] if image_query else [])
+                              + [emb_path, meta_path], hint="choose another --sheet / --geojson")
     if model is None:
         model, preprocess, tokenizer = load_for_inference(arch, checkpoint, device=device)
     meta = _fresh_meta(meta, meta_path, source, root, checkpoint, model, preprocess, index_dir, amp)
@@ -307,9 +349,9 @@ def _hit(root: Path, entry: dict, score: float) -> Hit:
     window = tuple(entry["window"]) if entry.get("window") else None
     if window is None:
         return Hit(str(path), round(float(score), 4))
-    import rasterio
+    from .raster import open_dataset
 
-    with rasterio.open(path) as src:
+    with open_dataset(path) as src:
         crs = src.crs.to_wkt() if src.crs else None
         x, y, w, h = window
         ring = [list(src.transform @ (c, r)) for c, r in ((x, y), (x + w, y), (x + w, y + h), (x, y + h), (x, y))]
@@ -353,6 +395,6 @@ def contact_sheet(hits: Sequence[Hit], out: str | Path, title: str = "", thumb: 
     fig.tight_layout()
     out = Path(out)
     with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
+        fig.savefig(tmp, dpi=80, format="png", metadata=PNG_METADATA)
     plt.close(fig)
     return out

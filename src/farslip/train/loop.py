@@ -36,7 +36,7 @@ from ..core import distributed
 from .checkpoint import load_training_checkpoint, rank_state, rng_state, save_training_checkpoint, set_rng_state
 from .config import TrainConfig
 from .optim import build_optimizer, cosine_lr, set_lr
-from .rundir import RunStart, RunStartError, clear_run, plan_start, record_run
+from .rundir import RunStart, RunStartError, clear_run, plan_start, record_run, refuse_run_over_inputs
 
 TENSOR_KEYS = ("images", "texts", "crop_images", "crop_boxes", "region_images", "region_boxes", "region_texts",
                "region_labels", "region_valid")
@@ -114,6 +114,8 @@ def start_run(cfg: TrainConfig, ctx: distributed.Dist, resume: str | None, overw
     decision = None
     if ctx.is_main:
         try:
+            refuse_run_over_inputs(run_dir, [cfg.model.pretrained, cfg.data.train, cfg.data.image_root,
+                                             cfg.run.val_csv, cfg.run.val_image_root])
             start = plan_start(run_dir, resume, overwrite)
             if overwrite:
                 clear_run(run_dir)
