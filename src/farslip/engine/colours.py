@@ -81,11 +81,11 @@ def class_colours(names: Sequence[str]) -> np.ndarray:
         shades = [colour] + [_shade(colour, f) for f in (0.45, -0.45, 0.7, -0.7)]
         chosen[i] = next((c for c in shades if c not in used), shades[0])
         used.append(chosen[i])
-    spare = (c for c in (tuple(int(v) for v in rgb) for rgb in palette(len(names) + len(_BASE) + 8)[1:])
-             if all(_distance(c, u) > 80 for u in used))
+    candidates = [tuple(int(v) for v in rgb) for rgb in palette(2 * len(names) + len(_BASE))[1:]]
     for i, colour in enumerate(chosen):
-        if colour is None:
-            chosen[i] = next(spare)
+        if colour is None:  # the first listed colour far from those taken; with many classes, any one not taken
+            chosen[i] = next((c for c in candidates if all(_distance(c, u) > 80 for u in used)), None) or \
+                next(c for c in candidates if c not in used)
             used.append(chosen[i])
     return np.array(chosen, dtype=np.uint8).reshape(len(names), 3)
 

@@ -38,7 +38,8 @@ from ..core.files import atomic_write, refuse_overwriting_inputs
 from .raster import check_georeference, open_dataset, open_raster, read_thumbnail
 
 MERCATOR = "EPSG:3857"
-#: Vectors beyond this many polygons are left out of the page (largest first kept), which stays responsive.
+#: Vectors beyond this many polygons are left out of the page (largest first kept), which stays responsive; so
+#: are polygons smaller than a pixel of the page's grid.
 MAX_FEATURES = 20000
 
 
@@ -214,27 +215,31 @@ def _inferno_css() -> str:
 
 
 def vector_geojson(path: str | Path, grid: Grid, colours: dict[str, str]) -> tuple[dict, int]:
-    """A vector file as a GeoJSON FeatureCollection in the page's coordinates (WGS84, or pixels), largest
-    ``MAX_FEATURES`` polygons, simplified to half a pixel of the display grid (what the page can show); and how many
-    were left out."""
+    """A vector file as a GeoJSON FeatureCollection in the page's coordinates (WGS84, or pixels): the largest
+    ``MAX_FEATURES`` polygons of at least one pixel of the display grid (smaller ones cannot be seen on the page),
+    simplified to half such a pixel; and how many were left out."""
     import pyogrio
     import shapely
 
     meta, _, geoms, fields = pyogrio.raw.read(path)
     crs = meta.get("crs")
     geoms = shapely.from_wkb(geoms)
-    order = np.argsort(-shapely.area(geoms))[:MAX_FEATURES]
-    shown = geoms[order]
-    if grid.simple:  # pixels, y pointing down: Leaflet's simple CRS has y up
-        half_pixel = grid.bounds_latlon[1][1] / grid.width / 2
-        shown = shapely.transform(shapely.simplify(shown, half_pixel, preserve_topology=True),
-                                  lambda xy: xy * np.array([1.0, -1.0]))
+    if grid.simple:
+        pixel = grid.bounds_latlon[1][1] / grid.width  # a display pixel in the picture's pixels
     elif crs:
-        shown = _reprojected(shown, crs, MERCATOR)  # the display grid's CRS: its pixel is the tolerance
-        shown = shapely.simplify(shown, abs(grid.transform.a) / 2, preserve_topology=True)
+        pixel = abs(grid.transform.a)  # in Web Mercator metres, where the page draws
+        geoms = _reprojected(geoms, crs, MERCATOR)
+    else:
+        pixel = 0.0  # a file without a CRS over a georeferenced page: drawn as it is
+    area = shapely.area(geoms) / max(pixel, 1e-12) ** 2
+    order = [i for i in np.argsort(-area).tolist() if area[i] >= 1 or not pixel][:MAX_FEATURES]
+    shown = shapely.simplify(geoms[order], pixel / 2, preserve_topology=True) if pixel else geoms[order]
+    if grid.simple:  # pixels, y pointing down: Leaflet's simple CRS has y up
+        shown = shapely.transform(shown, lambda xy: xy * np.array([1.0, -1.0]))
+    elif crs:
         shown = _reprojected(shown, MERCATOR, "EPSG:4326", decimals=7)
     feats = []
-    for k, i in enumerate(order.tolist()):
+    for k, i in enumerate(order):
         props = {name: _plain(col[i]) for name, col in zip(meta["fields"], fields)}
         props["_colour"] = colours.get(str(props.get("class", props.get("query", ""))), "#00e5ff")
         feats.append({"type": "Feature", "geometry": shapely.geometry.mapping(shown[k]), "properties": props})
@@ -304,7 +309,8 @@ def write_html(out: str | Path, *, image: str | Path | None = None, rasters: Seq
         collection, left_out = vector_geojson(path, grid, colours)
         fields = [k for k in (collection["features"][0]["properties"] if collection["features"] else {})
                   if not k.startswith("_")]
-        label = f"polygons: {path.name}" + (f" (largest {MAX_FEATURES})" if left_out else "")
+        label = f"polygons: {path.name}" + (f" ({len(collection['features'])} largest of "
+                                             f"{len(collection['features']) + left_out})" if left_out else "")
         layer = folium.GeoJson(collection, name=label, style_function=_vector_style,
                                tooltip=folium.GeoJsonTooltip(fields=fields) if fields else None)
         layer.add_to(m)
