@@ -14,7 +14,7 @@ from __future__ import annotations
 import glob
 import json
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
 from ..core.errors import FarslipError
 
@@ -128,13 +128,3 @@ def stac_assets(path: Path, key: str | None = None) -> list[Path]:
     if not out:
         raise InputError(f"{path}: the ItemCollection has no items")
     return out
-
-
-def output_stems(paths: Sequence[Path]) -> None:
-    """Refuse inputs whose outputs would share a name (outputs are named by the input's file stem)."""
-    seen: dict[str, Path] = {}
-    for p in paths:
-        if p.stem in seen:
-            raise InputError(f"{seen[p.stem]} and {p} would write the same outputs ({p.stem}.*): rename one or "
-                             "run them into different --out folders")
-        seen[p.stem] = p

@@ -48,8 +48,8 @@ BACKGROUND = ("background", "bare land", "grass", "tree", "road", "building", "w
 class LocateOptions:
     threshold: float = 0.5              # probability at or above which a pixel belongs to a detected region
     background: Sequence[str] = BACKGROUND
-    min_area: float = 0.0               # regions smaller than this (map units^2) are left out
-    simplify: float = 0.0               # polygon simplification tolerance (map units)
+    min_area: float = 0.0               # regions smaller than this (CRS units^2: m^2, deg^2, px^2) are left out
+    simplify: float = 0.0               # polygon simplification tolerance (the CRS's units)
     vector_format: str = "gpkg"         # gpkg | geojson
     attn: str = "segearth"
     cls_lambda: float = -0.3

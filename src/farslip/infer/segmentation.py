@@ -78,8 +78,8 @@ class SegmentOptions:
     confidence: bool = True             # OUT/<stem>.confidence.tif: the shown class's probability
     probabilities: bool = False         # OUT/<stem>.probabilities.tif: every class's probability, a band each
     vector: str | None = None           # "gpkg" | "geojson" -> OUT/<stem>.<format>; or a .gpkg/.geojson path
-    min_area: float = 0.0               # polygons: regions under this many map units^2 are left out
-    simplify: float = 0.0               # polygons: simplification tolerance in map units
+    min_area: float = 0.0               # polygons: regions under this many CRS units^2 (m^2, deg^2, px^2) are left out
+    simplify: float = 0.0               # polygons: simplification tolerance in the CRS's units
     html: bool = False                  # OUT/<stem>.html: the offline interactive map
 
     def resolved(self) -> "SegmentOptions":
