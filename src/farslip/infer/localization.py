@@ -237,59 +237,62 @@ def query_probabilities(logits: torch.Tensor, owner: torch.Tensor, n_queries: in
 def _locate_one(path: Path, stem: str, model, text, owner, queries, slugs, out: Path,
                 opts: LocateOptions) -> LocateResult:
     """One input's outputs, finished together (:class:`~farslip.core.files.StagedFiles`), as in ``segment``."""
+    with StagedFiles() as stage:
+        return _locate_staged(path, stem, model, text, owner, queries, slugs, out, opts, stage)
+
+
+def _locate_staged(path: Path, stem: str, model, text, owner, queries, slugs, out: Path, opts: LocateOptions,
+                   stage: StagedFiles) -> LocateResult:
     t0 = time.perf_counter()
     r = open_raster(path, opts.bands, opts.percentiles)  # a nonsense georeference stops here: nothing written
     window = opts.window or model_input_size(model)
     scene = SceneTiles(r, window, opts.stride or window // 2, opts.scale, opts.block)
     heat_paths = [out / f"{stem}.{s}.tif" for s in slugs]
-    regions_path = out / f"{stem}.regions.{opts.vector_format}"
     peaks = np.full(len(queries), np.nan)
     try:
-        with StagedFiles() as stage:
-            with ExitStack() as stack:
-                dsts = [stack.enter_context(score_writer(stage(p), r.src, [q], kind="similarity", source=path))
-                        for p, q in zip(heat_paths, queries)]
-                for d in dsts:
-                    d.update_tags(FARSLIP_THRESHOLD=str(opts.threshold))
-                for tile in pixel_progress(scene, r.height * r.width, f"locate {path.name}", opts.progress):
-                    win = tile.window
-                    logits = tile_logits(scene, tile, model, text, attn=opts.attn, cls_lambda=opts.cls_lambda,
-                                         amp=opts.amp, window_batch_size=opts.window_batch_size)
-                    if logits is None:
-                        continue  # nothing valid: the COG keeps its nodata there
-                    trim()  # the windows' buffers are freed: hand their pages back before the next tile
-                    prob = query_probabilities(logits.float(), owner, len(queries), opts.logit_scale).cpu().numpy()
-                    valid = scene.valid(tile)
-                    if valid is not None:
-                        prob[:, ~valid] = np.nan
-                    for i, d in enumerate(dsts):
-                        d.write(prob[i].astype(np.float32), 1, window=win)
-                        if np.isfinite(prob[i]).any():
-                            peaks[i] = np.nanmax([peaks[i], np.nanmax(prob[i])])
-            feats, summaries = Features.with_fields(REGION_FIELDS), []
-            for q, hp, peak in zip(queries, heat_paths, peaks):
-                before = len(feats)
-                heatmap_polygons(stage(hp), opts.threshold, query=q, min_area=opts.min_area,
-                                 simplify=opts.simplify, features=feats, progress=opts.progress)
-                areas = feats.columns.get("area", [])[before:]
-                summaries.append(QueryResult(q, str(hp), round(float(peak), 4) if np.isfinite(peak) else 0.0,
-                                             len(feats) - before, float(sum(areas))))
-            write_features(feats, stage(regions_path), r.src.crs, "regions")
-            write_heat_preview(r, [stage(p) for p in heat_paths], queries, opts.threshold,
-                               stage(out / f"{stem}.locate.png"), opts.preview_size)
-            result = LocateResult(str(path), str(regions_path), str(out / f"{stem}.locate.png"),
-                                  r.height * r.width, 0.0, summaries, crs=crs_name(r.src.crs),
-                                  area_unit=area_unit(r.src.crs))
-            if opts.html:
-                from .webmap import write_html
-
-                write_html(stage(out / f"{stem}.locate.html"), image=path, rasters=[stage(p) for p in heat_paths],
-                           vectors=[stage(regions_path)], bands=opts.bands, progress=opts.progress)
-                result.html = str(out / f"{stem}.locate.html")
-            result.seconds = time.perf_counter() - t0
-            atomic_write(stage(out / f"{stem}.locate.json"), json.dumps(asdict(result), indent=2))
+        with ExitStack() as stack:
+            dsts = [stack.enter_context(score_writer(stage(p), r.src, [q], kind="similarity", source=path))
+                    for p, q in zip(heat_paths, queries)]
+            for d in dsts:
+                d.update_tags(FARSLIP_THRESHOLD=str(opts.threshold))
+            for tile in pixel_progress(scene, r.height * r.width, f"locate {path.name}", opts.progress):
+                win = tile.window
+                logits = tile_logits(scene, tile, model, text, attn=opts.attn, cls_lambda=opts.cls_lambda,
+                                     amp=opts.amp, window_batch_size=opts.window_batch_size)
+                if logits is None:
+                    continue  # nothing valid: the COG keeps its nodata there
+                trim()  # the windows' buffers are freed: hand their pages back before the next tile
+                prob = query_probabilities(logits.float(), owner, len(queries), opts.logit_scale).cpu().numpy()
+                valid = scene.valid(tile)
+                if valid is not None:
+                    prob[:, ~valid] = np.nan
+                for i, d in enumerate(dsts):
+                    d.write(prob[i].astype(np.float32), 1, window=win)
+                    if np.isfinite(prob[i]).any():
+                        peaks[i] = np.nanmax([peaks[i], np.nanmax(prob[i])])
+        feats, summaries = Features.with_fields(REGION_FIELDS), []
+        for q, hp, peak in zip(queries, heat_paths, peaks):
+            before = len(feats)
+            heatmap_polygons(stage(hp), opts.threshold, query=q, min_area=opts.min_area, simplify=opts.simplify,
+                             features=feats, progress=opts.progress)
+            areas = feats.columns.get("area", [])[before:]
+            summaries.append(QueryResult(q, str(hp), round(float(peak), 4) if np.isfinite(peak) else 0.0,
+                                         len(feats) - before, float(sum(areas))))
+        regions, preview = out / f"{stem}.regions.{opts.vector_format}", out / f"{stem}.locate.png"
+        write_features(feats, stage(regions), r.src.crs, "regions")
+        write_heat_preview(r, [stage(p) for p in heat_paths], queries, opts.threshold, stage(preview),
+                           opts.preview_size)
     finally:
         r.close()
+    result = LocateResult(str(path), str(regions), str(preview), r.height * r.width, time.perf_counter() - t0,
+                          summaries, crs=crs_name(r.src.crs), area_unit=area_unit(r.src.crs))
+    if opts.html:
+        from .webmap import write_html
+
+        write_html(stage(out / f"{stem}.locate.html"), image=path, rasters=[stage(p) for p in heat_paths],
+                   vectors=[stage(regions)], bands=opts.bands, progress=opts.progress)
+        result.html = str(out / f"{stem}.locate.html")
+    atomic_write(stage(out / f"{stem}.locate.json"), json.dumps(asdict(result), indent=2))
     return result
 
 

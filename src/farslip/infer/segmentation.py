@@ -259,6 +259,12 @@ def _segment_one(path: Path, stem: str, runtime: ProtocolRuntime, text, query_to
                  vector: Path | None, opts: SegmentOptions) -> SegmentResult:
     """One input's outputs, finished together (:class:`~farslip.core.files.StagedFiles`): a failure in any phase --
     tiles, preview, polygons, web page -- leaves none of this run's files, and an earlier run's untouched."""
+    with StagedFiles() as stage:
+        return _segment_staged(path, stem, runtime, text, query_to_class, names, out, vector, opts, stage)
+
+
+def _segment_staged(path: Path, stem: str, runtime: ProtocolRuntime, text, query_to_class, names, out: Path,
+                    vector: Path | None, opts: SegmentOptions, stage: StagedFiles) -> SegmentResult:
     t0 = time.perf_counter()
     model = runtime.model
     r = open_raster(path, opts.bands, opts.percentiles)  # a nonsense georeference stops here: nothing written
@@ -272,60 +278,57 @@ def _segment_one(path: Path, stem: str, runtime: ProtocolRuntime, text, query_to
     prob_tif = out / f"{stem}.probabilities.tif" if opts.probabilities else None
     counts = np.zeros(len(names), np.int64)
     try:
-        with StagedFiles() as stage:
-            try:
-                with ExitStack() as stack:
-                    dst = stack.enter_context(class_map_writer(stage(tif), r.src, names, colours, NODATA,
-                                                               source=path))
-                    conf = stack.enter_context(score_writer(stage(conf_tif), r.src, ["confidence"],
-                                                            kind="confidence", source=path,
-                                                            class_names=names)) if conf_tif else None
-                    probs = stack.enter_context(score_writer(stage(prob_tif), r.src, names, kind="probability",
-                                                             source=path)) if prob_tif else None
-                    for tile in pixel_progress(scene, r.height * r.width, f"segment {path.name}", opts.progress):
-                        logits = tile_logits(scene, tile, model, text, amp=opts.amp,
-                                             window_batch_size=opts.window_batch_size, **protocol_options)
-                        if logits is None:
-                            continue  # no valid pixel: the rasters keep their nodata there
-                        trim()  # the windows' buffers are freed: hand their pages back before the next tile
-                        scores = class_scores(logits, query_to_class, len(names), logit_scale=opts.logit_scale)
-                        pred = predict_classes(scores, opts.threshold, opts.background_index)
-                        valid = scene.valid(tile)
-                        pred = pred.cpu().numpy().astype(np.uint8)
-                        if valid is not None:
-                            pred[~valid] = NODATA
-                        win = tile.window
-                        dst.write(pred, 1, window=win)
-                        counts += np.bincount(pred[pred != NODATA].ravel(), minlength=len(names))[:len(names)]
-                        if conf is not None:
-                            c = scores.gather(0, torch.from_numpy(np.minimum(pred, len(names) - 1)).long()
-                                              .to(scores.device)[None])[0].float().cpu().numpy()
-                            conf.write(_masked(c, valid), 1, window=win)
-                        if probs is not None:
-                            probs.write(_masked(scores.float().cpu().numpy(), valid), window=win)
-                write_preview(stage(tif), r, names, colours, stage(out / f"{stem}.png"), opts.preview_size)
-            except RasterioIOError as exc:  # a block that cannot be decoded (cut-off file), or a full disk
-                raise RasterError(f"{path}: a block could not be read (truncated or corrupt file?) or {out} could "
-                                  f"not be written ({exc}); its outputs were not written") from None
-            if vector:
-                vectorize_class_map(stage(tif), stage(vector), confidence=stage(conf_tif) if conf_tif else None,
-                                    min_area=opts.min_area, simplify=opts.simplify, progress=opts.progress)
-            total = max(1, int(counts.sum()))
-            result = SegmentResult(str(path), str(tif), str(out / f"{stem}.png"), names, r.height * r.width,
-                                   0.0, {n: round(float(c) / total, 4) for n, c in zip(names, counts)},
-                                   str(conf_tif) if conf_tif else None, str(prob_tif) if prob_tif else None,
-                                   str(vector) if vector else None, crs=crs_name(r.src.crs))
-            if opts.html:
-                from .webmap import write_html
-
-                write_html(stage(out / f"{stem}.html"), image=path, bands=opts.bands,
-                           rasters=[stage(tif)] + ([stage(conf_tif)] if conf_tif else []),
-                           vectors=[stage(vector)] if vector else [], progress=opts.progress)
-                result.html = str(out / f"{stem}.html")
-            result.seconds = time.perf_counter() - t0
-            atomic_write(stage(out / f"{stem}.json"), json.dumps(asdict(result), indent=2))
+        with ExitStack() as stack:
+            dst = stack.enter_context(class_map_writer(stage(tif), r.src, names, colours, NODATA, source=path))
+            conf = stack.enter_context(score_writer(stage(conf_tif), r.src, ["confidence"], kind="confidence",
+                                                    source=path, class_names=names)) if conf_tif else None
+            probs = stack.enter_context(score_writer(stage(prob_tif), r.src, names, kind="probability",
+                                                     source=path)) if prob_tif else None
+            for tile in pixel_progress(scene, r.height * r.width, f"segment {path.name}", opts.progress):
+                logits = tile_logits(scene, tile, model, text, amp=opts.amp, window_batch_size=opts.window_batch_size,
+                                     **protocol_options)
+                if logits is None:
+                    continue  # no valid pixel: the rasters keep their nodata there
+                trim()  # the windows' buffers are freed: hand their pages back before the next tile
+                scores = class_scores(logits, query_to_class, len(names), logit_scale=opts.logit_scale)
+                pred = predict_classes(scores, opts.threshold, opts.background_index)
+                valid = scene.valid(tile)
+                pred = pred.cpu().numpy().astype(np.uint8)
+                if valid is not None:
+                    pred[~valid] = NODATA
+                win = tile.window
+                dst.write(pred, 1, window=win)
+                counts += np.bincount(pred[pred != NODATA].ravel(), minlength=len(names))[:len(names)]
+                if conf is not None:
+                    c = scores.gather(0, torch.from_numpy(np.minimum(pred, len(names) - 1)).long()
+                                      .to(scores.device)[None])[0].float().cpu().numpy()
+                    conf.write(_masked(c, valid), 1, window=win)
+                if probs is not None:
+                    probs.write(_masked(scores.float().cpu().numpy(), valid), window=win)
+        preview = out / f"{stem}.png"
+        write_preview(stage(tif), r, names, colours, stage(preview), opts.preview_size)
+    except RasterioIOError as exc:  # a block that cannot be decoded (cut-off file), or a full disk
+        raise RasterError(f"{path}: a block could not be read (truncated or corrupt file?) or {out} could not be "
+                          f"written ({exc}); its outputs were not written") from None
     finally:
         r.close()
+    if vector:
+        vectorize_class_map(stage(tif), stage(vector), confidence=stage(conf_tif) if conf_tif else None,
+                            min_area=opts.min_area, simplify=opts.simplify, progress=opts.progress)
+    vectors = str(vector) if vector else None
+    total = max(1, int(counts.sum()))
+    fractions = {n: round(float(c) / total, 4) for n, c in zip(names, counts)}
+    result = SegmentResult(str(path), str(tif), str(preview), names, r.height * r.width,
+                           time.perf_counter() - t0, fractions, str(conf_tif) if conf_tif else None,
+                           str(prob_tif) if prob_tif else None, vectors, crs=crs_name(r.src.crs))
+    if opts.html:
+        from .webmap import write_html
+
+        write_html(stage(out / f"{stem}.html"), image=path, bands=opts.bands,
+                   rasters=[stage(tif)] + ([stage(conf_tif)] if conf_tif else []),
+                   vectors=[stage(vector)] if vector else [], progress=opts.progress)
+        result.html = str(out / f"{stem}.html")
+    atomic_write(stage(out / f"{stem}.json"), json.dumps(asdict(result), indent=2))
     return result
 
 
