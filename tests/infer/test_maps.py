@@ -388,3 +388,15 @@ def test_the_page_follows_max_side_not_the_scene(tmp_path):
     simplified to it."""
     small, large = _scene_outputs(tmp_path / "small", 1), _scene_outputs(tmp_path / "large", 8)
     assert large < 1.25 * small, (small, large)
+
+
+def test_a_large_picture_without_crs_fits_the_window(tmp_path):
+    """Leaflet's simple CRS shows a pixel per screen pixel at zoom 0: a picture larger than the window must be
+    allowed to zoom out to fit (the page's grey shows around it)."""
+    from PIL import Image
+
+    Image.fromarray(np.full((1000, 1200, 3), 128, np.uint8)).save(tmp_path / "photo.png")
+    page = webmap.write_html(tmp_path / "photo.html", image=tmp_path / "photo.png")
+    shot = _screenshot(page, tmp_path / "photo.shot.png", tmp_path)
+    assert _share(shot, (128, 128, 128), tol=12) > 0.3
+    assert _share(shot[:, :60], (128, 128, 128), tol=12) < 0.05  # a margin left of the picture: it fits

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import unicodedata
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
 
@@ -76,13 +76,27 @@ def parse_bands(text: str | Sequence[int] | None) -> list[int] | None:
     return bands
 
 
-def pixel_progress(tiles: Iterable, total_pixels: int, desc: str, enabled: bool = True) -> Iterator:
-    """The tiles of a scene, with a progress bar counted in pixels (``12.3M/16.8M px``, rate and time left): a
-    1 Mpx image is one tile, and a bar of tiles would go 0/1 -> 1/1. Each tile (``.window``) counts once its
-    loop body is done."""
-    from tqdm.auto import tqdm
+class PixelProgress:
+    """The tiles of a scene with a progress bar counted in pixels (``0.42M/16.8M px``, rate and time left), moving
+    within a tile as its windows are encoded (``windows_done``, given to the engine as ``on_batch``): a bar of
+    tiles would sit at 0/1 for the whole of a 1 Mpx image."""
 
-    with tqdm(total=total_pixels, desc=desc, unit="px", unit_scale=True, disable=not enabled) as bar:
-        for tile in tiles:
-            yield tile
-            bar.update(int(tile.window.width * tile.window.height))
+    def __init__(self, tiles, total_pixels: int, desc: str, enabled: bool = True):
+        from tqdm.auto import tqdm
+
+        self.tiles = tiles
+        self.bar = tqdm(total=total_pixels, desc=desc, unit="px", unit_scale=True, disable=not enabled)
+        self._tile_pixels = self._counted = 0
+
+    def __iter__(self) -> Iterator:
+        with self.bar:
+            for tile in self.tiles:
+                self._tile_pixels, self._counted = int(tile.window.width * tile.window.height), 0
+                yield tile
+                self.bar.update(self._tile_pixels - self._counted)  # the rest of it (a tile without windows: all)
+
+    def windows_done(self, share: float) -> None:
+        """``share`` of the current tile's windows were encoded."""
+        step = min(round(share * self._tile_pixels), self._tile_pixels - self._counted)
+        self._counted += step
+        self.bar.update(step)

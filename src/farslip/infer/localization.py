@@ -33,7 +33,7 @@ from ..core.memory import trim
 from ..engine import OVSS_TEMPLATES, model_input_size, name_embeddings, query_table
 from ..models import drop_text_tower, weights_fingerprint
 from .cog import score_writer
-from .common import PNG_METADATA, load_for_inference, parse_classes, pixel_progress
+from .common import PNG_METADATA, PixelProgress, load_for_inference, parse_classes
 from .inputs import expand_inputs, listing_files
 from .raster import crs_name, open_dataset, open_raster, read_thumbnail
 from .runner import Done, Log, Run, checkpoint_identity, format_pixels, run_inputs
@@ -255,10 +255,12 @@ def _locate_staged(path: Path, stem: str, model, text, owner, queries, slugs, ou
                     for p, q in zip(heat_paths, queries)]
             for d in dsts:
                 d.update_tags(FARSLIP_THRESHOLD=str(opts.threshold))
-            for tile in pixel_progress(scene, r.height * r.width, f"locate {path.name}", opts.progress):
+            tiles = PixelProgress(scene, r.height * r.width, f"locate {path.name}", opts.progress)
+            for tile in tiles:
                 win = tile.window
                 logits = tile_logits(scene, tile, model, text, attn=opts.attn, cls_lambda=opts.cls_lambda,
-                                     amp=opts.amp, window_batch_size=opts.window_batch_size)
+                                     amp=opts.amp, window_batch_size=opts.window_batch_size,
+                                     on_batch=tiles.windows_done)
                 if logits is None:
                     continue  # nothing valid: the COG keeps its nodata there
                 trim()  # the windows' buffers are freed: hand their pages back before the next tile

@@ -62,8 +62,8 @@ def _model_id(checkpoint) -> str:
 
 
 def _images(source: Path) -> tuple[Path, list[Path], list[str]]:
-    """The folder paths are relative to, the images to index, and the files left out as farslip's own outputs
-    (:func:`farslip_output`). Hidden folders (an index, completion records, staged files) and indexes of rasters
+    """The folder paths are relative to, the images to index, and the files and folders left out as farslip's own
+    outputs (:func:`farslip_output`). Hidden folders (an index, completion records, staged files) and indexes of rasters
     are not walked into, nor is a sub-folder of segment or locate outputs (it holds ``.farslip-done/``)."""
     if source.is_file():
         return source.parent, [source], []
@@ -72,8 +72,10 @@ def _images(source: Path) -> tuple[Path, list[Path], list[str]]:
     files, skipped = [], []
     for folder, subfolders, names in os.walk(source):
         here = Path(folder)
+        outputs = [d for d in subfolders if (here / d / DONE_DIR).is_dir()]  # segment's or locate's --out
+        skipped += [here / d for d in outputs]
         subfolders[:] = sorted(d for d in subfolders if not d.startswith(".") and not d.endswith(INDEX_DIR)
-                               and not (here / d / DONE_DIR).is_dir())
+                               and d not in outputs)
         for name in sorted(names):
             p = here / name
             if name.startswith(".") or p.suffix.lower() not in IMAGE_SUFFIXES:
@@ -214,8 +216,14 @@ def _index(source: Path, root: Path, files: list[Path], model, preprocess, check
     embedded = len(todo) - sum(1 for f in failed if "window" in f)
     return {"images": len({e["path"] for e in entries}), "items": len(entries), "embedded": embedded,
             "reused": len(entries) - embedded, "failed": len(failed), "index": str(emb_path.parent),
-            "failures": [f"{f['path']}" + (f" (window {f['window']})" if f.get("window") else "") + f": {f['error']}"
-                         for f in failed]}
+            "failures": [_failure_line(f) for f in failed]}
+
+
+def _failure_line(failure: dict) -> str:
+    """``path (window ...): what went wrong``, the path said once (readers' messages often begin with it)."""
+    where = failure["path"] + (f" (window {failure['window']})" if failure.get("window") else "")
+    first, _, rest = failure["error"].partition(": ")
+    return f"{where}: {rest if rest and first.endswith(Path(failure['path']).name) else failure['error']}"
 
 
 def _previous(emb_path: Path, meta_path: Path, model_id: str) -> dict:
@@ -367,7 +375,8 @@ def write_geojson(hits: Sequence[Hit], out: str | Path) -> Path:
     for rank, h in enumerate(hits, 1):
         geom = None
         if h.footprint is not None and h.crs is not None:
-            geom = transform_geom(h.crs, "EPSG:4326", {"type": "Polygon", "coordinates": [h.footprint]})
+            geom = transform_geom(h.crs, "EPSG:4326", {"type": "Polygon", "coordinates": [h.footprint]},
+                                  precision=7)  # about 1 cm, as GDAL writes RFC 7946
         feats.append({"type": "Feature", "geometry": geom,
                       "properties": {"rank": rank, "score": h.score, "source": h.path,
                                      "window": list(h.window) if h.window else None}})

@@ -33,7 +33,7 @@ from ..engine.protocols import OVSSProtocol, get_protocol
 from ..engine.runtime import ProtocolRuntime, protocol_runtime
 from ..models import weights_fingerprint
 from .cog import class_map_writer, score_writer
-from .common import PNG_METADATA, load_for_inference, parse_classes, pixel_progress
+from .common import PNG_METADATA, PixelProgress, load_for_inference, parse_classes
 from .inputs import expand_inputs, listing_files
 from .raster import RasterError, crs_name, open_dataset, open_raster, read_thumbnail
 from .runner import Done, Log, Run, checkpoint_identity, format_pixels, run_inputs
@@ -284,9 +284,10 @@ def _segment_staged(path: Path, stem: str, runtime: ProtocolRuntime, text, query
                                                     source=path, class_names=names)) if conf_tif else None
             probs = stack.enter_context(score_writer(stage(prob_tif), r.src, names, kind="probability",
                                                      source=path)) if prob_tif else None
-            for tile in pixel_progress(scene, r.height * r.width, f"segment {path.name}", opts.progress):
+            tiles = PixelProgress(scene, r.height * r.width, f"segment {path.name}", opts.progress)
+            for tile in tiles:
                 logits = tile_logits(scene, tile, model, text, amp=opts.amp, window_batch_size=opts.window_batch_size,
-                                     **protocol_options)
+                                     on_batch=tiles.windows_done, **protocol_options)
                 if logits is None:
                     continue  # no valid pixel: the rasters keep their nodata there
                 trim()  # the windows' buffers are freed: hand their pages back before the next tile

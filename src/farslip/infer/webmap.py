@@ -287,6 +287,8 @@ def write_html(out: str | Path, *, image: str | Path | None = None, rasters: Seq
         grid = display_grid(src, max_side)
     m = folium.Map(crs="Simple" if grid.simple else "EPSG3857", tiles=None, control_scale=not grid.simple,
                    zoom_snap=0.25)
+    if grid.simple:  # a screen pixel per picture pixel at zoom 0: a larger picture fits the window only below it
+        m.options["minZoom"] = -8
     m.default_js, m.default_css = [], []  # Leaflet comes inlined below, not from a CDN
     js, css = leaflet_assets()
     m.get_root().header.add_child(folium.Element(f"<style>{css}</style>\n<script>{js}</script>"), name="leaflet")
