@@ -233,8 +233,10 @@ def check_export_folder(out: str | os.PathLike, model_file: str | os.PathLike | 
         from ..core.files import refuse_overwriting_inputs
 
         refuse_overwriting_inputs([out], [model_file], hint="export into a new folder")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ExportError(f"{out} exists and is not an empty folder; export into a new folder")
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out} is a file; export into a new folder")
+    if out.exists() and any(out.iterdir()):
+        raise ExportError(f"{out} exists and is not empty; choose a new folder")
 
 
 class _staging:
