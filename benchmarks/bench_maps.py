@@ -7,6 +7,7 @@
   is measured on a 2-core CPU in minutes rather than hours.
 * vectors: the polygons of a generated class map of the same size (regions of every size, holes, a confidence
   raster) written to a GeoPackage by ``farslip.infer.vectors.vectorize_class_map`` in a child process.
+* web map: the HTML page (``farslip view``) of that class map, its confidence and its polygons: size and time.
 
 Peak RSS is ``ru_maxrss`` of exactly that child (``os.wait4`` in ``launch.py``, so the parent's RSS is not counted).
 """
@@ -119,9 +120,25 @@ def run(cfg: dict, log) -> dict:
                           "peak_rss_mib": v["child_peak_rss_mib"], "gpkg_mib": (work / "v.gpkg").stat().st_size / 2**20}
         log(f"[maps] vectors: {v['polygons']} polygons in {v['seconds']:.0f} s ({out['vectors']['mpx_per_s']:.1f} "
             f"Mpx/s), peak RSS {v['child_peak_rss_mib']:.0f} MiB")
+        w = run_child("maps_webmap", {"rasters": [str(cm), str(conf)], "vectors": [str(work / "v.gpkg")],
+                                      "out": str(work / "map.html")}, cfg["threads"])
+        out["webmap"] = {"pixels": px, "seconds": w["seconds"], "mib": w["bytes"] / 2 ** 20,
+                         "polygons_shown": w["polygons_shown"], "peak_rss_mib": w["child_peak_rss_mib"]}
+        log(f"[maps] web map of the class map, confidence and polygons: {out['webmap']['mib']:.1f} MiB in "
+            f"{w['seconds']:.0f} s")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return out
 
 
-CHILDREN = {"maps_checkpoint": child_checkpoint, "maps_vectorize": child_vectorize}
+def child_webmap(p: dict) -> None:
+    from farslip.infer.webmap import write_html
+
+    t0 = time.perf_counter()
+    page = write_html(p["out"], rasters=p["rasters"], vectors=p["vectors"])
+    text = page.read_text()
+    emit({"seconds": time.perf_counter() - t0, "bytes": page.stat().st_size,
+          "polygons_shown": text.count('"type": "Feature"')})
+
+
+CHILDREN = {"maps_checkpoint": child_checkpoint, "maps_vectorize": child_vectorize, "maps_webmap": child_webmap}

@@ -39,22 +39,23 @@ def child_env(threads: int) -> dict:
     return env
 
 
-def run_child(kind: str, params: dict, threads: int, timeout: float | None = None) -> dict:
-    """Run ``run.py --child kind`` with ``params``; return its JSON result plus the child's peak RSS (MiB).
+def run_child(kind: str, params: dict, threads: int, timeout: float | None = None, env: dict | None = None) -> dict:
+    """Run ``run.py --child kind`` with ``params`` (and the variables ``env``); return its JSON result plus the
+    child's peak RSS (MiB).
 
     The child prints one line ``RESULT {json}`` on stdout; its stderr passes through.
     """
     cmd = [sys.executable, str(HERE / "run.py"), "--child", kind, "--params", json.dumps(params)]
-    return run_measured(cmd, threads, timeout, parse_result=True)
+    return run_measured(cmd, threads, timeout, parse_result=True, env=env)
 
 
 def run_measured(cmd: list[str], threads: int, timeout: float | None = None, parse_result: bool = False,
-                 cwd: str | None = None) -> dict:
+                 cwd: str | None = None, env: dict | None = None) -> dict:
     """Run ``cmd``; wall time and the peak RSS of exactly this command (``os.wait4``, through ``launch.py`` so that
     this process's own RSS is not counted in the child's)."""
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, str(HERE / "launch.py"), *cmd], stdout=subprocess.PIPE, stderr=None,
-                            env=child_env(threads), text=True, cwd=cwd)
+                            env={**child_env(threads), **(env or {})}, text=True, cwd=cwd)
     out_lines = []
     deadline = None if timeout is None else t0 + timeout
     assert proc.stdout is not None

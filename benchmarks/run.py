@@ -3,7 +3,7 @@
 
     .venv/bin/python benchmarks/run.py                 # everything, CPU defaults (make bench)
     .venv/bin/python benchmarks/run.py --quick         # smaller sizes, fewer repeats (a smoke run)
-    .venv/bin/python benchmarks/run.py --only train    # one part: train, data, ovss, retrieval, segment, maps, ray
+    .venv/bin/python benchmarks/run.py --only train    # one part: train, data, ovss, retrieval, segment, maps, ray, cli
     .venv/bin/python benchmarks/run.py --device cuda   # GPU: ViT-B-16, batch 40 for the training step
 
 Each part reports medians of several repeats after warm-up and the ratio project / baseline. Results go to
@@ -23,7 +23,7 @@ sys.path.insert(0, str(HERE))
 
 from common import fmt, load_snapshot, machine_info  # noqa: E402
 
-PARTS = ("train", "data", "ovss", "retrieval", "segment", "maps", "ray")
+PARTS = ("train", "data", "ovss", "retrieval", "segment", "maps", "ray", "cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,6 +181,18 @@ def summary(res: dict) -> str:
                      "worker): inputs/s over the job (start-up included) / steady: " + ", ".join(
                          f"{k} {fmt(x['inputs_per_s'], 3)} / {fmt(x['steady_inputs_per_s'], 3)}"
                          for k, x in ry["runs"].items()))
+        wm = mp.get("webmap")
+        if wm:
+            lines.append(f"web map {mp['size']}x{mp['size']}: {fmt(wm['mib'])} MiB, {wm['polygons_shown']} polygons "
+                         f"shown, {fmt(wm['seconds'])} s")
+    c = res.get("cli")
+    if c:
+        lines.append("start-up (median s): " + ", ".join(f"{k} {fmt(v['median_s'])}" for k, v in c["startup"].items()))
+        t = c["text_cache"]
+        lines.append(f"text prompts ({t['arch']}, {t['prompts']}): first run {fmt(t['first_s'])} s "
+                     f"({t['first_prompts_encoded']} encoded), second {fmt(t['second_s'])} s "
+                     f"({t['second_prompts_encoded']} encoded; hash {fmt(t['fingerprint_s'])} s), identical "
+                     f"{t['identical']}")
     return "\n".join(lines)
 
 
@@ -190,6 +202,7 @@ def main(argv=None) -> int:
     p.add_argument("--params", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
+        import bench_cli
         import bench_data
         import bench_fsdp
         import bench_maps
@@ -202,7 +215,8 @@ def main(argv=None) -> int:
 
         children = {**bench_train.CHILDREN, **gpu_check.CHILDREN, **bench_data.CHILDREN, **bench_ovss.CHILDREN,
                     **bench_retrieval.CHILDREN, **bench_segment.CHILDREN, **bench_maps.CHILDREN,
-                    **bench_ray.CHILDREN, **bench_fsdp.CHILDREN}
+                    **bench_ray.CHILDREN, **bench_fsdp.CHILDREN,
+                    **bench_cli.CHILDREN}
         children[args.child](json.loads(args.params))
         return 0
 
@@ -222,6 +236,7 @@ def main(argv=None) -> int:
     res = {"machine": machine_info(args.device), "config": cfg, "load_before": load_snapshot(),
            "command": " ".join([Path(sys.executable).name, "benchmarks/run.py"] + (argv or sys.argv[1:])),
            "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    import bench_cli
     import bench_data
     import bench_maps
     import bench_ovss
@@ -232,7 +247,7 @@ def main(argv=None) -> int:
 
     runners = {"train": bench_train.run, "data": bench_data.run, "ovss": bench_ovss.run,
                "retrieval": bench_retrieval.run, "segment": bench_segment.run, "maps": bench_maps.run,
-               "ray": bench_ray.run}
+               "ray": bench_ray.run, "cli": bench_cli.run}
     for part in parts:
         t = time.time()
         res[part] = runners[part](cfg, log)

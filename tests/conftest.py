@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import open_clip
 import pytest
@@ -19,6 +20,20 @@ def tiny_arch(tmp_path_factory):
     (d / "Test-Tiny-ViT.json").write_text(json.dumps(TINY_CFG))
     open_clip.add_model_config(d)
     return "Test-Tiny-ViT"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """farslip's caches (text embeddings) in a folder of the test session's, never the user's ~/.cache/farslip;
+    commands the tests start in a subprocess inherit it."""
+    folder = tmp_path_factory.mktemp("farslip-cache")
+    before = os.environ.get("FARSLIP_CACHE_DIR")
+    os.environ["FARSLIP_CACHE_DIR"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("FARSLIP_CACHE_DIR", None)
+    else:
+        os.environ["FARSLIP_CACHE_DIR"] = before
 
 
 @pytest.fixture

@@ -4,23 +4,16 @@
     tokens, cls = farslip.dense_features(model, images)          # [B, gh, gw, D], [B, D]
     losses = farslip.objectives.FarSLIPObjective.stage1()(model, batch)
 """
-from . import objectives
-from .models import dense_features, extend_text_context, load_model, save_model
-from .objectives import FarSLIPObjective
+from .core.lazy import lazy_exports
 
-
-def __getattr__(name):
-    # The inference API (farslip.segment / classify / search / locate / view) imports rasterio and matplotlib: load
-    # it on first use.
-    if name in ("segment", "classify", "search", "locate", "view"):
-        from . import infer
-
-        return getattr(infer, name)
-    if name in ("eval", "dataprep", "train", "data", "infer", "engine", "core"):
-        import importlib
-
-        return importlib.import_module(f".{name}", __name__)
-    raise AttributeError(f"module 'farslip' has no attribute {name!r}")
+# Everything is imported on first use: ``farslip --help`` and an argument error answer without loading torch,
+# and ``farslip.segment`` (rasterio, matplotlib) costs nothing to a training script.
+_EXPORTS = {
+    **{name: ".models" for name in ("dense_features", "extend_text_context", "load_model", "save_model")},
+    "FarSLIPObjective": ".objectives",
+    **{name: ".infer" for name in ("segment", "classify", "search", "locate", "view")},
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __version__ = "0.1.0"
 __all__ = ["FarSLIPObjective", "classify", "dense_features", "extend_text_context", "load_model", "locate",

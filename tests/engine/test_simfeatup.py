@@ -66,7 +66,7 @@ def test_unusable_files_are_one_clear_error(tmp_path):
     with pytest.raises(SimFeatUpError, match="no such file"):
         load_simfeatup(tmp_path / "absent.ckpt")
     (tmp_path / "junk.ckpt").write_bytes(b"junk")
-    with pytest.raises(SimFeatUpError, match="cannot be read as a PyTorch checkpoint"):
+    with pytest.raises(SimFeatUpError, match="not a checkpoint: a text file"):
         load_simfeatup(tmp_path / "junk.ckpt")
     path = _lightning_checkpoint(_random_upsampler(dim=8), tmp_path / "jbu8.ckpt")
     with pytest.raises(SimFeatUpError, match="upsample 8-channel features but the model's embeddings have 512"):

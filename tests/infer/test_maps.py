@@ -142,10 +142,21 @@ def test_vector_files_read_back_with_attributes(tmp_path):
     kept = vectors.vectorize_class_map(path, tmp_path / "big.geojson", confidence=tmp_path / "conf.tif",
                                        min_area=20.0, simplify=1.0)
     assert kept.polygons + kept.dropped_small == full.polygons and kept.dropped_small > 0
-    for f in ("all.gpkg", "big.geojson"):
+    for f, crs in (("all.gpkg", CRS), ("big.geojson", "EPSG:4326")):  # GeoJSON is RFC 7946: WGS84
         info = pyogrio.read_info(tmp_path / f)
-        assert info["crs"] == CRS and info["geometry_type"] in ("Polygon", "MultiPolygon")
+        assert info["crs"] == crs and info["geometry_type"] in ("Polygon", "MultiPolygon")
         assert {"class", "area", "mean_confidence"} <= set(info["fields"])
+    assert "crs" not in json.loads((tmp_path / "big.geojson").read_text())  # no obsolete crs member
+    native = vectors.vectorize_class_map(path, tmp_path / "big.gpkg", confidence=tmp_path / "conf.tif",
+                                         min_area=20.0, simplify=1.0)
+    _, _, in_utm, _ = pyogrio.raw.read(native.path)
+    _, _, in_wgs84, _ = pyogrio.raw.read(tmp_path / "big.geojson")
+    from rasterio.warp import transform_geom
+
+    for a, b in zip(shapely.from_wkb(in_utm), shapely.from_wkb(in_wgs84)):
+        expected = shapely.geometry.shape(transform_geom(CRS, "EPSG:4326", shapely.geometry.mapping(a)))
+        assert expected.equals_exact(shapely.normalize(b), tolerance=1e-6) or \
+            shapely.normalize(expected).equals_exact(shapely.normalize(b), tolerance=1e-6)
     meta, _, geoms, cols = pyogrio.raw.read(tmp_path / "big.geojson")
     attrs = dict(zip(meta["fields"], cols))
     assert set(attrs["class"]) <= {"red", "blue", "yellow"} and (attrs["area"] >= 20.0).all()
@@ -334,3 +345,58 @@ def test_cli_locate_and_view(tmp_path, tiny_model, capsys):
     assert main(["locate", "ship", "--checkpoint", str(ckpt)]) == 2  # no image: one line, no traceback
     assert "at least one query and one existing image" in capsys.readouterr().err
     assert main(["view", str(tmp_path / "nothing.tif")]) == 2
+
+
+def test_a_warped_image_has_no_black_wedges(tmp_path):
+    """An image far from its UTM zone's central meridian is rotated in Web Mercator: what lies outside its
+    footprint is transparent on the page (the map's grey shows), never black."""
+    far_west = from_origin(170000, 6000000, 0.5, 0.5)  # about 3 degrees west of 15 E: a visibly rotated footprint
+    with rasterio.open(tmp_path / "img.tif", "w", driver="GTiff", height=400, width=600, count=3, dtype="uint8",
+                       crs=CRS, transform=far_west) as dst:
+        dst.write(np.full((3, 400, 600), 128, np.uint8))
+    grid = webmap.display_grid(rasterio.open(tmp_path / "img.tif"), 2048)
+    rgba = webmap.image_layer(tmp_path / "img.tif", grid)
+    assert (rgba[..., 3] == 0).mean() > 0.01  # the corners outside the rotated footprint
+    assert (rgba[rgba[..., 3] == 255][:, :3] == 128).all()
+    page = webmap.write_html(tmp_path / "map.html", image=tmp_path / "img.tif")
+    assert "data:image/webp" in page.read_text()
+    shot = _screenshot(page, tmp_path / "map.png", tmp_path)
+    assert _share(shot, (128, 128, 128), tol=12) > 0.3
+    assert _share(shot, (0, 0, 0), tol=30) < 0.001, "black wedges around the warped image"
+
+
+def _scene_outputs(folder, factor):
+    """The same scene at ``factor`` x its resolution: image, class map, confidence and polygons."""
+    folder.mkdir()
+    lab = np.kron(_blobs(128, 128), np.ones((factor, factor), np.uint8))
+    t = from_origin(500000, 4600000, 4.0 / factor, 4.0 / factor)
+    prof = dict(driver="GTiff", height=lab.shape[0], width=lab.shape[1], crs=CRS, transform=t)
+    with rasterio.open(folder / "img.tif", "w", count=3, dtype="uint8", **prof) as dst:
+        dst.write(np.stack([lab * 80 + 20, 200 - lab * 60, np.full_like(lab, 90)]))
+    with rasterio.open(folder / "img.tif") as like:
+        with cog.class_map_writer(folder / "cm.tif", like, ["red", "blue", "yellow"], PALETTE) as dst:
+            dst.write(lab, 1)
+        with cog.score_writer(folder / "conf.tif", like, ["confidence"], kind="confidence") as dst:
+            dst.write((0.5 + lab / 6).astype(np.float32)[None])
+    vectors.vectorize_class_map(folder / "cm.tif", folder / "cm.gpkg")
+    return webmap.write_html(folder / "map.html", image=folder / "img.tif", rasters=[folder / "cm.tif",
+                             folder / "conf.tif"], vectors=[folder / "cm.gpkg"], max_side=100).stat().st_size
+
+
+def test_the_page_follows_max_side_not_the_scene(tmp_path):
+    """A scene 8 x finer (64 x the pixels) makes the same page: every layer is drawn on the display grid, polygons
+    simplified to it."""
+    small, large = _scene_outputs(tmp_path / "small", 1), _scene_outputs(tmp_path / "large", 8)
+    assert large < 1.25 * small, (small, large)
+
+
+def test_a_large_picture_without_crs_fits_the_window(tmp_path):
+    """Leaflet's simple CRS shows a pixel per screen pixel at zoom 0: a picture larger than the window must be
+    allowed to zoom out to fit (the page's grey shows around it)."""
+    from PIL import Image
+
+    Image.fromarray(np.full((1000, 1200, 3), 128, np.uint8)).save(tmp_path / "photo.png")
+    page = webmap.write_html(tmp_path / "photo.html", image=tmp_path / "photo.png")
+    shot = _screenshot(page, tmp_path / "photo.shot.png", tmp_path)
+    assert _share(shot, (128, 128, 128), tol=12) > 0.3
+    assert _share(shot[:, :60], (128, 128, 128), tol=12) < 0.05  # a margin left of the picture: it fits

@@ -58,7 +58,7 @@ def test_multiband_16bit_and_float_inputs(tmp_path, model_ckpt):
                           out=tmp_path / "o", progress=False)[0]
     assert rasterio.open(res.geotiff).shape == (40, 50)
     with pytest.raises(RasterError, match="has 5 band"):
-        farslip.segment(tmp_path / "s2.tif", ["a"], checkpoint=model_ckpt, out=tmp_path / "o", bands=[6, 3, 2])
+        farslip.segment(tmp_path / "s2.tif", ["a", "b"], checkpoint=model_ckpt, out=tmp_path / "o", bands=[6, 3, 2])
 
 
 def test_png_input_and_clear_errors(tmp_path, model_ckpt):
@@ -66,10 +66,10 @@ def test_png_input_and_clear_errors(tmp_path, model_ckpt):
     res = farslip.segment(tmp_path / "a.png", ["x", "y"], checkpoint=model_ckpt, out=tmp_path / "o", progress=False)
     assert rasterio.open(res[0].geotiff).shape == (40, 40)
     with pytest.raises(InputError, match="nope.tif: no such file"):  # the many-input expansion names it first
-        farslip.segment(tmp_path / "nope.tif", ["x"], checkpoint=model_ckpt, out=tmp_path / "o")
+        farslip.segment(tmp_path / "nope.tif", ["x", "y"], checkpoint=model_ckpt, out=tmp_path / "o")
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(RasterError, match="not a raster"):
-        farslip.segment(tmp_path / "notes.txt", ["x"], checkpoint=model_ckpt, out=tmp_path / "o")
+        farslip.segment(tmp_path / "notes.txt", ["x", "y"], checkpoint=model_ckpt, out=tmp_path / "o")
     with pytest.raises(ValueError, match="no classes"):
         farslip.segment(tmp_path / "a.png", [], checkpoint=model_ckpt, out=tmp_path / "o")
 
@@ -110,3 +110,26 @@ def test_cli_segment_and_classify(tmp_path, model_ckpt, capsys):
                  "--out", str(tmp_path / "p.csv"), "--no-progress"]) == 0
     assert "| a.png |" in capsys.readouterr().out
     assert (tmp_path / "p.csv").read_text().startswith("image,class_1,prob_1")
+
+
+def test_areas_are_in_the_crs_units_and_pixel_counts_read_well():
+    from rasterio.crs import CRS
+
+    from farslip.infer.runner import format_pixels
+    from farslip.infer.vectors import area_unit
+
+    assert area_unit(CRS.from_epsg(32633)) == "m^2" and area_unit(CRS.from_epsg(4326)) == "deg^2"
+    assert area_unit(None) == "px^2" and area_unit(CRS.from_epsg(2263)).endswith("foot^2")
+    assert format_pixels(1920) == "1,920 px" and format_pixels(16_777_216) == "16.8 Mpx"
+
+
+def test_locate_reports_areas_in_square_metres_and_progress_in_pixels(tmp_path, tiny_model, capsys):
+    from support.hostile import write_geotiff
+
+    model, _, tokenizer = tiny_model
+    scene = write_geotiff(tmp_path / "s.tif", np.random.default_rng(3).integers(0, 255, (3, 40, 48), np.uint8))
+    farslip.locate(["ship"], scene, model=model, tokenizer=tokenizer, out=tmp_path / "o", threshold=0.01,
+                   background=["water"])
+    captured = capsys.readouterr()
+    assert " m^2," in captured.out and "1,920 px" in captured.out
+    assert "1.92k/1.92k" in captured.err and "px" in captured.err  # the tiles' bar counts pixels, not tiles

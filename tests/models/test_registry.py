@@ -145,18 +145,41 @@ def test_offline_without_cache_is_one_clear_message(tiny_on_hub, monkeypatch):
         farslip.load_model("tiny-hub")
 
 
-def test_no_network_is_one_clear_message(tiny_on_hub, monkeypatch):
+@pytest.mark.parametrize("where", ["refused", "unknown-host"])
+def test_no_network_is_one_clear_message_at_once(tiny_on_hub, monkeypatch, where):
+    """No network and the weights not cached: the message comes from one quick look at the hub's host, not after
+    huggingface_hub's ~30 s of retried requests (the download is never started)."""
     import socket
 
+    import huggingface_hub
     from huggingface_hub import constants
 
-    with socket.socket() as s:  # a port nobody listens on: connection refused, as with no network
-        s.bind(("127.0.0.1", 0))
-        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    if where == "refused":
+        with socket.socket() as s:  # a port nobody listens on: connection refused, as with no network
+            s.bind(("127.0.0.1", 0))
+            dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    else:
+        dead = "https://hub.farslip-offline.invalid"  # .invalid never resolves (RFC 2606), as without DNS
     monkeypatch.setattr(constants, "ENDPOINT", dead)
     monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", dead + "/{repo_id}/resolve/{revision}/{filename}")
+    for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("a download was attempted (and retried) although the hub cannot be reached")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_download)
     with pytest.raises(ModelUnavailableError, match="hub cannot be reached"):
         farslip.load_model("tiny-hub")
+
+
+def test_a_cached_file_loads_without_looking_at_the_network(tiny_on_hub, fake_hub, monkeypatch):
+    import farslip.models.hub as hub
+
+    original, entry = tiny_on_hub
+    fetch_weights(entry)  # fills the cache
+    monkeypatch.setattr(hub, "hub_reachable", lambda *a, **k: pytest.fail("the network was probed for a cached file"))
+    assert fetch_weights(entry).is_file()
 
 
 def test_sha256_mismatch_is_refused(fake_hub, tiny_state):

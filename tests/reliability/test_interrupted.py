@@ -1,8 +1,10 @@
-"""SIGTERM in the middle of ``farslip segment`` (run as a user runs it, in its own process): the command stops
-cleanly (exit status 143), leaves no finished-looking map, no temporary file, and an earlier good map untouched."""
+"""SIGTERM or Ctrl-C (SIGINT) in the middle of ``farslip segment`` (run as a user runs it, in its own process): the
+command stops cleanly (exit status 143, or 130 for Ctrl-C) with one line and no traceback, leaves no
+finished-looking map, no temporary file, and an earlier good map untouched."""
 from __future__ import annotations
 
 import json
+import signal
 
 import numpy as np
 import pytest
@@ -47,11 +49,15 @@ def _leftovers(out):
     return [p.name for p in out.iterdir() if p.name.startswith(".") and p.name != DONE_DIR] if out.exists() else []
 
 
-def test_sigterm_mid_segment_leaves_no_map(tmp_path, big_scene, tiny_ckpt, config_dir):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_stopped_mid_segment_leaves_no_map(tmp_path, big_scene, tiny_ckpt, config_dir, signum):
     out = tmp_path / "out"
-    rc, _, err = terminate_when(_segment(big_scene, tiny_ckpt, out, config_dir), _tiles_under_way(out))
-    assert rc == 143, err
+    rc, _, err = terminate_when(_segment(big_scene, tiny_ckpt, out, config_dir), _tiles_under_way(out),
+                                signum=signum)
+    assert rc == 128 + signum, err
     assert "Traceback" not in err, err
+    if signum == signal.SIGINT:
+        assert err.strip().splitlines()[-1].startswith("farslip: interrupted"), err
     assert not (out / "scene.tif").exists() and not (out / "scene.json").exists()
     assert _leftovers(out) == []
 

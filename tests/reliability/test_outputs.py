@@ -255,3 +255,97 @@ def test_eval_output_over_its_inputs_is_refused(capsys, tmp_path):
                   "--classnames", d / "names.txt", "--output", d, "--no-progress")
     assert_user_error(res, "results.json", "input")
     assert (d / "results.json").read_text() == "filepath,label\n"
+
+
+# ---------------------------------------------------------------------------------------------------- one input's
+# outputs are finished together: none of a failed run, none of another run's settings left to look current
+
+def _stem_files(out, stem="scene"):
+    return sorted(p.name for p in out.glob(f"{stem}.*"))
+
+
+def test_a_rerun_with_other_settings_leaves_no_stale_outputs(tmp_path, scene, tiny_ckpt):
+    import farslip
+
+    out = tmp_path / "o"
+    farslip.segment(scene, ["water", "land"], checkpoint=tiny_ckpt, out=out, progress=False, vector="gpkg",
+                    html=True, probabilities=True)
+    assert {"scene.gpkg", "scene.html", "scene.probabilities.tif"} <= set(_stem_files(out))
+    again = farslip.segment(scene, ["road", "tree", "roof"], checkpoint=tiny_ckpt, out=out, progress=False)[0]
+    assert _stem_files(out) == ["scene.confidence.tif", "scene.json", "scene.png", "scene.tif"]
+    assert again.vectors is None and again.html is None
+    farslip.locate(["ship", "tank"], scene, checkpoint=tiny_ckpt, out=tmp_path / "w", progress=False)
+    farslip.locate(["ship"], scene, checkpoint=tiny_ckpt, out=tmp_path / "w", progress=False)
+    assert not (tmp_path / "w" / "scene.tank.tif").exists() and (tmp_path / "w" / "scene.ship.tif").exists()
+
+
+@pytest.mark.parametrize("phase", ["preview", "polygons", "web map"])
+def test_a_failure_in_any_output_phase_leaves_no_output_and_keeps_the_earlier_ones(tmp_path, scene, tiny_ckpt,
+                                                                                   monkeypatch, phase):
+    import farslip
+    from farslip.infer import segmentation, webmap
+
+    out = tmp_path / "o"
+    kw = dict(checkpoint=tiny_ckpt, out=out, progress=False, vector="gpkg", html=True)
+    farslip.segment(scene, ["water", "land"], **kw)
+    earlier = {p.name: digest(p) for p in out.glob("scene.*")}
+
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")  # the disk filled up in this phase
+
+    target = {"preview": (segmentation, "write_preview"), "polygons": (segmentation, "vectorize_class_map"),
+              "web map": (webmap, "write_html")}[phase]
+    monkeypatch.setattr(*target, broken)
+    with pytest.raises(OSError):
+        farslip.segment(scene, ["road", "tree"], redo=True, **kw)  # other classes: every file would change
+    assert {p.name: digest(p) for p in out.glob("scene.*")} == earlier
+    _no_partials(out)
+    fresh = tmp_path / "fresh"
+    with pytest.raises(OSError):
+        farslip.segment(scene, ["road", "tree"], **{**kw, "out": fresh})
+    assert not list(fresh.glob("scene.*"))
+    _no_partials(fresh)
+
+
+def _mislabelled(path):
+    """A GeoTIFF that says EPSG:4326 (degrees) while its coordinates are UTM metres (Cologne, as OpenEarthMap's)."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    arr = np.random.default_rng(7).integers(1, 255, (3, 32, 32), dtype=np.uint8)
+    with rasterio.open(path, "w", driver="GTiff", height=32, width=32, count=3, dtype="uint8", crs="EPSG:4326",
+                       transform=from_origin(356000, 5648000, 0.5, 0.5)) as dst:
+        dst.write(arr)
+    return path
+
+
+@pytest.mark.parametrize("extra", [[], ["--html", "--vector", "gpkg"]])
+def test_a_georeference_that_contradicts_its_crs_is_one_line_and_nothing_is_written(capsys, tmp_path, tiny_ckpt,
+                                                                                      extra):
+    bad = _mislabelled(tmp_path / "cologne.tif")
+    out = tmp_path / "o"
+    line = assert_user_error(_segment(capsys, bad, "--checkpoint", tiny_ckpt, "--out", out, *extra), "cologne.tif",
+                             "EPSG:4326", "5648000")
+    assert "latitude" in line
+    assert not list(out.glob("cologne.*")) if out.exists() else True
+    _no_partials(out) if out.exists() else None
+
+
+def test_view_of_a_raster_with_a_contradicting_georeference(capsys, tmp_path):
+    bad = _mislabelled(tmp_path / "cologne.tif")
+    assert_user_error(run_cli(capsys, "view", bad, "--out", tmp_path / "m.html"), "cologne.tif", "5648000")
+    assert not (tmp_path / "m.html").exists()
+
+
+def test_a_picture_without_crs_is_said_once_without_warnings(capsys, tmp_path, tiny_ckpt):
+    import warnings
+
+    img = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(8).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(img)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        res = _segment(capsys, img, "--checkpoint", tiny_ckpt, "--out", tmp_path / "o", "--vector", "geojson",
+                       "--html")
+    assert res.code == 0, res.err
+    assert (res.out + res.err).count("no CRS") == 1
+    assert not [w for w in seen if "georeferenc" in str(w.message).lower() or "crs" in str(w.message).lower()]

@@ -100,3 +100,22 @@ def test_damaged_index_is_one_line_for_query_and_rebuilt_by_index(capsys, folder
 def test_query_of_a_folder_never_indexed(capsys, folder, tiny_ckpt):
     assert_user_error(run_cli(capsys, "search", "query", "red", "--index", folder, "--checkpoint", tiny_ckpt),
                       "search index")
+
+
+def test_index_names_each_failure_and_leaves_farslip_outputs_out(capsys, folder, tiny_ckpt, tmp_path):
+    """A folder that also holds segment's outputs (a sub-folder of them, and a map and a preview copied beside
+    the tiles) and a broken file: the outputs are neither indexed nor walked into, the broken file is named."""
+    import farslip
+
+    (folder / "broken.png").write_text("not a PNG")
+    scene = _img(tmp_path / "scene.png", (120, 120, 120))
+    farslip.segment(scene, ["water", "land"], checkpoint=tiny_ckpt, out=folder / "maps", progress=False)
+    shutil.copy(folder / "maps" / "scene.tif", folder / "map-copy.tif")
+    shutil.copy(folder / "maps" / "scene.png", folder / "preview-copy.png")
+    capsys.readouterr()
+    res = run_cli(capsys, "search", "index", folder, "--checkpoint", tiny_ckpt, "--no-progress")
+    summary = json.loads(res.out)
+    assert res.code == 1, res.err  # an input failed: named, and the command says so
+    assert summary["failed"] == 1 and summary["failures"][0].startswith("broken.png: ")
+    assert summary["images"] == 3 and summary["skipped_farslip_outputs"] == 3  # the maps/ folder, two copies
+    assert {e["path"] for e in _meta(folder)["entries"]} == {"red.png", "green.png", "blue.png"}

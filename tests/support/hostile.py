@@ -78,15 +78,17 @@ def start_cli(*argv: str | os.PathLike, config_dir=None) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def terminate_when(proc: subprocess.Popen, ready, timeout: float = 120.0) -> tuple[int, str, str]:
-    """Send SIGTERM once ``ready()`` is true (polled), then wait; ``(returncode, stdout, stderr)``."""
+def terminate_when(proc: subprocess.Popen, ready, timeout: float = 120.0,
+                   signum: int = signal.SIGTERM) -> tuple[int, str, str]:
+    """Send ``signum`` (SIGTERM; SIGINT is Ctrl-C) once ``ready()`` is true (polled), then wait;
+    ``(returncode, stdout, stderr)``."""
     deadline = time.monotonic() + timeout
     while not ready():
         if proc.poll() is not None or time.monotonic() > deadline:
             out, err = proc.communicate()
             raise AssertionError(f"the command ended (rc {proc.returncode}) before the moment to stop it:\n{err}")
         time.sleep(0.02)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=timeout)
     return proc.returncode, out, err
 

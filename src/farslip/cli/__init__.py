@@ -67,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"farslip: error: {message}", file=sys.stderr)
         return getattr(exc, "exit_code", 2)
+    except KeyboardInterrupt:
+        # Ctrl-C ends like SIGTERM: the exception has unwound every ``finally`` (temporary files removed, a training
+        # run's checkpoint written), so one line and the shell's status for SIGINT, never a traceback.
+        print("farslip: interrupted (SIGINT); unfinished outputs were removed", file=sys.stderr)
+        return 128 + signal.SIGINT
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

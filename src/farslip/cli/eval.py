@@ -3,9 +3,10 @@ protocols on a user's own data."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..engine.protocols import HALF_MODEL_CHOICES, PROTOCOLS
-from ..models.dense import ATTENTION_VARIANTS
+from ..models.attention import ATTENTION_VARIANTS
 
 EPILOG_ALL = """\
 Layout under --data-root (see docs/benchmarks.md for sources and preparation):
@@ -279,6 +280,7 @@ def run_table(args) -> int:
     """``farslip eval table``: :func:`farslip.eval.results_tables`, printed."""
     import json
 
+    from ..core.errors import UsageError
     from ..core.files import atomic_write
     from ..eval import format_tables, results_tables
 
@@ -289,9 +291,14 @@ def run_table(args) -> int:
         paths.append(path if sep else item)
     named = [label for label in labels if label]
     if named and len(named) != len(labels):
-        from ..core.errors import UsageError
-
         raise UsageError("name every RUN (LABEL=PATH) or none")
+    if args.json:
+        from ..core.files import refuse_overwriting_inputs
+
+        if Path(args.json).suffix.lower() != ".json":
+            raise UsageError(f"--json {args.json}: give a .json file name")
+        refuse_overwriting_inputs([args.json], [Path(p) / "results.json" if Path(p).is_dir() else Path(p)
+                                                for p in paths], hint="choose another --json")
     tables = results_tables(paths, labels=named or None, paper=args.paper, published=not args.no_paper,
                             detail=args.detail)
     print(format_tables(tables, markdown=args.markdown))

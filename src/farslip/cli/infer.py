@@ -25,7 +25,9 @@ examples:
       --classes "building,roof,house" road "tree,forest" --out maps/
 
 A rerun skips the inputs whose outputs are complete (recorded in OUT/.farslip-done/; --redo to redo them),
-whichever engine made them.
+whichever engine made them, and removes what an earlier run with other settings wrote and this one does not (e.g. its .gpkg). An input's outputs
+are finished together: a failure leaves none of them. Class prompts are encoded once per model and kept in
+~/.cache/farslip (FARSLIP_CACHE_DIR; FARSLIP_NO_CACHE=1 turns it off).
 Each class is one argument; synonyms are joined by commas and a class scores by its best synonym (SegEarth-OV's
 class files; --classes-file also takes a shipped set by name: openearthmap, loveda, isaid, potsdam, vaihingen,
 uavid, udd5, vdd). --checkpoint takes a file or a released model's name (farslip model list). Output (rasters
@@ -129,7 +131,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--probabilities", action="store_true",
                    help="also write OUT/<name>.probabilities.tif, every class's probability (a float32 band each)")
     p.add_argument("--vector", metavar="gpkg|geojson|PATH",
-                   help="polygons of the class regions: gpkg/geojson -> OUT/<name>.<format>; or a .gpkg/.geojson path")
+                   help="polygons of the class regions: gpkg/geojson -> OUT/<name>.<format>; or a .gpkg/.geojson path "
+                        "(GeoPackage in the raster's CRS, GeoJSON in WGS84 as RFC 7946 asks)")
     _vector_args(p)
     p.add_argument("--no-progress", action="store_true")
     _engine_args(p)
@@ -179,9 +182,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     pq.add_argument("--index", required=True, help="the indexed folder or raster")
     _model_args(pq)
     pq.add_argument("--top", type=int, default=20)
-    pq.add_argument("--sheet", default=None, help="contact-sheet PNG path (default: search_results.png)")
+    pq.add_argument("--sheet", default=None, help="contact-sheet PNG path, .png (default: search_results.png)")
     pq.add_argument("--geojson", default=None,
-                    help="the hits' footprints as GeoJSON (default: search_results.geojson when the hits are chips)")
+                    help="the hits' footprints as GeoJSON, WGS84 (default: search_results.geojson when the hits are "
+                         "chips)")
     pq.set_defaults(func=run_query)
 
 
@@ -257,7 +261,7 @@ def run_index(args) -> int:
                     **_engine(args))
     if launch_rank() == 0:
         print(json.dumps(summary, indent=2))
-    return 0
+    return 1 if summary["failed"] else 0  # as segment and classify: an input that failed is the run's status
 
 
 def run_query(args) -> int:
@@ -302,8 +306,10 @@ FARSLIP_SOURCE tag unless --image is given."""
 
 def _vector_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-area", type=float, default=0.0,
-                   help="leave out regions smaller than this, in map units^2 (m^2 in a metric CRS; pixels without one)")
-    p.add_argument("--simplify", type=float, default=0.0, help="polygon simplification tolerance in map units")
+                   help="leave out regions smaller than this, in the CRS's units^2 (m^2 in a metric CRS, deg^2 in a "
+                        "geographic one, px^2 without a CRS)")
+    p.add_argument("--simplify", type=float, default=0.0,
+                   help="polygon simplification tolerance in the CRS's units (metres in a metric CRS)")
     p.add_argument("--html", action="store_true",
                    help="also write an offline interactive map (segment: OUT/<image>.html, locate: OUT/<image>.locate.html)")
 
@@ -339,7 +345,7 @@ def add_map_commands(sub) -> None:
     p.add_argument("outputs", nargs="+", help="farslip rasters (.tif) and vector files (.gpkg, .geojson)")
     p.add_argument("--image", help="the picture underneath (default: the rasters' source image)")
     p.add_argument("--bands", help="1-based bands for R,G,B of a multi-band image, e.g. 4,3,2")
-    p.add_argument("--out", help="HTML path (default: beside the first output, .html)")
+    p.add_argument("--out", help="HTML path, .html (default: beside the first output); never one of the files shown")
     p.add_argument("--max-side", type=int, default=2048, help="pixels of the page's images on their longer side")
     p.set_defaults(func=run_view)
 

@@ -158,9 +158,10 @@ def run_download(args) -> int:
 
 
 def run_export(args) -> int:
-    from ..models.export import export_onnx, export_open_clip_hub, push_folder
+    from ..models.export import check_export_folder, export_onnx, export_open_clip_hub, push_folder
     from ..models.loading import load_model
 
+    check_export_folder(args.output, args.model)
     model, *_ = load_model(args.arch, args.model, quick_gelu=_quick_gelu(args))
     model.eval()
     if args.format == "open_clip-hub":

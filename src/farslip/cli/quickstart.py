@@ -5,7 +5,7 @@ import argparse
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
-    from .. import quickstart
+    from .. import quickstart  # light: its parts load when the command runs
 
     p = sub.add_parser("quickstart", help="run the whole method on a synthetic world on this CPU (no download)",
                        description=quickstart.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

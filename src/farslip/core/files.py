@@ -47,6 +47,46 @@ def atomic_write(path: str | os.PathLike, data: str | bytes, encoding: str = "ut
     return Path(path)
 
 
+class StagedFiles:
+    """Files that are finished together or not at all (a map, its preview, polygons, web page and summary).
+
+        with StagedFiles() as stage:
+            write_map(stage(out / "x.tif")); write_preview(stage(out / "x.tif"), stage(out / "x.png"))
+
+    ``stage(path)`` is where ``path`` is written meanwhile: a file of the same name in a hidden folder beside it
+    (``.farslip-stage.<pid>/``), so readers of the staged files and libraries that choose a format by the suffix
+    see the final name. When the block succeeds every staged file is moved into place (``os.replace``: an
+    earlier file there is kept until that moment); when it fails -- an error, SIGTERM, Ctrl-C -- every staged file
+    is removed and the earlier files stay as they were."""
+
+    def __init__(self):
+        self.files: dict[Path, Path] = {}   # final path -> staged path, in the order they were asked for
+
+    def __call__(self, path: str | os.PathLike) -> Path:
+        final = Path(path)
+        if final not in self.files:
+            folder = final.parent / f".farslip-stage.{os.getpid()}"
+            folder.mkdir(parents=True, exist_ok=True)
+            self.files[final] = folder / final.name
+        return self.files[final]
+
+    def __enter__(self) -> "StagedFiles":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                for final, staged in self.files.items():
+                    if staged.exists():
+                        os.replace(staged, final)
+        finally:
+            for folder in {staged.parent for staged in self.files.values()}:
+                for left in folder.glob("*"):
+                    left.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+
+
 def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
     """Whether two paths name one file: equal once resolved, or the same inode (hard links, bind mounts)."""
     a, b = Path(a), Path(b)

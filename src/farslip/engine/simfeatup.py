@@ -18,13 +18,14 @@ CLIP ViT-B/16 features, 512 channels; a PyTorch-Lightning checkpoint whose ``sta
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..core.errors import FarslipError
-from ..models.checkpoint_io import load_tensors_only
+from ..models.checkpoint_io import load_tensors_only, unreadable
 
 #: Each JBU step doubles the grid; four steps.
 STEPS = 4
@@ -121,8 +122,7 @@ def read_simfeatup_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = load_tensors_only(path)
     except Exception as exc:  # noqa: BLE001 -- any unreadable file is one clear line
-        raise SimFeatUpError(f"SimFeatUp weights {path!r}: cannot be read as a PyTorch checkpoint "
-                             f"({type(exc).__name__}: {exc})") from None
+        raise SimFeatUpError(f"SimFeatUp weights {path!r}: {unreadable(Path(path), exc)}") from None
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise SimFeatUpError(f"SimFeatUp weights {path!r}: no state dict of tensors in it")

@@ -2,7 +2,7 @@
 the two protocol-specific steps: RS-OVSS's resize of a window to the model's input, SegEarth-OV's SimFeatUp."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -123,7 +123,8 @@ def sliding_window_logits(model: nn.Module, images: Sequence[torch.Tensor], quer
                           cls_from: str = "surgery", window_batch_size: int | None = None,
                           amp: Amp = None, boxes: Sequence[Sequence[tuple[int, int, int, int]]] | None = None,
                           model_size: int | None = None, upsampler: nn.Module | None = None,
-                          dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
+                          dtype: torch.dtype = torch.float32,
+                          on_batch: Callable[[float], None] | None = None) -> list[torch.Tensor]:
     """Window-averaged cosine logits ``[Q, H, W]`` for each image ``[3, H, W]`` (already resized/normalised).
 
     All windows of all ``images`` are grouped by shape and pushed through the encoder ``window_batch_size`` at a
@@ -131,7 +132,8 @@ def sliding_window_logits(model: nn.Module, images: Sequence[torch.Tensor], quer
     time. ``boxes`` (one list per image) replaces the default grid ``window_boxes(H, W, crop, stride)``: tiled
     inference passes the windows of the whole raster that fall in a tile; every pixel must be covered.
     ``model_size``, ``upsampler``, ``dtype``: see :func:`window_logits` (``dtype`` is also that of the images,
-    window sums and counts, as the official half models run them).
+    window sums and counts, as the official half models run them). ``on_batch`` is told the share of all windows
+    each batch encoded (a progress bar inside a large tile).
     """
     device = model_device(model)
     window_batch_size = window_batch_size or default_window_batch(model, crop)
@@ -161,5 +163,7 @@ def sliding_window_logits(model: nn.Module, images: Sequence[torch.Tensor], quer
             for (n, _, (y1, y2, x1, x2), (l, r, t, b)), lg in zip(chunk, logits):
                 sums[n][:, y1:y2, x1:x2] += lg[:, t:t + (y2 - y1), l:l + (x2 - x1)]
                 counts[n][:, y1:y2, x1:x2] += 1
+            if on_batch is not None:
+                on_batch(len(chunk) / sum(len(v) for v in jobs.values()))
     return [s / c for s, c in zip(sums, counts)]
 

@@ -187,7 +187,7 @@ def evaluate(suite: str = "all", checkpoint: str | Path | None = None, *, data_r
     _check_model(checkpoint, arch, model, preprocess, tokenizer)
     _check_options(suite, options)
     out_dir = Path(output) if output else default_output(checkpoint, arch, suite)
-    _refuse_outputs_over_inputs(own, out_dir)
+    _refuse_outputs_over_inputs(own, out_dir, [data_root, *(roots or {}).values()])
     # torchrun's ranks join the group here, one GPU per local rank; a caller that joined it keeps it
     joined = distributed.launched() and not (torch.distributed.is_available() and torch.distributed.is_initialized())
     if joined:
@@ -312,9 +312,15 @@ def _check_options(suite: str, options: EvalOptions) -> None:
         read_simfeatup_state(protocol.simfeatup)
 
 
-def _refuse_outputs_over_inputs(own: OwnData | None, out_dir: Path) -> None:
-    """results.json, results.md and overlays/ must not replace the files or folders being evaluated."""
+def _refuse_outputs_over_inputs(own: OwnData | None, out_dir: Path, data_roots: list) -> None:
+    """results.json, results.md and overlays/ must not replace the files or folders being evaluated, nor go in
+    among the registered benchmarks (``--data-root``, ``--root``)."""
     from ..core.files import refuse_overwriting_inputs
+
+    for root in (Path(r).resolve() for r in data_roots if r):
+        if out_dir.resolve() == root or root in out_dir.resolve().parents:
+            raise UsageError(f"--output {out_dir}: is inside the benchmarks of --data-root/--root {root}; results "
+                             "and overlays would be written among the datasets: choose an --output outside it")
 
     files = [getattr(own, k, None) for k in ("csv", "classnames", "classes_file")]
     refuse_overwriting_inputs([out_dir / "results.json", out_dir / "results.md"], [f for f in files if f],

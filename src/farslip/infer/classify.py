@@ -18,7 +18,7 @@ from ..core.files import atomic_path, refuse_overwriting_inputs
 from ..engine import SCENE_TEMPLATES, model_input_size, name_embeddings, query_table, scene_probabilities
 from ..models.precision import Amp, autocast_for
 from .common import load_for_inference, parse_classes
-from .inputs import expand_inputs
+from .inputs import expand_inputs, listing_files
 from .raster import open_raster, read_thumbnail
 from .runner import Log, Outcome, Run, check_engine, deal
 
@@ -53,13 +53,18 @@ def classify(inputs: Sequence[str | Path] | str | Path, classes: Sequence[str] |
     single input's error is the call's). With ``out`` (.csv or .json) the predictions are written there. Returns
     the :class:`~farslip.infer.runner.Run` whose results are the :class:`Prediction` s in input order. ``amp``: as
     in the evaluation (None: float16 autocast on CUDA, fp32 on CPU; ``"bf16"``: bfloat16 on any device)."""
-    paths = expand_inputs([inputs] if isinstance(inputs, (str, Path)) else inputs, inputs_from=inputs_from,
-                          stac_asset=stac_asset)
+    entries = [inputs] if isinstance(inputs, (str, Path)) else inputs
+    paths = expand_inputs(entries, inputs_from=inputs_from, stac_asset=stac_asset)
     if top_k < 1:
         raise UsageError(f"--top-k must be at least 1, got {top_k}")
-    job = ClassifyJob(parse_classes(classes, classes_file), list(templates), top_k, amp, checkpoint, arch)
+    class_syn = parse_classes(classes, classes_file)
+    if len(class_syn) < 2:
+        raise UsageError(f"one class ({class_syn[0][0]!r}): every image would be it with probability 1; name at "
+                         "least two, or rank images by one text with `farslip search query`")
+    job = ClassifyJob(class_syn, list(templates), top_k, amp, checkpoint, arch, progress=progress)
     if out is not None:
-        check_predictions_path(Path(out), paths)
+        check_predictions_path(Path(out), paths + [Path(p) for p in (classes_file, checkpoint) if p and
+                                                   Path(p).is_file()] + listing_files(entries, inputs_from))
     if model is None and checkpoint is None:
         raise UsageError("classify needs a checkpoint (or a model, preprocess and tokenizer)")
     check_engine(engine, address, actors, device)
@@ -130,6 +135,7 @@ class ClassifyJob:
     checkpoint: str | Path | None = None
     arch: str | None = None
     command: str = "classify"
+    progress: bool = False              # a prompt progress bar while the class embeddings are computed
 
     def load(self, device: str) -> ClassifyWorker:
         return self.prepare(*load_for_inference(self.arch, self.checkpoint, device=device))
@@ -137,7 +143,7 @@ class ClassifyJob:
     def prepare(self, model, preprocess, tokenizer) -> ClassifyWorker:
         names, owner = query_table(self.classes)
         with torch.no_grad():
-            text = name_embeddings(model, tokenizer, names, self.templates).to(next(model.parameters()).device)
+            text = name_embeddings(model, tokenizer, names, self.templates, progress=self.progress).to(next(model.parameters()).device)
         return ClassifyWorker(model, preprocess, text, owner, 2 * model_input_size(model))
 
     def batch(self, worker: ClassifyWorker, paths: Sequence[str | Path]) -> tuple[list[Prediction], list]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import glob
 import json
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
 from ..core.errors import FarslipError
 
@@ -60,6 +60,14 @@ def _expand_one(item: str, stac_asset: str | None, json_is_stac: bool) -> list[P
     if json_is_stac and path.suffix.lower() == ".json" and path.is_file():
         return stac_assets(path, stac_asset)
     return [path]
+
+
+def listing_files(entries: Iterable[str | Path], inputs_from: str | Path | None = None) -> list[Path]:
+    """The files that name inputs rather than being ones -- ``@list.txt`` files, ``--inputs-from``, STAC JSON
+    files -- so that no output is written over them either."""
+    items = [str(e) for e in entries] + ([f"@{inputs_from}"] if inputs_from else [])
+    return [Path(i[1:]) if i.startswith("@") else Path(i) for i in items
+            if i.startswith("@") or (i.lower().endswith(".json") and Path(i).is_file())]
 
 
 def names_input(entry: str) -> bool:
@@ -120,13 +128,3 @@ def stac_assets(path: Path, key: str | None = None) -> list[Path]:
     if not out:
         raise InputError(f"{path}: the ItemCollection has no items")
     return out
-
-
-def output_stems(paths: Sequence[Path]) -> None:
-    """Refuse inputs whose outputs would share a name (outputs are named by the input's file stem)."""
-    seen: dict[str, Path] = {}
-    for p in paths:
-        if p.stem in seen:
-            raise InputError(f"{seen[p.stem]} and {p} would write the same outputs ({p.stem}.*): rename one or "
-                             "run them into different --out folders")
-        seen[p.stem] = p

@@ -26,20 +26,19 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..core.errors import UsageError
-from ..core.files import atomic_path, atomic_write, distinct_stems, refuse_overwriting_inputs
+from ..core.files import StagedFiles, atomic_path, atomic_write, distinct_stems, refuse_overwriting_inputs
 from ..core.memory import trim
 from ..engine import OVSS_TEMPLATES, model_input_size, name_embeddings, query_table
 from ..models import drop_text_tower, weights_fingerprint
 from .cog import score_writer
-from .common import load_for_inference, parse_classes
-from .inputs import expand_inputs
-from .raster import open_raster, read_thumbnail
-from .runner import Done, Log, Run, checkpoint_identity, run_inputs
+from .common import PNG_METADATA, PixelProgress, load_for_inference, parse_classes
+from .inputs import expand_inputs, listing_files
+from .raster import crs_name, open_dataset, open_raster, read_thumbnail
+from .runner import Done, Log, Run, checkpoint_identity, format_pixels, run_inputs
 from .scene import SceneTiles, bounded_gdal_cache, check_resampling, tile_logits
-from .vectors import REGION_FIELDS, Features, driver_for, heatmap_polygons, write_features
+from .vectors import REGION_FIELDS, Features, area_unit, driver_for, heatmap_polygons, write_features
 
 #: What a query competes with at each pixel (a query's own names are left out of it).
 BACKGROUND = ("background", "bare land", "grass", "tree", "road", "building", "water", "farmland")
@@ -49,8 +48,8 @@ BACKGROUND = ("background", "bare land", "grass", "tree", "road", "building", "w
 class LocateOptions:
     threshold: float = 0.5              # probability at or above which a pixel belongs to a detected region
     background: Sequence[str] = BACKGROUND
-    min_area: float = 0.0               # regions smaller than this (map units^2) are left out
-    simplify: float = 0.0               # polygon simplification tolerance (map units)
+    min_area: float = 0.0               # regions smaller than this (CRS units^2: m^2, deg^2, px^2) are left out
+    simplify: float = 0.0               # polygon simplification tolerance (the CRS's units)
     vector_format: str = "gpkg"         # gpkg | geojson
     attn: str = "segearth"
     cls_lambda: float = -0.3
@@ -76,7 +75,7 @@ class QueryResult:
     heatmap: str
     max_score: float
     regions: int
-    area: float                         # map units^2 (pixels when not georeferenced) of the detected regions
+    area: float                         # of the detected regions, in area_unit
 
 
 @dataclass
@@ -88,6 +87,8 @@ class LocateResult:
     seconds: float
     queries: list[QueryResult] = field(default_factory=list)
     html: str | None = None
+    crs: str | None = None              # the input's (and the outputs') CRS; None: a picture, mapped in pixels
+    area_unit: str = "px^2"             # the CRS's: m^2, deg^2, ft^2; px^2 without a CRS
 
 
 def slug(text: str) -> str:
@@ -110,11 +111,12 @@ def locate(queries: Sequence[str] | str, inputs: Sequence[str | Path] | str | Pa
                          f"{', '.join(sorted(known))}")
     opts = replace(options or LocateOptions(), **overrides)
     queries = [queries] if isinstance(queries, str) else list(queries)
-    paths = expand_inputs([inputs] if isinstance(inputs, (str, Path)) else inputs, inputs_from=inputs_from,
-                          stac_asset=stac_asset)
+    entries = [inputs] if isinstance(inputs, (str, Path)) else inputs
+    paths = expand_inputs(entries, inputs_from=inputs_from, stac_asset=stac_asset)
     stems = distinct_stems(paths)
-    job = LocateJob(parse_classes(queries), opts, Path(out), checkpoint, arch, model, tokenizer)
-    job.check(paths, stems, [checkpoint] if checkpoint and Path(checkpoint).is_file() else [])
+    job = LocateJob(parse_classes(queries, option="query"), opts, Path(out), checkpoint, arch, model, tokenizer)
+    job.check(paths, stems, ([checkpoint] if checkpoint and Path(checkpoint).is_file() else [])
+              + listing_files(entries, inputs_from))
     return run_inputs(job, paths, stems, device=device, redo=redo, log=log, engine=engine, address=address,
                       actors=actors)
 
@@ -173,7 +175,7 @@ class LocateJob:
         if model is None:
             model, _, tokenizer = load_for_inference(self.arch, self.checkpoint, device=device)
         background = background_names(self.queries, self.options.background)
-        text, owner = query_embeddings(model, tokenizer, self.queries, background)
+        text, owner = query_embeddings(model, tokenizer, self.queries, background, progress=self.options.progress)
         if self.model is None:
             # The queries are embedded: free the text tower (a ViT-B-16's 250 MB) before any image is read, so the
             # tiles' buffers never sit on top of it. A caller's own model is left whole.
@@ -198,9 +200,10 @@ class LocateJob:
             return None
 
     def describe(self, r: LocateResult) -> list[str]:
-        lines = [f"{r.image} ({r.pixels / 1e6:.1f} Mpx, {r.seconds:.1f} s): regions {r.regions}; preview {r.preview}"
-                 + (f"; map {r.html}" if r.html else "")]
-        return lines + [f"   {q.query!r}: {q.regions} regions, {q.area:.1f} map units^2, max {q.max_score:.3f} -> "
+        lines = [f"{r.image} ({format_pixels(r.pixels)}, {r.seconds:.1f} s): regions {r.regions}; preview "
+                 f"{r.preview}" + (f"; map {r.html}" if r.html else "")
+                 + ("" if r.crs else "; no CRS in the input: outputs in pixel coordinates")]
+        return lines + [f"   {q.query!r}: {q.regions} regions, {q.area:.6g} {r.area_unit}, max {q.max_score:.3f} -> "
                         f"{q.heatmap}" for q in r.queries]
 
 
@@ -213,13 +216,14 @@ def background_names(query_syn: list[list[str]], background: Sequence[str]) -> l
     return names
 
 
-def query_embeddings(model, tokenizer, query_syn: list[list[str]],
-                     background: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def query_embeddings(model, tokenizer, query_syn: list[list[str]], background: Sequence[str],
+                     progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``(text, owner)``: the embeddings of the queries' names then the background's (80 templates each), and
     each name's query index."""
     names, owner = query_table(query_syn)
     with torch.no_grad():
-        text = name_embeddings(model, tokenizer, names + list(background), OVSS_TEMPLATES, batch_size=64)
+        text = name_embeddings(model, tokenizer, names + list(background), OVSS_TEMPLATES, batch_size=64,
+                               progress=progress)
     return text, owner
 
 
@@ -236,23 +240,31 @@ def query_probabilities(logits: torch.Tensor, owner: torch.Tensor, n_queries: in
 
 def _locate_one(path: Path, stem: str, model, text, owner, queries, slugs, out: Path,
                 opts: LocateOptions) -> LocateResult:
+    """One input's outputs, finished together (:class:`~farslip.core.files.StagedFiles`), as in ``segment``."""
+    with StagedFiles() as stage:
+        return _locate_staged(path, stem, model, text, owner, queries, slugs, out, opts, stage)
+
+
+def _locate_staged(path: Path, stem: str, model, text, owner, queries, slugs, out: Path, opts: LocateOptions,
+                   stage: StagedFiles) -> LocateResult:
     t0 = time.perf_counter()
-    r = open_raster(path, opts.bands, opts.percentiles)
+    r = open_raster(path, opts.bands, opts.percentiles)  # a nonsense georeference stops here: nothing written
     window = opts.window or model_input_size(model)
     scene = SceneTiles(r, window, opts.stride or window // 2, opts.scale, opts.block, opts.resampling)
     heat_paths = [out / f"{stem}.{s}.tif" for s in slugs]
     peaks = np.full(len(queries), np.nan)
     try:
         with ExitStack() as stack:
-            dsts = [stack.enter_context(score_writer(p, r.src, [q], kind="similarity", source=path))
+            dsts = [stack.enter_context(score_writer(stage(p), r.src, [q], kind="similarity", source=path))
                     for p, q in zip(heat_paths, queries)]
             for d in dsts:
                 d.update_tags(FARSLIP_THRESHOLD=str(opts.threshold), **scene.tags())
-            for tile in tqdm(scene, total=len(scene), desc=f"locate {path.name}", unit="tile",
-                             disable=not opts.progress):
+            tiles = PixelProgress(scene, r.height * r.width, f"locate {path.name}", opts.progress)
+            for tile in tiles:
                 win = tile.window
                 logits = tile_logits(scene, tile, model, text, attn=opts.attn, cls_lambda=opts.cls_lambda,
-                                     amp=opts.amp, window_batch_size=opts.window_batch_size)
+                                     amp=opts.amp, window_batch_size=opts.window_batch_size,
+                                     on_batch=tiles.windows_done)
                 if logits is None:
                     continue  # nothing valid: the COG keeps its nodata there
                 trim()  # the windows' buffers are freed: hand their pages back before the next tile
@@ -267,24 +279,26 @@ def _locate_one(path: Path, stem: str, model, text, owner, queries, slugs, out: 
         feats, summaries = Features.with_fields(REGION_FIELDS), []
         for q, hp, peak in zip(queries, heat_paths, peaks):
             before = len(feats)
-            heatmap_polygons(hp, opts.threshold, query=q, min_area=opts.min_area, simplify=opts.simplify,
-                             features=feats)
+            heatmap_polygons(stage(hp), opts.threshold, query=q, min_area=opts.min_area, simplify=opts.simplify,
+                             features=feats, progress=opts.progress)
             areas = feats.columns.get("area", [])[before:]
             summaries.append(QueryResult(q, str(hp), round(float(peak), 4) if np.isfinite(peak) else 0.0,
                                          len(feats) - before, float(sum(areas))))
-        regions = write_features(feats, out / f"{stem}.regions.{opts.vector_format}", r.src.crs, "regions")
-        preview = write_heat_preview(r, heat_paths, queries, opts.threshold, out / f"{stem}.locate.png",
-                                     opts.preview_size)
+        regions, preview = out / f"{stem}.regions.{opts.vector_format}", out / f"{stem}.locate.png"
+        write_features(feats, stage(regions), r.src.crs, "regions")
+        write_heat_preview(r, [stage(p) for p in heat_paths], queries, opts.threshold, stage(preview),
+                           opts.preview_size)
     finally:
         r.close()
     result = LocateResult(str(path), str(regions), str(preview), r.height * r.width, time.perf_counter() - t0,
-                          summaries)
+                          summaries, crs=crs_name(r.src.crs), area_unit=area_unit(r.src.crs))
     if opts.html:
         from .webmap import write_html
 
-        result.html = str(write_html(out / f"{stem}.locate.html", image=path, rasters=heat_paths,
-                                     vectors=[regions], bands=opts.bands))
-    atomic_write(out / f"{stem}.locate.json", json.dumps(asdict(result), indent=2))
+        write_html(stage(out / f"{stem}.locate.html"), image=path, rasters=[stage(p) for p in heat_paths],
+                   vectors=[stage(regions)], bands=opts.bands, progress=opts.progress)
+        result.html = str(out / f"{stem}.locate.html")
+    atomic_write(stage(out / f"{stem}.locate.json"), json.dumps(asdict(result), indent=2))
     return result
 
 
@@ -295,7 +309,6 @@ def write_heat_preview(r, heat_paths, queries, threshold: float, png: Path, max_
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import rasterio
     from rasterio.enums import Resampling
 
     thumb = read_thumbnail(r, max_side).transpose(1, 2, 0)
@@ -310,7 +323,7 @@ def write_heat_preview(r, heat_paths, queries, threshold: float, png: Path, max_
     axes[0, 0].imshow(thumb)
     axes[0, 0].set_title(r.path.name)
     for k, (hp, q) in enumerate(zip(heat_paths, queries), 1):
-        with rasterio.open(hp) as src:
+        with open_dataset(hp) as src:
             heat = src.read(1, out_shape=thumb.shape[:2], resampling=Resampling.bilinear)
         ax = axes.ravel()[k]
         ax.imshow(thumb)
@@ -320,6 +333,6 @@ def write_heat_preview(r, heat_paths, queries, threshold: float, png: Path, max_
         ax.set_title(f'"{q}"')
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, label="probability against the background")
     with atomic_path(png) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
+        fig.savefig(tmp, dpi=100, format="png", metadata=PNG_METADATA)
     plt.close(fig)
     return png

@@ -49,6 +49,14 @@ class RasterInput:
         self.src.close()
 
 
+def open_dataset(path: str | Path) -> "rasterio.DatasetReader":
+    """``rasterio.open`` without rasterio's NotGeoreferencedWarning for a picture (PNG, JPEG, or farslip's outputs
+    from one): a command says once, in its summary, that an input has no CRS, rather than at every file opened."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        return rasterio.open(path)
+
+
 def open_raster(path: str | Path, bands: Sequence[int] | None = None,
                 percentiles: tuple[float, float] = (2.0, 98.0)) -> RasterInput:
     """Open ``path`` and decide the RGB bands and the 8-bit stretch (percentiles of a decimated read)."""
@@ -56,13 +64,16 @@ def open_raster(path: str | Path, bands: Sequence[int] | None = None,
     if not path.exists():
         raise RasterError(f"{path}: file not found")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            src = rasterio.open(path)
+        src = open_dataset(path)
     except RasterioIOError as exc:
         raise RasterError(f"{path}: not a raster image GDAL can read ({exc})") from None
     if src.driver in WHOLE_FILE_FORMATS:
         _check_decodes(src, path)
+    try:
+        check_georeference(src, path)
+    except RasterError:
+        src.close()
+        raise
     if bands:
         bad = [b for b in bands if not 1 <= b <= src.count]
         if bad or len(bands) not in (1, 3):
@@ -75,6 +86,54 @@ def open_raster(path: str | Path, bands: Sequence[int] | None = None,
     stretch = None if src.dtypes[0] == "uint8" else _percentile_stretch(src, chosen, percentiles)
     all_valid = all(src.mask_flag_enums[b - 1] == [MaskFlags.all_valid] for b in chosen)
     return RasterInput(path, src, chosen, stretch, all_valid)
+
+
+def crs_name(crs) -> str | None:
+    """``EPSG:32632`` (or the CRS's WKT when it has no code); None without a CRS."""
+    if crs is None:
+        return None
+    code = crs.to_epsg()
+    return f"EPSG:{code}" if code else crs.to_wkt()
+
+
+#: Pixels finer than this in a metric CRS (1 mm) are degrees written under a metre label, not imagery.
+MIN_METRIC_PIXEL = 1e-3
+
+
+def check_georeference(src, path: str | Path) -> None:
+    """Refuse a raster whose coordinates cannot be where its CRS says they are, before anything is written from
+    it: a geographic CRS (degrees) with corners beyond longitude -180..360 or latitude -90..90 (metre coordinates
+    under an EPSG:4326 label), a projected CRS whose corners map to no longitude and latitude, or a metric CRS with
+    pixels under a millimetre (degrees under a metre label). A raster without a CRS or transform is not checked:
+    it is a picture, mapped in pixels."""
+    crs, t = src.crs, src.transform
+    if crs is None or t.is_identity:
+        return
+    left, bottom, right, top = src.bounds
+    corners = f"x {left:.10g} .. {right:.10g}, y {bottom:.10g} .. {top:.10g}"
+    fix = f"set the CRS its coordinates are in (gdal_edit.py -a_srs EPSG:<code> {path}) and run again"
+    if crs.is_geographic:
+        slack = 1e-6 + max(abs(t.a), abs(t.e))  # a global grid's edge pixel may overhang by a pixel
+        if not (-180 - slack <= min(left, right) and max(left, right) <= 360 + slack
+                and -90 - slack <= min(bottom, top) and max(bottom, top) <= 90 + slack):
+            raise RasterError(f"{path}: its CRS {crs.to_string()} is in degrees but its corners are at {corners}, "
+                              f"beyond longitude -180 .. 360 / latitude -90 .. 90; {fix}")
+        return
+    from rasterio.warp import transform
+
+    try:
+        lon, lat = transform(crs, "EPSG:4326", [left, right, left, right], [bottom, bottom, top, top])
+        inside = bool(np.isfinite(lon + lat).all()) and all(abs(v) <= 90 for v in lat)
+    except Exception:  # noqa: BLE001 - GDAL's own CPLE_* errors: "Point outside of projection domain"
+        inside = False
+    if not inside:
+        raise RasterError(f"{path}: its corners {corners} are not coordinates of its CRS {crs.to_string()} (they "
+                          f"map to no longitude and latitude); {fix}")
+    units = (crs.linear_units or "").lower()
+    pixel = max(abs(t.a), abs(t.b), abs(t.d), abs(t.e))
+    if units in ("metre", "meter", "m") and pixel < MIN_METRIC_PIXEL:
+        raise RasterError(f"{path}: its pixels are {pixel:.3g} m in its metric CRS {crs.to_string()} (corners "
+                          f"{corners}): these look like degrees under a metre label; {fix}")
 
 
 # Formats GDAL decodes leniently: a truncated PNG or JPEG reads as an image whose missing rows are filled in, with

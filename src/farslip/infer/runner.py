@@ -26,7 +26,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 from ..core.distributed import gather, job_ranks, launched, world
 from ..core.errors import FarslipError, UsageError
-from ..core.files import atomic_write
+from ..core.files import atomic_write, same_file
 from ..core.problems import Problem, append_problems
 
 DONE_DIR = ".farslip-done"
@@ -119,14 +119,19 @@ class Run:
 
     def line(self) -> str:
         """One line for the whole run, e.g. ``segment: 12 input(s) on 2 process(es): 9 done, 2 already complete,
-        1 failed; 480.0 Mpx in 300 s (1.60 Mpx/s)`` (on Ray: ``on 2 Ray actor(s)``)."""
+        1 failed; 480.0 Mpx in 300 s (1.6 Mpx/s)`` (on Ray: ``on 2 Ray actor(s)``)."""
         workers = f"{self.processes} Ray actor(s)" if self.engine == "ray" else f"{self.processes} process(es)"
         text = (f"{self.command}: {len(self.outcomes)} input(s) on {workers}: "
                 f"{self.count('done')} done, {self.count('complete')} already complete, {self.count('failed')} failed")
         if self.megapixels:
-            text += (f"; {self.megapixels:.1f} Mpx in {self.seconds:.0f} s "
-                     f"({self.megapixels / max(self.seconds, 1e-9):.2f} Mpx/s)")
+            text += (f"; {format_pixels(self.megapixels * 1e6)} in {self.seconds:.0f} s "
+                     f"({self.megapixels / max(self.seconds, 1e-9):.3g} Mpx/s)")
         return text
+
+
+def format_pixels(n: float) -> str:
+    """A pixel count for people: ``16.8 Mpx``, or ``1,920 px`` below a tenth of a megapixel (not ``0.0 Mpx``)."""
+    return f"{n / 1e6:.1f} Mpx" if n >= 1e5 else f"{int(n):,} px"
 
 
 def deal(paths: Sequence[Path], rank: int, world_size: int) -> list[int]:
@@ -171,6 +176,27 @@ def is_complete(out: Path, path: Path, key: str, stem: str | None = None) -> boo
 def mark_complete(out: Path, path: Path, key: str, outputs: Sequence[str], stem: str | None = None) -> None:
     atomic_write(_record_path(out, stem or path.stem),
                  json.dumps({**_identity(path), "settings": key, "outputs": [str(o) for o in outputs]}, indent=1))
+
+
+def remove_stale_outputs(out: Path, stem: str, outputs: Sequence[str], inputs: Sequence[Path]) -> list[str]:
+    """The files the earlier run of this input recorded that this run did not write again (the polygons of a run
+    with ``--vector``, the heatmap of another query) are removed from ``out``, so that nothing made with other
+    settings looks current beside the new outputs. Returns those outside ``out`` (a ``--vector PATH``), which are
+    left alone, to be reported; an input is never removed."""
+    try:
+        before = json.loads(_record_path(out, stem).read_text()).get("outputs", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    now = {Path(o).resolve() for o in outputs}
+    root, elsewhere = out.resolve(), []
+    for old in map(Path, before):
+        if old.resolve() in now or not old.is_file() or any(same_file(old, p) for p in inputs):
+            continue
+        if root in old.resolve().parents:
+            old.unlink(missing_ok=True)
+        else:
+            elsewhere.append(str(old))
+    return elsewhere
 
 
 def checkpoint_identity(checkpoint) -> str:
@@ -261,6 +287,10 @@ def _run_on_ranks(job: InputJob, paths: list[Path], stems: list[str], device: st
                 log(f"{rank_prefix()}{path}: FAILED -- {exc}")
             outcomes.append(Outcome(str(path), "failed", rank, error=str(exc)))
             continue
+        for left in remove_stale_outputs(job.out, stem, done.outputs, paths):
+            if log:
+                log(f"{rank_prefix()}{path}: {left} is from an earlier run with other settings (outside "
+                    f"{job.out}: left in place)")
         mark_complete(job.out, path, key, done.outputs, stem)
         if log:
             for line in job.describe(done.result):

@@ -33,8 +33,8 @@ from ..core.files import atomic_path, atomic_write, refuse_overwriting_inputs
 from ..engine import model_input_size, window_spans
 from ..models.precision import Amp, autocast_for
 from .classify import load_image
-from .common import load_for_inference
-from .runner import check_engine
+from .common import PNG_METADATA, load_for_inference
+from .runner import DONE_DIR, check_engine
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".jp2"}
 INDEX_DIR = ".farslip-index"
@@ -64,15 +64,51 @@ def _model_id(checkpoint) -> str:
     return f"{p.resolve()}:{p.stat().st_mtime_ns}" if p.is_file() else str(checkpoint)
 
 
-def _images(source: Path) -> tuple[Path, list[Path]]:
-    """The folder paths are relative to, and the images to index."""
-    if source.is_dir():
-        files = sorted(p for p in source.rglob("*")
-                       if p.suffix.lower() in IMAGE_SUFFIXES and INDEX_DIR not in p.parts and p.is_file())
-        return source, files
+def _images(source: Path) -> tuple[Path, list[Path], list[str]]:
+    """The folder paths are relative to, the images to index, and the files and folders left out as farslip's own
+    outputs (:func:`farslip_output`). Hidden folders (an index, completion records, staged files) and indexes of rasters
+    are not walked into, nor is a sub-folder of segment or locate outputs (it holds ``.farslip-done/``)."""
     if source.is_file():
-        return source.parent, [source]
-    raise FileNotFoundError(f"image folder or raster not found: {source}")
+        return source.parent, [source], []
+    if not source.is_dir():
+        raise FileNotFoundError(f"image folder or raster not found: {source}")
+    files, skipped = [], []
+    for folder, subfolders, names in os.walk(source):
+        here = Path(folder)
+        outputs = [d for d in subfolders if (here / d / DONE_DIR).is_dir()]  # segment's or locate's --out
+        skipped += [here / d for d in outputs]
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith(".") and not d.endswith(INDEX_DIR)
+                               and d not in outputs)
+        for name in sorted(names):
+            p = here / name
+            if name.startswith(".") or p.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            (skipped if farslip_output(p) else files).append(p)
+    return source, sorted(files), [str(p.relative_to(source)) for p in sorted(skipped)]
+
+
+def farslip_output(path: Path) -> bool:
+    """Whether an image is one farslip wrote: a raster tagged ``SOFTWARE=farslip`` (every COG of segment and
+    locate), a PNG marked ``Software: farslip`` (previews, contact sheets), or a preview that the JSON summary
+    beside it names."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".tif", ".tiff"):
+            from .raster import open_dataset
+
+            with open_dataset(path) as src:
+                return src.tags().get("SOFTWARE") == "farslip"
+        if suffix == ".png":
+            from PIL import Image
+
+            with Image.open(path) as im:
+                if im.info.get("Software") == PNG_METADATA["Software"]:
+                    return True
+            summary = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+            return isinstance(summary, dict) and Path(str(summary.get("preview", ""))).name == path.name
+    except (OSError, ValueError):  # unreadable (named as a failure when it is embedded), or no summary
+        return False
+    return False
 
 
 def chip_windows(path: Path, chip: int, stride: int) -> list[tuple[int, int, int, int]]:
@@ -120,7 +156,7 @@ def index(source: str | Path, *, checkpoint: str | Path | None = None, model=Non
     its batches' embeddings to a shard in the index folder, merged into the index at the end. Either way the
     index is the one one process writes."""
     source = Path(source)
-    root, files = _images(source)
+    root, files, skipped = _images(source)
     if chip is not None and chip < 8:
         raise UsageError(f"--chip {chip}: too small (at least 8 pixels)")
     stride = stride or (chip // 2 if chip else None)
@@ -136,14 +172,14 @@ def index(source: str | Path, *, checkpoint: str | Path | None = None, model=Non
         plan = _plan(root, files, _previous(emb_path, meta_path, mid), chip, stride)
         new = _embed_on_ray(plan[2], EmbedJob(root, emb_path.parent / SHARD_DIR, mid, checkpoint, arch, amp),
                             batch_size, device, address, actors, progress)
-        return _write_index(source, root, emb_path, meta_path, mid, chip, stride, plan, new)
+        return _write_index(source, root, emb_path, meta_path, mid, chip, stride, plan, new, skipped)
     with job_ranks(device) as device:  # torchrun: the images to embed are split between the processes
         if model is None:
             model, preprocess, _ = load_for_inference(arch, checkpoint, device=device)
         mid = _model_id(checkpoint) if checkpoint is not None else getattr(model, "farslip_arch", "model")
         plan = _plan(root, files, _previous(emb_path, meta_path, mid), chip, stride)
         new = _embed_on_ranks(plan[2], model, preprocess, root, batch_size, progress, amp)
-        summary = _write_index(source, root, emb_path, meta_path, mid, chip, stride, plan, new) \
+        summary = _write_index(source, root, emb_path, meta_path, mid, chip, stride, plan, new, skipped) \
             if world()[0] == 0 else None  # one writer; the others wait for it
         return broadcast(summary)
 
@@ -267,8 +303,9 @@ def _embed_on_ray(todo: list[dict], job: EmbedJob, batch_size: int, device: str,
 
 
 def _write_index(source: Path, root: Path, emb_path: Path, meta_path: Path, mid: str, chip: int | None,
-                 stride: int | None, plan: tuple, new: tuple) -> dict:
-    """The index (embeddings and entries, atomically) and the counts ``index`` returns."""
+                 stride: int | None, plan: tuple, new: tuple, skipped: list[str]) -> dict:
+    """The index (embeddings and entries, atomically) and the counts ``index`` returns (``skipped``: farslip's own
+    outputs in the folder, left out)."""
     entries, vectors, todo, failed = plan
     entries, vectors, failed = entries + new[0], vectors + new[1], failed + new[2]
     matrix = torch.stack(vectors) if vectors else torch.zeros(0, 1)
@@ -279,7 +316,15 @@ def _write_index(source: Path, root: Path, emb_path: Path, meta_path: Path, mid:
                                        indent=1))
     embedded = len(todo) - sum(1 for f in failed if "window" in f)
     return {"images": len({e["path"] for e in entries}), "items": len(entries), "embedded": embedded,
-            "reused": len(entries) - embedded, "failed": len(failed), "index": str(emb_path.parent)}
+            "reused": len(entries) - embedded, "failed": len(failed), "index": str(emb_path.parent),
+            "failures": [_failure_line(f) for f in failed], "skipped_farslip_outputs": len(skipped)}
+
+
+def _failure_line(failure: dict) -> str:
+    """``path (window ...): what went wrong``, the path said once (readers' messages often begin with it)."""
+    where = failure["path"] + (f" (window {failure['window']})" if failure.get("window") else "")
+    first, _, rest = failure["error"].partition(": ")
+    return f"{where}: {rest if rest and first.endswith(Path(failure['path']).name) else failure['error']}"
 
 
 def _previous(emb_path: Path, meta_path: Path, model_id: str) -> dict:
@@ -343,9 +388,13 @@ def query(q: str | Path, *, index: str | Path, checkpoint: str | Path | None = N
     image_query = os.path.isfile(str(q)) and Path(q).suffix.lower() in IMAGE_SUFFIXES
     auto_geojson = geojson == "auto"
     geojson = (Path(sheet).parent if sheet else Path(".")) / "search_results.geojson" if auto_geojson else geojson
+    if sheet and Path(sheet).suffix.lower() != ".png":
+        raise UsageError(f"--sheet {sheet}: the contact sheet is a PNG; give a .png file name")
+    if geojson and Path(geojson).suffix.lower() not in (".geojson", ".json"):
+        raise UsageError(f"--geojson {geojson}: give a .geojson file name")
     refuse_overwriting_inputs([p for p in (sheet, geojson) if p],
-                              [root / e["path"] for e in meta["entries"]] + ([Path(q)] if image_query else []),
-                              hint="choose another --sheet / --geojson")
+                              [root / e["path"] for e in meta["entries"]] + ([Path(q)] if image_query else [])
+                              + [emb_path, meta_path], hint="choose another --sheet / --geojson")
     if model is None:
         model, preprocess, tokenizer = load_for_inference(arch, checkpoint, device=device)
     meta = _fresh_meta(meta, meta_path, source, root, checkpoint, model, preprocess, index_dir, amp)
@@ -407,9 +456,9 @@ def _hit(root: Path, entry: dict, score: float) -> Hit:
     window = tuple(entry["window"]) if entry.get("window") else None
     if window is None:
         return Hit(str(path), round(float(score), 4))
-    import rasterio
+    from .raster import open_dataset
 
-    with rasterio.open(path) as src:
+    with open_dataset(path) as src:
         crs = src.crs.to_wkt() if src.crs else None
         x, y, w, h = window
         ring = [list(src.transform @ (c, r)) for c, r in ((x, y), (x + w, y), (x + w, y + h), (x, y + h), (x, y))]
@@ -425,7 +474,8 @@ def write_geojson(hits: Sequence[Hit], out: str | Path) -> Path:
     for rank, h in enumerate(hits, 1):
         geom = None
         if h.footprint is not None and h.crs is not None:
-            geom = transform_geom(h.crs, "EPSG:4326", {"type": "Polygon", "coordinates": [h.footprint]})
+            geom = transform_geom(h.crs, "EPSG:4326", {"type": "Polygon", "coordinates": [h.footprint]},
+                                  precision=7)  # about 1 cm, as GDAL writes RFC 7946
         feats.append({"type": "Feature", "geometry": geom,
                       "properties": {"rank": rank, "score": h.score, "source": h.path,
                                      "window": list(h.window) if h.window else None}})
@@ -453,6 +503,6 @@ def contact_sheet(hits: Sequence[Hit], out: str | Path, title: str = "", thumb: 
     fig.tight_layout()
     out = Path(out)
     with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=80, format="png")
+        fig.savefig(tmp, dpi=80, format="png", metadata=PNG_METADATA)
     plt.close(fig)
     return out

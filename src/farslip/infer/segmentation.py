@@ -26,22 +26,21 @@ from typing import Sequence
 import numpy as np
 import torch
 from rasterio.errors import RasterioIOError
-from tqdm.auto import tqdm
 
 from ..core.errors import UsageError
-from ..core.files import atomic_path, atomic_write, distinct_stems, refuse_overwriting_inputs
+from ..core.files import StagedFiles, atomic_path, atomic_write, distinct_stems, refuse_overwriting_inputs
 from ..core.memory import trim
 from ..engine import OVSS_TEMPLATES, class_scores, model_input_size, name_embeddings, predict_classes, query_table
-from ..engine.colours import palette as make_palette
+from ..engine.colours import class_colours
 from ..engine.images import protocol_normalise
 from ..engine.protocols import OVSSProtocol, get_protocol
 from ..engine.runtime import ProtocolRuntime, protocol_runtime
 from ..models import weights_fingerprint
 from .cog import class_map_writer, score_writer
-from .common import load_for_inference, parse_classes
-from .inputs import expand_inputs
-from .raster import RasterError, open_raster, read_thumbnail
-from .runner import Done, Log, Run, checkpoint_identity, run_inputs
+from .common import PNG_METADATA, PixelProgress, load_for_inference, parse_classes
+from .inputs import expand_inputs, listing_files
+from .raster import RasterError, crs_name, open_dataset, open_raster, read_thumbnail
+from .runner import Done, Log, Run, checkpoint_identity, format_pixels, run_inputs
 from .scene import SceneTiles, bounded_gdal_cache, check_resampling, tile_logits
 from .vectors import driver_for, vectorize_class_map
 
@@ -84,8 +83,8 @@ class SegmentOptions:
     confidence: bool = True             # OUT/<stem>.confidence.tif: the shown class's probability
     probabilities: bool = False         # OUT/<stem>.probabilities.tif: every class's probability, a band each
     vector: str | None = None           # "gpkg" | "geojson" -> OUT/<stem>.<format>; or a .gpkg/.geojson path
-    min_area: float = 0.0               # polygons: regions under this many map units^2 are left out
-    simplify: float = 0.0               # polygons: simplification tolerance in map units
+    min_area: float = 0.0               # polygons: regions under this many CRS units^2 (m^2, deg^2, px^2) are left out
+    simplify: float = 0.0               # polygons: simplification tolerance in the CRS's units
     html: bool = False                  # OUT/<stem>.html: the offline interactive map
 
     def resolved(self) -> "SegmentOptions":
@@ -125,6 +124,7 @@ class SegmentResult:
     probabilities: str | None = None
     vectors: str | None = None
     html: str | None = None
+    crs: str | None = None              # the input's (and the outputs') CRS; None: a picture, mapped in pixels
 
     def outputs(self) -> list[str]:
         """Every file written for this input (the completion record checks they are still there)."""
@@ -154,11 +154,12 @@ def segment(inputs: Sequence[str | Path] | str | Path, classes: Sequence[str] | 
     :class:`~farslip.infer.runner.Run`: the results of the inputs segmented now (``run[0].geotiff``) and every
     input's outcome."""
     opts = _options(options, overrides)
-    paths = expand_inputs([inputs] if isinstance(inputs, (str, Path)) else inputs, inputs_from=inputs_from,
-                          stac_asset=stac_asset)
+    entries = [inputs] if isinstance(inputs, (str, Path)) else inputs
+    paths = expand_inputs(entries, inputs_from=inputs_from, stac_asset=stac_asset)
     stems = distinct_stems(paths)
     job = SegmentJob(parse_classes(classes, classes_file), opts, Path(out), checkpoint, arch, model, tokenizer)
-    job.check(paths, stems, [p for p in (classes_file, checkpoint) if p and Path(p).is_file()])
+    job.check(paths, stems, [p for p in (classes_file, checkpoint) if p and Path(p).is_file()]
+              + listing_files(entries, inputs_from))
     return run_inputs(job, paths, stems, device=device, redo=redo, log=log, engine=engine, address=address,
                       actors=actors)
 
@@ -199,6 +200,10 @@ class SegmentJob:
     def check(self, paths: Sequence[Path], stems: Sequence[str], extra_inputs: Sequence) -> None:
         """Everything that can be refused before any work: the class list, ``out``, outputs over inputs."""
         opts, n = self.options, len(self.classes)
+        if n < 2:
+            raise UsageError(f"one class ({self.names[0]!r}): every pixel would be it; name at least two (the "
+                             f"other things in the scene, or \"background\"), or find one thing with `farslip "
+                             f"locate {self.names[0]!r} IMAGE`")
         if not 0 <= opts.background_index < n:
             raise UsageError(f"--background-index {opts.background_index} is outside the {n} classes")
         if n >= NODATA:
@@ -237,7 +242,8 @@ class SegmentJob:
         with torch.no_grad():
             # once per process, in fp32 whatever amp; 64 prompts a batch keeps the text tower's activations (~0.6 GB
             # at 256 for ViT-B) under the peak the tiles reach
-            text = name_embeddings(runtime.model, tokenizer, queries, OVSS_TEMPLATES, batch_size=64)
+            text = name_embeddings(runtime.model, tokenizer, queries, OVSS_TEMPLATES, batch_size=64,
+                                   progress=self.options.progress)
         return SegmentWorker(runtime, text, query_to_class)
 
     def one(self, worker: SegmentWorker, path: Path, stem: str) -> Done:
@@ -255,40 +261,49 @@ class SegmentJob:
         """The lines printed for one input done."""
         mp = r.pixels / max(r.seconds, 1e-9) / 1e6
         top = sorted(r.class_fractions.items(), key=lambda kv: -kv[1])[:5]
-        return [f"{r.image} -> {r.geotiff} ({r.pixels / 1e6:.1f} Mpx, {mp:.3g} Mpx/s); preview {r.preview}",
+        where = "" if r.crs else "; no CRS in the input: outputs in pixel coordinates"
+        return [f"{r.image} -> {r.geotiff} ({format_pixels(r.pixels)}, {mp:.3g} Mpx/s); preview {r.preview}{where}",
                 "   " + ", ".join(f"{n} {100 * f:.1f}%" for n, f in top)]
 
 
 def _segment_one(path: Path, stem: str, runtime: ProtocolRuntime, text, query_to_class, names, out: Path,
                  vector: Path | None, opts: SegmentOptions) -> SegmentResult:
+    """One input's outputs, finished together (:class:`~farslip.core.files.StagedFiles`): a failure in any phase --
+    tiles, preview, polygons, web page -- leaves none of this run's files, and an earlier run's untouched."""
+    with StagedFiles() as stage:
+        return _segment_staged(path, stem, runtime, text, query_to_class, names, out, vector, opts, stage)
+
+
+def _segment_staged(path: Path, stem: str, runtime: ProtocolRuntime, text, query_to_class, names, out: Path,
+                    vector: Path | None, opts: SegmentOptions, stage: StagedFiles) -> SegmentResult:
     t0 = time.perf_counter()
     model = runtime.model
-    r = open_raster(path, opts.bands, opts.percentiles)
+    r = open_raster(path, opts.bands, opts.percentiles)  # a nonsense georeference stops here: nothing written
     window = opts.window or model_input_size(model)
     scene = SceneTiles(r, window, opts.stride or window // 2, opts.scale, opts.block, opts.resampling)
     protocol_options = runtime.window_options(opts.as_protocol(scene.window, scene.stride))
     del protocol_options["crop"], protocol_options["stride"]  # the scene's windows
     normalise = protocol_normalise if opts.protocol else None  # the raster defaults: the model's own mean/std
     tags = {"FARSLIP_PROTOCOL": opts.protocol or "none", **scene.tags()}
-    colours = _class_colours(names)
+    colours = class_colours(names)
     tif = out / f"{stem}.tif"
     conf_tif = out / f"{stem}.confidence.tif" if opts.confidence else None
     prob_tif = out / f"{stem}.probabilities.tif" if opts.probabilities else None
     counts = np.zeros(len(names), np.int64)
     try:
         with ExitStack() as stack:
-            dst = stack.enter_context(class_map_writer(tif, r.src, names, colours, NODATA, source=path))
-            conf = stack.enter_context(score_writer(conf_tif, r.src, ["confidence"], kind="confidence",
+            dst = stack.enter_context(class_map_writer(stage(tif), r.src, names, colours, NODATA, source=path))
+            conf = stack.enter_context(score_writer(stage(conf_tif), r.src, ["confidence"], kind="confidence",
                                                     source=path, class_names=names)) if conf_tif else None
-            probs = stack.enter_context(score_writer(prob_tif, r.src, names, kind="probability",
+            probs = stack.enter_context(score_writer(stage(prob_tif), r.src, names, kind="probability",
                                                      source=path)) if prob_tif else None
             for written in (dst, conf, probs):
                 if written is not None:
                     written.update_tags(**tags)
-            for tile in tqdm(scene, total=len(scene), desc=f"segment {path.name}", unit="tile",
-                             disable=not opts.progress):
+            tiles = PixelProgress(scene, r.height * r.width, f"segment {path.name}", opts.progress)
+            for tile in tiles:
                 logits = tile_logits(scene, tile, model, text, amp=opts.amp, window_batch_size=opts.window_batch_size,
-                                     normalise=normalise, **protocol_options)
+                                     normalise=normalise, on_batch=tiles.windows_done, **protocol_options)
                 if logits is None:
                     continue  # no valid pixel: the rasters keep their nodata there
                 trim()  # the windows' buffers are freed: hand their pages back before the next tile
@@ -307,26 +322,30 @@ def _segment_one(path: Path, stem: str, runtime: ProtocolRuntime, text, query_to
                     conf.write(_masked(c, valid), 1, window=win)
                 if probs is not None:
                     probs.write(_masked(scores.float().cpu().numpy(), valid), window=win)
-        preview = write_preview(tif, r, names, colours, out / f"{stem}.png", opts.preview_size)
+        preview = out / f"{stem}.png"
+        write_preview(stage(tif), r, names, colours, stage(preview), opts.preview_size)
     except RasterioIOError as exc:  # a block that cannot be decoded (cut-off file), or a full disk
         raise RasterError(f"{path}: a block could not be read (truncated or corrupt file?) or {out} could not be "
                           f"written ({exc}); its outputs were not written") from None
     finally:
         r.close()
-    vectors = vectorize_class_map(tif, vector, confidence=conf_tif, min_area=opts.min_area,
-                                  simplify=opts.simplify).path if vector else None
+    if vector:
+        vectorize_class_map(stage(tif), stage(vector), confidence=stage(conf_tif) if conf_tif else None,
+                            min_area=opts.min_area, simplify=opts.simplify, progress=opts.progress)
+    vectors = str(vector) if vector else None
     total = max(1, int(counts.sum()))
     fractions = {n: round(float(c) / total, 4) for n, c in zip(names, counts)}
     result = SegmentResult(str(path), str(tif), str(preview), names, r.height * r.width,
                            time.perf_counter() - t0, fractions, str(conf_tif) if conf_tif else None,
-                           str(prob_tif) if prob_tif else None, vectors)
+                           str(prob_tif) if prob_tif else None, vectors, crs=crs_name(r.src.crs))
     if opts.html:
         from .webmap import write_html
 
-        result.html = str(write_html(out / f"{stem}.html", image=path, bands=opts.bands,
-                                     rasters=[tif] + ([conf_tif] if conf_tif else []),
-                                     vectors=[vectors] if vectors else []))
-    atomic_write(out / f"{stem}.json", json.dumps(asdict(result), indent=2))
+        write_html(stage(out / f"{stem}.html"), image=path, bands=opts.bands,
+                   rasters=[stage(tif)] + ([stage(conf_tif)] if conf_tif else []),
+                   vectors=[stage(vector)] if vector else [], progress=opts.progress)
+        result.html = str(out / f"{stem}.html")
+    atomic_write(stage(out / f"{stem}.json"), json.dumps(asdict(result), indent=2))
     return result
 
 
@@ -356,28 +375,17 @@ def vector_path(spec: str, stem: str, out: Path, several: bool) -> Path:
     return p.with_name(f"{p.stem}.{stem}{p.suffix}") if several else p
 
 
-def _class_colours(names: list[str]) -> np.ndarray:
-    """Distinct colours; black only for a class literally called background."""
-    full = make_palette(len(names) + 1)
-    colours = full[1:].copy()
-    for i, n in enumerate(names):
-        if n.lower() in ("background", "clutter", "other"):
-            colours[i] = full[0]
-    return colours
-
-
 def write_preview(tif: Path, r, names, colours, png: Path, max_side: int) -> Path:
     """Image | colour-mapped prediction with a legend, from decimated reads (bounded memory)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import rasterio
     from matplotlib.patches import Patch
     from rasterio.enums import Resampling
 
     thumb = read_thumbnail(r, max_side).transpose(1, 2, 0)
-    with rasterio.open(tif) as src:
+    with open_dataset(tif) as src:
         pred = src.read(1, out_shape=thumb.shape[:2], resampling=Resampling.nearest)
     rgba = np.zeros(pred.shape + (4,), np.uint8)
     known = pred != NODATA
@@ -395,6 +403,6 @@ def write_preview(tif: Path, r, names, colours, png: Path, max_side: int) -> Pat
                loc="lower center", ncol=min(len(names), 6), frameon=False)
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     with atomic_path(png) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
+        fig.savefig(tmp, dpi=100, format="png", metadata=PNG_METADATA)
     plt.close(fig)
     return png

@@ -1,4 +1,5 @@
-"""Polygons of a class map or of a thresholded heatmap, in the raster's CRS, with bounded memory.
+"""Polygons of a class map or of a thresholded heatmap, with bounded memory: GeoPackage in the raster's CRS,
+GeoJSON in WGS84 (RFC 7946).
 
 A 20,000 x 20,000 map is polygonised in strips of rows (``rasterio.features.shapes``, 4-connected, as GDAL's
 ``gdal_polygonize``). A region cut by a strip edge is joined to its other parts: the pixel rows on both sides of
@@ -32,6 +33,7 @@ from rasterio.windows import Window
 
 from ..core.errors import FarslipError
 from ..core.files import atomic_path
+from .raster import open_dataset
 
 #: Output formats by suffix (OGR driver names).
 DRIVERS = {".gpkg": "GPKG", ".geojson": "GeoJSON", ".json": "GeoJSON"}
@@ -238,6 +240,17 @@ def pixel_tolerance(transform, simplify: float) -> float:
     return simplify / float(np.linalg.norm(linear, 2))
 
 
+def area_unit(crs) -> str:
+    """The unit of the areas measured in ``crs``: ``m^2`` in a metric CRS, ``deg^2`` in a geographic one, the
+    CRS's own linear unit squared otherwise (``US survey foot^2``); ``px^2`` without a CRS."""
+    if crs is None:
+        return "px^2"
+    if crs.is_geographic:
+        return "deg^2"
+    unit = (crs.linear_units or "").lower()
+    return "m^2" if unit in ("metre", "meter", "m") else f"{unit or 'map unit'}^2"
+
+
 def pixel_area(transform) -> float:
     return abs(transform.a * transform.e - transform.b * transform.d)
 
@@ -265,7 +278,9 @@ class Features:
 
 def write_features(features: Features, path: str | Path, crs, layer: str) -> Path:
     """One polygon layer at ``path`` (GeoPackage or GeoJSON by suffix), written under a temporary name and renamed
-    when complete."""
+    when complete. A GeoPackage keeps the raster's CRS; GeoJSON is RFC 7946 -- longitude/latitude on WGS84, no
+    ``crs`` member (GDAL's ``RFC7946=YES`` reprojects it) -- except for a picture without a CRS, whose polygons stay
+    in pixel coordinates. The ``area`` attributes are measured in the raster's CRS either way."""
     import pyogrio.raw
 
     path = Path(path)
@@ -282,7 +297,8 @@ def write_features(features: Features, path: str | Path, crs, layer: str) -> Pat
                           crs=crs.to_wkt() if crs is not None else None, driver=driver, layer=layer,
                           geometry_type="MultiPolygon" if multi else "Polygon",
                           # GeoPackage 1.2: what every GDAL and QGIS in use reads without a version warning
-                          dataset_options={"VERSION": "1.2"} if driver == "GPKG" else None)
+                          dataset_options={"VERSION": "1.2"} if driver == "GPKG" else None,
+                          layer_options={"RFC7946": "YES"} if driver == "GeoJSON" and crs is not None else None)
     return path
 
 
@@ -293,13 +309,28 @@ class VectorSummary:
     dropped_small: int
 
 
+def _strip_progress(labels: Callable[[Window], np.ndarray], src, desc: str, enabled: bool):
+    """``labels`` counting the pixels of each strip it reads on a progress bar (shown after 2 s: a 16 Mpx map
+    takes minutes), and the bar."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=src.height * src.width, desc=desc, unit="px", unit_scale=True, delay=2, disable=not enabled)
+
+    def counted(win: Window) -> np.ndarray:
+        out = labels(win)
+        bar.update(int(win.width * win.height))
+        return out
+
+    return counted, bar
+
+
 def class_map_polygons(class_map: str | Path, *, confidence: str | Path | None = None, min_area: float = 0.0,
-                       simplify: float = 0.0) -> tuple[Features, int]:
+                       simplify: float = 0.0, progress: bool = False) -> tuple[Features, int]:
     """Polygons of a farslip class map (its ``CLASS_NAMES`` tag names the classes; nodata pixels make none), with
     class, class index, area (map units^2), pixels and the mean confidence when ``confidence`` is given.
     Regions under ``min_area`` map units^2 are left out (their pixels stay uncovered). Returns the features and how
     many regions were too small."""
-    with rasterio.open(class_map) as src:
+    with open_dataset(class_map) as src:
         names = json.loads(src.tags().get("CLASS_NAMES", "[]"))
         nodata = src.nodata
 
@@ -309,7 +340,8 @@ def class_map_polygons(class_map: str | Path, *, confidence: str | Path | None =
                 a[a == int(nodata)] = -1
             return a
 
-        conf = rasterio.open(confidence) if confidence else None
+        conf = open_dataset(confidence) if confidence else None
+        labels, bar = _strip_progress(labels, src, f"polygons {Path(class_map).name}", progress)
         try:
             scores = (lambda win: conf.read(1, window=win)) if conf is not None else None
             fields = ["class", "class_index", "area", "pixels"] + (["mean_confidence"] if conf is not None else [])
@@ -327,36 +359,40 @@ def class_map_polygons(class_map: str | Path, *, confidence: str | Path | None =
                     attrs["mean_confidence"] = round(reg.mean_score, 4)
                 feats.add(region_geometry(reg, src.transform), **attrs)
         finally:
+            bar.close()
             if conf is not None:
                 conf.close()
     return feats, small
 
 
 def heatmap_polygons(heatmap: str | Path, threshold: float, *, band: int = 1, query: str = "",
-                     min_area: float = 0.0, simplify: float = 0.0, features: Features | None = None
-                     ) -> tuple[Features, int]:
+                     min_area: float = 0.0, simplify: float = 0.0, features: Features | None = None,
+                     progress: bool = False) -> tuple[Features, int]:
     """Connected areas where a score raster is at least ``threshold`` (band ``band``), with the query, the mean
     and maximum score, area (map units^2) and pixels. Appends to ``features`` when given."""
     feats, small = features if features is not None else Features.with_fields(REGION_FIELDS), 0
-    with rasterio.open(heatmap) as src:
+    with open_dataset(heatmap) as src:
         def labels(win):
             h = src.read(band, window=win)
             return np.where(h >= threshold, 0, -1).astype(np.int32)  # NaN (nodata) compares False
 
         px_area = pixel_area(src.transform)
-        for reg in regions(labels, src.height, src.width, lambda win: src.read(band, window=win),
-                           simplify=pixel_tolerance(src.transform, simplify)):
-            area = reg.pixels * px_area
-            if area < min_area:
-                small += 1
-                continue
-            feats.add(region_geometry(reg, src.transform), query=query, score=round(reg.mean_score, 4),
-                      max_score=round(reg.score_max, 4), area=area, pixels=reg.pixels)
+        labels, bar = _strip_progress(labels, src, f"regions {query!r}", progress)
+        with bar:
+            for reg in regions(labels, src.height, src.width, lambda win: src.read(band, window=win),
+                               simplify=pixel_tolerance(src.transform, simplify)):
+                area = reg.pixels * px_area
+                if area < min_area:
+                    small += 1
+                    continue
+                feats.add(region_geometry(reg, src.transform), query=query, score=round(reg.mean_score, 4),
+                          max_score=round(reg.score_max, 4), area=area, pixels=reg.pixels)
     return feats, small
 
 
 def vectorize_class_map(class_map: str | Path, out: str | Path, *, confidence: str | Path | None = None,
-                        min_area: float = 0.0, simplify: float = 0.0, gdal_cache_mb: int = 256) -> VectorSummary:
+                        min_area: float = 0.0, simplify: float = 0.0, gdal_cache_mb: int = 256,
+                        progress: bool = False) -> VectorSummary:
     """``segment --vector``: the class map's polygons written to ``out`` (.gpkg or .geojson). GDAL's block cache
     is capped at ``gdal_cache_mb`` (as in ``segment``; by default GDAL takes up to 5% of the machine's memory,
     which the strips, read once each, do not need)."""
@@ -364,8 +400,9 @@ def vectorize_class_map(class_map: str | Path, out: str | Path, *, confidence: s
 
     driver_for(out)
     with bounded_gdal_cache(gdal_cache_mb):
-        feats, small = class_map_polygons(class_map, confidence=confidence, min_area=min_area, simplify=simplify)
-    with rasterio.open(class_map) as src:
+        feats, small = class_map_polygons(class_map, confidence=confidence, min_area=min_area, simplify=simplify,
+                                          progress=progress)
+    with open_dataset(class_map) as src:
         crs = src.crs
     write_features(feats, out, crs, layer=Path(out).stem)
     return VectorSummary(str(out), len(feats), small)

@@ -4,13 +4,17 @@ The map is built with folium (Leaflet); Leaflet's JavaScript and CSS are inlined
 package (Leaflet 1.9.4 as released, no Django needed), its icons as data URIs, so the file opens without a
 network -- folium itself would link them from a CDN. Layers:
 
-* the image (decimated, JPEG);
-* each class map (its colour table), confidence or heatmap (``inferno``) as a semi-transparent overlay that the
-  layer control switches on and off, with a legend;
-* each vector file (polygons with their attributes as tooltips, coloured by class when a class map names it).
+* the image (decimated; JPEG, or WebP with transparency where it has no data);
+* each class map (its colour table; a palette PNG), confidence or heatmap (``inferno``; WebP) as a
+  semi-transparent overlay that the layer control switches on and off, with a legend;
+* each vector file (polygons with their attributes as tooltips, coloured by class when a class map names it),
+  simplified to half a pixel of the page's grid and rounded to 1e-7 degrees (about 1 cm).
 
 Rasters in a CRS are warped to Web Mercator (what Leaflet displays) from their overviews, so the overlays sit
-exactly where the vectors are; pictures without a georeference are shown in pixel coordinates.
+exactly where the vectors are; what lies outside a warped raster is transparent (no black wedges around a rotated
+footprint); pictures without a georeference are shown in pixel coordinates. Every layer is at most ``max_side``
+pixels on its longer side, so the page's size follows ``max_side``, not the scene's (a 16 Mpx scene with its class
+map, confidence and polygons: a few MB).
 """
 from __future__ import annotations
 
@@ -27,14 +31,15 @@ from typing import Sequence
 import numpy as np
 import rasterio
 from rasterio.enums import Resampling
-from rasterio.warp import calculate_default_transform, reproject, transform_bounds, transform_geom
+from rasterio.warp import calculate_default_transform, reproject, transform_bounds
 
 from ..core.errors import FarslipError
-from ..core.files import atomic_write
-from .raster import open_raster, read_thumbnail
+from ..core.files import atomic_write, refuse_overwriting_inputs
+from .raster import check_georeference, open_dataset, open_raster, read_thumbnail
 
 MERCATOR = "EPSG:3857"
-#: Vectors beyond this many polygons are left out of the page (largest first kept), which stays responsive.
+#: Vectors beyond this many polygons are left out of the page (largest first kept), which stays responsive; so
+#: are polygons smaller than a pixel of the page's grid.
 MAX_FEATURES = 20000
 
 
@@ -45,7 +50,7 @@ class ViewError(FarslipError, ValueError):
 @dataclass
 class Overlay:
     name: str
-    rgba: np.ndarray                       # [h, w, 4] in the map's display grid
+    uri: str                               # the layer's picture on the map's display grid, as a data URI
     legend: list[tuple[str, str]] = field(default_factory=list)  # (label, css colour)
     colorbar: str | None = None            # css gradient for score layers
 
@@ -78,12 +83,30 @@ def leaflet_assets() -> tuple[str, str]:
     return js, re.sub(r"url\((images/[\w.-]+\.png)\)", inline, css)
 
 
-def _data_uri(rgb_or_rgba: np.ndarray, fmt: str) -> str:
+def _data_uri(image, fmt: str, **options) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **options)
+    return f"data:image/{fmt.lower()};base64,{base64.b64encode(buf.getvalue()).decode()}"
+
+
+def picture_uri(rgba: np.ndarray) -> str:
+    """``[h, w, 4]`` as a compact data URI: JPEG when it is opaque everywhere, WebP with its transparency
+    otherwise (lossy, as the JPEG; browsers have shown WebP since 2020)."""
     from PIL import Image
 
-    buf = io.BytesIO()
-    Image.fromarray(rgb_or_rgba).save(buf, format=fmt, **({"quality": 88} if fmt == "JPEG" else {}))
-    return f"data:image/{fmt.lower()};base64,{base64.b64encode(buf.getvalue()).decode()}"
+    if (rgba[..., 3] == 255).all():
+        return _data_uri(Image.fromarray(np.ascontiguousarray(rgba[..., :3])), "JPEG", quality=85)
+    return _data_uri(Image.fromarray(rgba, "RGBA"), "WEBP", quality=80, method=4)
+
+
+def palette_uri(index: np.ndarray, lut: np.ndarray) -> str:
+    """A class-index picture (``[h, w]`` uint8) and its ``[256, 4]`` RGBA colour table as a palette PNG, the
+    transparency per index in its tRNS chunk: about a tenth of the RGBA PNG's size."""
+    from PIL import Image
+
+    im = Image.frombytes("P", (index.shape[1], index.shape[0]), np.ascontiguousarray(index).tobytes())
+    im.putpalette(lut[:, :3].astype(np.uint8).ravel().tolist())
+    return _data_uri(im, "PNG", optimize=True, transparency=bytes(lut[:, 3].astype(np.uint8).tolist()))
 
 
 def display_grid(src, max_side: int) -> Grid:
@@ -123,18 +146,22 @@ def _read_shape(src, grid: Grid) -> tuple[int, int]:
 
 
 def image_layer(image: str | Path, grid: Grid, bands: Sequence[int] | None = None) -> np.ndarray:
-    """The image as RGB on the display grid (black outside it)."""
+    """The image as RGBA on the display grid: transparent where it has no data and outside its footprint."""
     r = open_raster(image, bands)
     try:
         rgb = read_thumbnail(r, max(_read_shape(r.src, grid)))
-        return _to_grid(rgb, r.src, grid, Resampling.bilinear).transpose(1, 2, 0)
+        alpha = np.full((1,) + rgb.shape[1:], 255, np.uint8) if r.all_valid else \
+            r.src.read_masks(r.bands, out_shape=(3,) + rgb.shape[1:], resampling=Resampling.nearest).min(0)[None]
+        # the warp leaves alpha 0 where no source pixel lands (the corners a rotated footprint leaves)
+        return _to_grid(np.concatenate([rgb, alpha]), r.src, grid, Resampling.bilinear).transpose(1, 2, 0)
     finally:
         r.close()
 
 
 def raster_overlay(path: str | Path, grid: Grid) -> list[Overlay]:
     """A class map (uint8 with a colour table) as one overlay, or each band of a score raster as one."""
-    with rasterio.open(path) as src:
+    with open_dataset(path) as src:
+        check_georeference(src, path)
         names = json.loads(src.tags().get("CLASS_NAMES", "[]"))
         shape = _read_shape(src, grid)
         if src.dtypes[0] == "uint8" and _has_colormap(src):
@@ -147,7 +174,7 @@ def raster_overlay(path: str | Path, grid: Grid) -> list[Overlay]:
                 lut[i] = (*rgba[:3], 255)
             lut[nod] = 0
             legend = [(n, _css(cmap[i])) for i, n in enumerate(names)] if names else []
-            return [Overlay(f"classes: {Path(path).name}", lut[cls], legend)]
+            return [Overlay(f"classes: {Path(path).name}", palette_uri(cls, lut), legend)]
         if np.dtype(src.dtypes[0]).kind != "f":
             raise ViewError(f"{path}: neither a farslip class map (uint8 with a colour table) nor a score raster")
         out = []
@@ -156,7 +183,7 @@ def raster_overlay(path: str | Path, grid: Grid) -> list[Overlay]:
             v = _to_grid(v[None], src, grid, Resampling.bilinear, nodata=np.nan)[0]
             label = src.descriptions[b - 1] or f"band {b}"
             kind = src.tags().get("FARSLIP_KIND", Path(path).stem)
-            out.append(Overlay(f"{kind}: {label}", _inferno(v), colorbar=_inferno_css()))
+            out.append(Overlay(f"{kind}: {label}", picture_uri(_inferno(v)), colorbar=_inferno_css()))
         return out
 
 
@@ -188,26 +215,51 @@ def _inferno_css() -> str:
 
 
 def vector_geojson(path: str | Path, grid: Grid, colours: dict[str, str]) -> tuple[dict, int]:
-    """A vector file as a GeoJSON FeatureCollection in the page's coordinates (WGS84, or pixels), largest
-    ``MAX_FEATURES`` polygons; and how many were left out."""
+    """A vector file as a GeoJSON FeatureCollection in the page's coordinates (WGS84, or pixels): the largest
+    ``MAX_FEATURES`` polygons of at least one pixel of the display grid (smaller ones cannot be seen on the page),
+    simplified to half such a pixel; and how many were left out."""
     import pyogrio
     import shapely
 
     meta, _, geoms, fields = pyogrio.raw.read(path)
     crs = meta.get("crs")
     geoms = shapely.from_wkb(geoms)
-    order = np.argsort(-shapely.area(geoms))[:MAX_FEATURES]
+    if grid.simple:
+        pixel = grid.bounds_latlon[1][1] / grid.width  # a display pixel in the picture's pixels
+    elif crs:
+        pixel = abs(grid.transform.a)  # in Web Mercator metres, where the page draws
+        geoms = _reprojected(geoms, crs, MERCATOR)
+    else:
+        pixel = 0.0  # a file without a CRS over a georeferenced page: drawn as it is
+    area = shapely.area(geoms) / max(pixel, 1e-12) ** 2
+    order = [i for i in np.argsort(-area).tolist() if area[i] >= 1 or not pixel][:MAX_FEATURES]
+    shown = shapely.simplify(geoms[order], pixel / 2, preserve_topology=True) if pixel else geoms[order]
+    if grid.simple:  # pixels, y pointing down: Leaflet's simple CRS has y up
+        shown = shapely.transform(shown, lambda xy: xy * np.array([1.0, -1.0]))
+    elif crs:
+        shown = _reprojected(shown, MERCATOR, "EPSG:4326", decimals=7)
     feats = []
-    for i in order.tolist():
-        g = shapely.geometry.mapping(geoms[i])
-        if grid.simple:
-            g = shapely.geometry.mapping(shapely.transform(geoms[i], lambda xy: xy * np.array([1.0, -1.0])))
-        elif crs:
-            g = transform_geom(crs, "EPSG:4326", g)
+    for k, i in enumerate(order):
         props = {name: _plain(col[i]) for name, col in zip(meta["fields"], fields)}
         props["_colour"] = colours.get(str(props.get("class", props.get("query", ""))), "#00e5ff")
-        feats.append({"type": "Feature", "geometry": g, "properties": props})
+        feats.append({"type": "Feature", "geometry": shapely.geometry.mapping(shown[k]), "properties": props})
     return {"type": "FeatureCollection", "features": feats}, len(geoms) - len(order)
+
+
+def _reprojected(geoms: np.ndarray, src_crs, dst_crs, decimals: int | None = None) -> np.ndarray:
+    """Every vertex of ``geoms`` moved from ``src_crs`` to ``dst_crs`` in one call (GDAL/PROJ), rounded to
+    ``decimals`` when given."""
+    import shapely
+    from rasterio.warp import transform
+
+    def move(xy: np.ndarray) -> np.ndarray:
+        if not len(xy):
+            return xy
+        x, y = transform(src_crs, dst_crs, xy[:, 0], xy[:, 1])
+        out = np.column_stack([x, y])
+        return out if decimals is None else out.round(decimals)
+
+    return shapely.transform(geoms, move)
 
 
 def _plain(v):
@@ -216,11 +268,13 @@ def _plain(v):
 
 def write_html(out: str | Path, *, image: str | Path | None = None, rasters: Sequence[str | Path] = (),
                vectors: Sequence[str | Path] = (), title: str | None = None, max_side: int = 2048,
-               bands: Sequence[int] | None = None, opacity: float = 0.6) -> Path:
+               bands: Sequence[int] | None = None, opacity: float = 0.6, progress: bool = False) -> Path:
     """One offline HTML page: ``image`` under the ``rasters`` (class maps, confidences, heatmaps) and the
     ``vectors``, each switchable (the first raster layer is shown, the others start switched off), with legends.
-    The grid is the first raster's (or the image's)."""
+    The grid is the first raster's (or the image's). ``progress``: a bar over the layers when the page takes more
+    than a couple of seconds (a 16 Mpx scene's warps and polygons)."""
     import folium
+    from tqdm.auto import tqdm
 
     rasters, vectors = [Path(p) for p in rasters], [Path(p) for p in vectors]
     if image is None and rasters:
@@ -228,32 +282,42 @@ def write_html(out: str | Path, *, image: str | Path | None = None, rasters: Seq
     ref = rasters[0] if rasters else image
     if ref is None:
         raise ViewError("nothing to show: give an image or a farslip raster")
-    with rasterio.open(ref) as src:
+    with open_dataset(ref) as src:
+        check_georeference(src, ref)
         grid = display_grid(src, max_side)
     m = folium.Map(crs="Simple" if grid.simple else "EPSG3857", tiles=None, control_scale=not grid.simple,
                    zoom_snap=0.25)
+    if grid.simple:  # a screen pixel per picture pixel at zoom 0: a larger picture fits the window only below it
+        m.options["minZoom"] = -8
     m.default_js, m.default_css = [], []  # Leaflet comes inlined below, not from a CDN
     js, css = leaflet_assets()
     m.get_root().header.add_child(folium.Element(f"<style>{css}</style>\n<script>{js}</script>"), name="leaflet")
+    bar = tqdm(total=(image is not None) + len(rasters) + len(vectors), desc=f"web map {Path(out).name}",
+               unit="layer", delay=2, disable=not progress)
     if image is not None:
-        folium.raster_layers.ImageOverlay(_data_uri(image_layer(image, grid, bands), "JPEG"), grid.bounds_latlon,
+        folium.raster_layers.ImageOverlay(picture_uri(image_layer(image, grid, bands)), grid.bounds_latlon,
                                           name=f"image: {Path(image).name}", pixelated=False).add_to(m)
+        bar.update()
     colours: dict[str, str] = {}
     legends = []
     for path in rasters:
         for ov in raster_overlay(path, grid):
-            folium.raster_layers.ImageOverlay(_data_uri(ov.rgba, "PNG"), grid.bounds_latlon, name=ov.name,
-                                              opacity=opacity, pixelated=True, show=not legends).add_to(m)
+            folium.raster_layers.ImageOverlay(ov.uri, grid.bounds_latlon, name=ov.name, opacity=opacity,
+                                              pixelated=True, show=not legends).add_to(m)
             colours.update(dict(ov.legend))
             legends.append(ov)
+        bar.update()
     for path in vectors:
         collection, left_out = vector_geojson(path, grid, colours)
         fields = [k for k in (collection["features"][0]["properties"] if collection["features"] else {})
                   if not k.startswith("_")]
-        label = f"polygons: {path.name}" + (f" (largest {MAX_FEATURES})" if left_out else "")
+        label = f"polygons: {path.name}" + (f" ({len(collection['features'])} largest of "
+                                             f"{len(collection['features']) + left_out})" if left_out else "")
         layer = folium.GeoJson(collection, name=label, style_function=_vector_style,
                                tooltip=folium.GeoJsonTooltip(fields=fields) if fields else None)
         layer.add_to(m)
+        bar.update()
+    bar.close()
     folium.LayerControl(collapsed=False).add_to(m)
     m.get_root().html.add_child(folium.Element(_legend_html(legends, title or Path(ref).name)))
     m.fit_bounds(grid.bounds_latlon)
@@ -284,15 +348,20 @@ def _legend_html(overlays: Sequence[Overlay], title: str) -> str:
 
 def _source_of(raster: Path) -> Path | None:
     """The image a farslip raster was made from (its ``FARSLIP_SOURCE`` tag), when it still exists."""
-    with rasterio.open(raster) as src:
-        tag = src.tags().get("FARSLIP_SOURCE")
+    try:
+        with open_dataset(raster) as src:
+            tag = src.tags().get("FARSLIP_SOURCE")
+    except rasterio.errors.RasterioIOError:
+        raise ViewError(f"{raster}: not a raster GDAL can read (farslip view shows farslip's .tif outputs and "
+                        ".gpkg/.geojson polygons)") from None
     return Path(tag) if tag and Path(tag).exists() else None
 
 
 def view(outputs: Sequence[str | Path], html_path: str | Path | None = None, *, image: str | Path | None = None,
          **kw) -> Path:
     """``farslip view``: rasters and vector files in ``outputs`` (sorted by kind) on one page, written to
-    ``html_path`` (default: beside the first output, ``.html``)."""
+    ``html_path`` (default: beside the first output, ``.html``). The page is never written over one of the files
+    it shows (the image found from the rasters' ``FARSLIP_SOURCE`` tag included)."""
     rasters, vectors = [], []
     for p in map(Path, outputs):
         if not p.exists():
@@ -301,4 +370,9 @@ def view(outputs: Sequence[str | Path], html_path: str | Path | None = None, *, 
     first = (rasters or vectors or [None])[0]
     if first is None:
         raise ViewError("nothing to show")
-    return write_html(html_path or first.with_suffix(".html"), image=image, rasters=rasters, vectors=vectors, **kw)
+    out = Path(html_path) if html_path else first.with_suffix(".html")
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise ViewError(f"--out {out}: the map is an HTML page; give a .html file name")
+    shown = rasters + vectors + [p for p in [image] + [_source_of(r) for r in rasters] if p]
+    refuse_overwriting_inputs([out], shown, hint="choose another --out")
+    return write_html(out, image=image, rasters=rasters, vectors=vectors, **kw)

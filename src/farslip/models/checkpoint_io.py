@@ -40,33 +40,115 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     """Return ``(state_dict, meta)`` for a checkpoint file of any supported form.
 
     ``meta`` is farslip's metadata (empty for foreign checkpoints). The state dict has the DDP prefix removed,
-    non-parameter entries dropped and tensors in their stored dtype.
+    non-parameter entries dropped and tensors in their stored dtype. A file that is not a checkpoint, or a cut-off
+    one, is named with what it is (:func:`file_form`).
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
-    form = "safetensors"
+    form = file_form(path)
     try:
-        if path.suffix == ".safetensors":
+        if form == "safetensors":
             state, meta = _read_safetensors(path)
-        elif is_torchscript_archive(path):
-            form = "TorchScript archive"
+        elif form in ("zip", "pickle") and is_torchscript_archive(path):
             state, meta = _read_torchscript(path), {}
-        else:
-            form = "torch"
+        elif form in ("zip", "pickle"):
             state, meta = _read_torch_pickle(path)
+        else:
+            raise CheckpointError(f"{path}: not a checkpoint: {form}")
     except CheckpointError:
         raise
     except Exception as exc:  # truncated or corrupt files raise whatever the format's reader meets first
-        raise CheckpointError(f"{path}: not a readable {form} checkpoint, truncated or corrupt "
-                              f"({type(exc).__name__}: {_gist(exc)})") from exc
+        raise CheckpointError(f"{path}: {unreadable(path, exc)}") from exc
     return clean_state_dict(state, source=str(path)), meta
 
 
-def _gist(exc: BaseException, limit: int = 240) -> str:
-    """The informative line of a reader's (often multi-paragraph) error message, shortened for one line."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()] or [type(exc).__name__]
-    line = next((ln for ln in lines if "Unsupported global" in ln), lines[0])
+#: The legacy (pre-1.6) torch.save format opens with this number, pickled (``torch.serialization.MAGIC_NUMBER``).
+_LEGACY_TORCH = b"\x8a\x0a" + (0x1950a86a20f9469cfc6c).to_bytes(10, "little")
+#: Formats recognised by their first bytes, for the message about a file that is not a checkpoint.
+_OTHER_FORMATS = ((b"\x89HDF", "an HDF5 file (Keras/TensorFlow weights?)"), (b"GGUF", "a GGUF file (llama.cpp)"),
+                  (b"\x93NUMPY", "a NumPy .npy array"), (b"\x1f\x8b", "a gzip-compressed file (unpack it first)"),
+                  (b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"II*\x00", "a TIFF image"),
+                  (b"MM\x00*", "a TIFF image"), (b"%PDF", "a PDF document"))
+
+
+def file_form(path: Path) -> str:
+    """How a file is stored, from its first bytes: ``safetensors``, ``zip`` (torch.save's archive, TorchScript),
+    ``pickle`` (the legacy torch format) -- or, for anything else, what the file is, in words."""
+    with open(path, "rb") as f:
+        head = f.read(4096)
+    if not head:
+        return "the file is empty"
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") > 1:
+        return "safetensors"  # an 8-byte header length, then the JSON header
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "pickle"
+    for magic, what in _OTHER_FORMATS:
+        if head.startswith(magic):
+            return what
+    if b"\x00" not in head:
+        try:
+            text = head.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        if text is not None:
+            return _text_form(text)
+    return f"an unknown format (it begins with the bytes {head[:8].hex(' ')})"
+
+
+def _text_form(text: str) -> str:
+    start = text.lstrip()[:60].splitlines()[0] if text.strip() else ""
+    if start.startswith("version https://git-lfs"):
+        return "a Git LFS pointer, not the weights (run `git lfs pull` where it came from)"
+    if start.lower().startswith(("<!doctype html", "<html")):
+        return "an HTML page (a download that saved an error or login page?)"
+    return f"a text file (it begins {start!r})"
+
+
+def unreadable(path: Path, exc: BaseException) -> str:
+    """What is wrong with a checkpoint file its reader failed on, in one line: cut off, damaged, or holding
+    objects that are not tensors -- never PyTorch's advice to load it with ``weights_only=False``."""
+    form = file_form(path)
+    if form == "zip" and not zipfile.is_zipfile(path):
+        return ("truncated: a torch checkpoint (zip archive) whose end is missing (an interrupted download or "
+                "copy?)")
+    if form == "pickle" and _head(path, 2 + len(_LEGACY_TORCH))[2:] != _LEGACY_TORCH:
+        return ("a plain Python pickle, not a torch checkpoint; farslip never unpickles objects: save the weights "
+                "with torch.save(model.state_dict(), ...) or as safetensors")
+    found = _unsupported_global(exc)
+    if found:
+        return (f"holds Python objects besides tensors ({found}); farslip never executes pickled code: re-save "
+                "the weights as a plain state dict (torch.save(model.state_dict(), ...)) or as safetensors")
+    kind = {"safetensors": "safetensors file", "zip": "torch checkpoint (zip archive)",
+            "pickle": "torch checkpoint (legacy format)"}.get(form)
+    if kind is None:
+        return f"not a checkpoint: {form}"
+    return f"a {kind} that is truncated or corrupt ({type(exc).__name__}: {_gist(exc)})"
+
+
+def _head(path: Path, n: int) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(n)
+
+
+def _unsupported_global(exc: BaseException) -> str | None:
+    """The class a pickle names that ``torch.load(weights_only=True)`` refuses (``GLOBAL module.name``)."""
+    import re
+
+    match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+    return match.group(1) if match else None
+
+
+def _gist(exc: BaseException, limit: int = 160) -> str:
+    """The informative part of a reader's (often multi-paragraph) error message, shortened for one line; the
+    sentences that advise ``weights_only=False`` (running the file's code) are left out."""
+    import re
+
+    sentences = re.split(r"(?<=[.!?])\s+", " ".join(str(exc).split()))
+    kept = [t for t in sentences if t and "weights_only" not in t and "weights only" not in t.lower()]
+    line = " ".join(kept[:2]) or type(exc).__name__
     return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
@@ -87,13 +169,7 @@ def clean_state_dict(state: dict[str, Any], source: str = "checkpoint") -> dict[
 
 
 def _read_torch_pickle(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for bad / unsafe pickles
-        raise CheckpointError(
-            f"{path}: cannot be read with torch.load(weights_only=True) ({type(exc).__name__}: {_gist(exc)}). "
-            "farslip never executes pickled code; re-save the weights as a plain state dict or safetensors."
-        ) from exc
+    obj = torch.load(path, map_location="cpu", weights_only=True)  # errors: read_checkpoint says what the file is
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
     meta = obj.get(META_KEY) or {}

@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .attention import ATTENTION_VARIANTS
 from .towers import DenseFeaturesError, tower_family
 
-ATTENTION_VARIANTS = ("segearth", "sclip", "clearclip", "maskclip", "vanilla")
 _NEEDS_QUERIES = ("segearth", "sclip", "clearclip", "vanilla")
 
 __all__ = ["ATTENTION_VARIANTS", "DenseFeaturesError", "dense_features", "encode_views", "interpolate_pos_embed",

@@ -227,6 +227,20 @@ def push_folder(folder: str | os.PathLike, repo_id: str, *, private: bool = Fals
     return str(info)
 
 
+def check_export_folder(out: str | os.PathLike, model_file: str | os.PathLike | None = None) -> None:
+    """Refuse, before a model is loaded, an export folder that exists and is not empty, or that is the model's
+    own file: an export writes a new folder."""
+    out = Path(out)
+    if model_file is not None and Path(model_file).exists():
+        from ..core.files import refuse_overwriting_inputs
+
+        refuse_overwriting_inputs([out], [model_file], hint="export into a new folder")
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out} is a file; export into a new folder")
+    if out.exists() and any(out.iterdir()):
+        raise ExportError(f"{out} exists and is not empty; choose a new folder")
+
+
 class _staging:
     """A sibling temporary folder that becomes ``out`` only when everything in it was written: an interrupted or
     failed export leaves no half-written folder that looks finished."""

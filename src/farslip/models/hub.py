@@ -29,15 +29,18 @@ def fetch_weights(entry: ModelEntry, *, cache_dir: str | os.PathLike | None = No
 
     hub = entry.hub
     where = f"{entry.name}: {hub.repo}/{hub.file} at revision {hub.revision[:12]}"
+    not_cached = (f"{where} is not in the local Hugging Face cache ({_cache_dir(cache_dir)}) and the hub cannot be "
+                  f"reached{' (HF_HUB_OFFLINE is set)' if _offline() else ''}. Run once with network access, or "
+                  f"download the file by hand and pass its path (--checkpoint FILE --model {entry.arch}"
+                  f"{'' if entry.quick_gelu else ' --no-quick-gelu'})")
+    if not _offline() and not _cached(hub, cache_dir) and not hub_reachable():
+        # without this, huggingface_hub retries the request for about 30 s before the same answer
+        raise ModelUnavailableError(not_cached)
     try:
         path = Path(hf_hub_download(hub.repo, hub.file, revision=hub.revision, cache_dir=cache_dir,
                                     library_name="farslip", library_version=_version()))
     except LocalEntryNotFoundError as exc:  # offline (HF_HUB_OFFLINE=1 or no network) and not in the cache
-        raise ModelUnavailableError(
-            f"{where} is not in the local Hugging Face cache ({_cache_dir(cache_dir)}) and the hub cannot be reached"
-            f"{' (HF_HUB_OFFLINE is set)' if _offline() else ''}. Run once with network access, or download the "
-            f"file by hand and pass its path (--checkpoint FILE --model {entry.arch}"
-            f"{'' if entry.quick_gelu else ' --no-quick-gelu'})") from exc
+        raise ModelUnavailableError(not_cached) from exc
     except GatedRepoError as exc:
         raise ModelUnavailableError(f"{where}: the repository is gated; accept its terms on the hub and log in "
                                     "(`hf auth login` or HF_TOKEN)") from exc
@@ -54,6 +57,35 @@ def fetch_weights(entry: ModelEntry, *, cache_dir: str | os.PathLike | None = No
     if hub.sha256:
         check_sha256(path, hub.sha256, entry.name)
     return path
+
+
+def _cached(hub, cache_dir) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(hub.repo, hub.file, revision=hub.revision, cache_dir=cache_dir), str)
+
+
+#: Seconds to wait for the hub's host to accept a connection before calling it unreachable.
+CONNECT_TIMEOUT = 3.0
+
+
+def hub_reachable(timeout: float = CONNECT_TIMEOUT) -> bool:
+    """Whether the hub (``HF_ENDPOINT``) accepts a TCP connection within ``timeout`` seconds: one quick look
+    before a download, so that a machine without network hears so at once. Through a proxy the answer is left to
+    the download itself (True)."""
+    import socket
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    if urllib.request.getproxies():
+        return True
+    url = urlsplit(_endpoint())
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return True
+    except OSError:  # no route, refused, unknown host name, timed out
+        return False
 
 
 def check_sha256(path: Path, expected: str, name: str) -> None:

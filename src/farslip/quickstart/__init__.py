@@ -7,7 +7,10 @@
 6. ``report.md`` with the tables and pictures, and the final model as a self-describing checkpoint.
 """
 # The package: run.py (the pipeline), analysis.py (what the numbers say), figures.py and report.py (the report's
-# pictures, and its text from report.md.j2). The command is cli/quickstart.py.
-from .run import SIZES, run_quickstart, run_seeds, summarise_seeds
+# pictures, and its text from report.md.j2), sizes.py (the runs it offers). The command is cli/quickstart.py.
+from ..core.lazy import lazy_exports
+from .sizes import SIZES
 
+__getattr__, __dir__ = lazy_exports(__name__, {name: ".run" for name in ("run_quickstart", "run_seeds",
+                                                                          "summarise_seeds")})
 __all__ = ["SIZES", "run_quickstart", "run_seeds", "summarise_seeds"]

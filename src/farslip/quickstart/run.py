@@ -14,13 +14,8 @@ from ..core.files import atomic_write
 from .analysis import PRE, S1, S1_ABL, S2, S2_ABL, seed_table
 from .figures import loss_curves, retrieval_example
 from .report import render_report
+from .sizes import SIZES
 
-SIZES = {
-    # n training images, image side, epochs of (pretrain, stage 1, stage 2), max steps per run (None = all)
-    "full": {"n": 768, "image": 96, "epochs": (6, 1, 1), "max_steps": None, "batch": None, "overlays": 3,
-             "map_grid": 4},
-    "tiny": {"n": 48, "image": 64, "epochs": (1, 1, 1), "max_steps": 2, "batch": 8, "overlays": 1, "map_grid": 2},
-}
 MIXED = 0.5  # share of two-scene images (training and OVSS): where patch tokens that describe the whole image fail
 REGION_TEMPLATES = ("a satellite image of {c}",)  # stage 2's region text (data.views region_template)
 

@@ -41,7 +41,7 @@ from .checks import check_config
 from .config import TrainConfig
 from .optim import build_optimizer, cosine_lr, set_lr
 from .resume import restore_position, review_resume
-from .rundir import RunStart, RunStartError, plan_start, take_folder
+from .rundir import RunStart, RunStartError, plan_start, refuse_run_over_inputs, take_folder
 from .tensorboard import open_writer
 
 TENSOR_KEYS = ("images", "texts", "crop_images", "crop_boxes", "region_images", "region_boxes", "region_texts",
@@ -131,6 +131,8 @@ def start_run(cfg: TrainConfig, ctx: distributed.Dist, resume: str | None, overw
     decision = None
     if ctx.is_main:
         try:
+            refuse_run_over_inputs(Path(cfg.run.out), [cfg.model.pretrained, cfg.data.train, cfg.data.image_root,
+                                                       cfg.run.val_csv, cfg.run.val_image_root])
             start = plan_start(Path(cfg.run.out), resume, overwrite)
             if start.state is not None:
                 start.review = review_resume(start.state.get("config"), cfg.to_dict(), len(rank_states(start.state)),

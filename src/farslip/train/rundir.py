@@ -14,7 +14,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from ..core.errors import UsageError
 from ..core.files import atomic_write
@@ -58,6 +58,23 @@ def recorded_run(run_dir: Path) -> str | None:
 
 def run_files(run_dir: Path) -> list[Path]:
     return [Path(run_dir) / name for name in RUN_FILES if (Path(run_dir) / name).exists()]
+
+
+def refuse_run_over_inputs(run_dir: Path, inputs: Iterable) -> None:
+    """What a run writes into its folder, and ``--overwrite`` removes (:data:`RUN_FILES`), must not be what it
+    reads: a stage-2 run with ``run.out`` at the stage-1 folder would replace -- or, with ``--overwrite``, delete
+    before loading -- the ``final.pt`` it starts from. ``inputs``: paths, lists of them, ``a::b`` specs, None."""
+    written = [(Path(run_dir) / name).resolve() for name in RUN_FILES]
+    for value in inputs:
+        parts = value if isinstance(value, (list, tuple)) else str(value or "").split("::")
+        for part in map(str, parts):
+            if not part or "://" in part:
+                continue
+            src = Path(part).resolve()
+            hit = next((w for w in written if src == w or w in src.parents), None)
+            if hit is not None:
+                raise RunStartError(f"{part} is read by this run but lies where it writes in run.out ({hit}); "
+                                    "choose another run.out")
 
 
 def plan_start(run_dir: Path, resume: str | None, overwrite: bool) -> RunStart:
