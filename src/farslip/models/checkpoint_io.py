@@ -36,11 +36,13 @@ class CheckpointError(FarslipError, RuntimeError):
     """A checkpoint could not be read or does not fit the requested model."""
 
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def read_checkpoint(path: str | os.PathLike, *, mmap: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Return ``(state_dict, meta)`` for a checkpoint file of any supported form.
 
     ``meta`` is farslip's metadata (empty for foreign checkpoints). The state dict has the DDP prefix removed,
-    non-parameter entries dropped and tensors in their stored dtype.
+    non-parameter entries dropped and tensors in their stored dtype. ``mmap``: a torch file's tensors are mapped
+    from the file rather than read into memory (a multi-GB checkpoint is then not held twice while a model takes
+    its weights).
     """
     path = Path(path)
     if not path.is_file():
@@ -54,7 +56,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
             state, meta = _read_torchscript(path), {}
         else:
             form = "torch"
-            state, meta = _read_torch_pickle(path)
+            state, meta = _read_torch_pickle(path, mmap)
     except CheckpointError:
         raise
     except Exception as exc:  # truncated or corrupt files raise whatever the format's reader meets first
@@ -86,9 +88,9 @@ def clean_state_dict(state: dict[str, Any], source: str = "checkpoint") -> dict[
     return out
 
 
-def _read_torch_pickle(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+def _read_torch_pickle(path: Path, mmap: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except Exception as exc:  # torch raises several types for bad / unsafe pickles
         raise CheckpointError(
             f"{path}: cannot be read with torch.load(weights_only=True) ({type(exc).__name__}: {_gist(exc)}). "
