@@ -262,7 +262,9 @@ def load_sam3(source: str | Path, *, device: str | torch.device = "cpu", config:
     cfg_fields = config if config is not None else _config_beside(path)
     model = _build(state, cfg_fields, source)
     model.to(device).eval()
-    return model, Sam3Source(str(source), form, _size_summary(cfg_fields))
+    origin = Sam3Source(str(source), form, _size_summary(cfg_fields))
+    model.farslip_sam3 = origin.to_dict()  # recorded beside the numbers the model makes
+    return model, origin
 
 
 def _resolve(source: str | Path) -> Path:
