@@ -61,7 +61,7 @@ def write_official_checkpoint(folder: Path, name: str = "sam3.pt", *, config: bo
     return path
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def one_thread():
     """One intra-op thread while a tiny SAM 3 runs: its thousands of small kernels are dominated by thread
     hand-offs (45x slower with two threads on a loaded 2-core machine)."""

@@ -176,7 +176,7 @@ def _add_ovss_args(p: argparse.ArgumentParser, own: bool = True) -> None:
                    help="windows per encoder call (default: 64 on a GPU, about 1024 token rows on the CPU; SAM 3: "
                         "8 on a GPU, 1 on the CPU)")
     s3 = p.add_argument_group("SAM 3 protocols (segearth-ov3, sam3-clip-rescore, sam3-clip-fuse, sam3-clip-presence)")
-    s3.add_argument("--confidence", type=_threshold, default=None,
+    s3.add_argument("--confidence-threshold", type=_threshold, default=None,
                     help="objects kept when sigmoid(logit) x presence exceeds it (default: each dataset's "
                          "confidence_threshold in SegEarth-OV3's configs, 0.5 elsewhere)")
     s3.add_argument("--no-instances", action="store_true", help="leave out the instance masks (use_transformer_decoder)")
@@ -208,7 +208,7 @@ def ovss_overrides(args) -> dict:
                 cls_lambda=args.cls_lambda, cls_from=args.cls_from, threshold=args.threshold,
                 background_index=args.bg_idx, window_to_model_size=resize, simfeatup=args.simfeatup,
                 half_model=args.half_model)
-    sam3 = dict(confidence=args.confidence, instances=False if args.no_instances else None,
+    sam3 = dict(confidence=args.confidence_threshold, instances=False if args.no_instances else None,
                 semantic=False if args.no_semantic else None, presence=False if args.no_presence else None,
                 autocast=args.sam3_autocast, clip_weight=args.clip_weight, clip_protocol=args.clip_protocol)
     return {**clip, **{k: v for k, v in sam3.items() if v is not None}}

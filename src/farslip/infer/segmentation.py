@@ -10,6 +10,10 @@ the raster at its own resolution). ``protocol="farslip"`` or ``"segearth"`` take
 window, stride, attention, CLS-bias, temperature, window resize, SimFeatUp and float16 model instead; its
 threshold too where it has one number (``segearth``'s are per dataset, so the option's stays). The raster is
 never fitted to 448 px: ``scale`` stays a resampling factor.
+
+``protocol="segearth-ov3"`` runs SAM 3 instead (``checkpoint`` = SAM 3's weights; ``infer/sam3.py``): windows of
+512 px every 512 (OpenEarthMap's config) unless given, each through SAM 3 at its own resolution, a class's map its
+best name's, no threshold unless given; the fusions (``sam3-clip-*``) add the CLIP of ``clip_checkpoint``.
 """
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ from ..core.files import atomic_path, atomic_write, distinct_stems, refuse_overw
 from ..core.memory import trim
 from ..engine import OVSS_TEMPLATES, class_scores, model_input_size, name_embeddings, predict_classes, query_table
 from ..engine.colours import palette as make_palette
-from ..engine.protocols import OVSSProtocol, get_protocol
+from ..engine.protocols import OVSSProtocol, Sam3Protocol, get_protocol, is_sam3
 from ..engine.runtime import ProtocolRuntime, protocol_runtime
 from ..models import weights_fingerprint
 from .cog import class_map_writer, score_writer
@@ -38,10 +42,13 @@ from .common import load_for_inference, parse_classes
 from .inputs import expand_inputs
 from .raster import RasterError, open_raster, read_thumbnail
 from .runner import Done, Log, Run, checkpoint_identity, run_inputs
-from .scene import SceneTiles, bounded_gdal_cache, tile_logits
+from .scene import SceneTiles, Tile, bounded_gdal_cache, tile_logits
 from .vectors import driver_for, vectorize_class_map
 
 NODATA = 255
+
+#: The protocols segment takes.
+PROTOCOL_NAMES = ("farslip", "segearth", "segearth-ov3", "sam3-clip-rescore", "sam3-clip-fuse", "sam3-clip-presence")
 
 
 #: What ``segment`` does where neither the caller nor a protocol says: raster-friendly settings (windows of the
@@ -49,13 +56,23 @@ NODATA = 255
 RASTER_DEFAULTS = dict(attn="segearth", cls_lambda=-0.3, cls_from="surgery", logit_scale=50.0, threshold=0.0,
                        background_index=0, window_to_model_size=False, simfeatup=None, half_model="never")
 
+#: Options that only mean something for a CLIP (refused with a SAM 3 protocol), and the reverse, as the CLI
+#: spells them.
+CLIP_OPTIONS = {"attn": "--attn", "cls_lambda": "--cls-lambda", "cls_from": "--cls-from", "logit_scale":
+                "--logit-scale", "window_to_model_size": "--window-resize", "simfeatup": "--simfeatup",
+                "half_model": "--half-model"}
+SAM3_OPTIONS = {"confidence_threshold": "--confidence-threshold", "instances": "--no-instances",
+                "semantic": "--no-semantic", "presence": "--no-presence", "sam3_autocast": "--sam3-autocast", "clip_weight": "--clip-weight",
+                "clip_protocol": "--clip-protocol"}
+
 
 @dataclass
 class SegmentOptions:
     """How to segment. The protocol settings (``attn`` .. ``half_model``, ``window``, ``stride``) are None until
     :meth:`resolved` fills them: a value given wins, then ``protocol``'s, then :data:`RASTER_DEFAULTS` (window:
     the model's input size, stride: half the window, chosen when the model is known)."""
-    protocol: str | None = None         # an OVSS protocol's settings (farslip, segearth) instead of the defaults
+    protocol: str | None = None         # an OVSS protocol's settings (farslip, segearth) instead of the defaults;
+                                        # a SAM 3 protocol (segearth-ov3, sam3-clip-*) runs SAM 3
     attn: str | None = None
     cls_lambda: float | None = None
     cls_from: str | None = None
@@ -82,9 +99,46 @@ class SegmentOptions:
     min_area: float = 0.0               # polygons: regions under this many map units^2 are left out
     simplify: float = 0.0               # polygons: simplification tolerance in map units
     html: bool = False                  # OUT/<stem>.html: the offline interactive map
+    # SAM 3 protocols (None: the protocol's)
+    confidence_threshold: float | None = None  # objects kept when sigmoid(logit) x presence exceeds it (0.5)
+    instances: bool | None = None       # the instance masks x object scores
+    semantic: bool | None = None        # the semantic head
+    presence: bool | None = None        # x the presence score
+    sam3_autocast: str | None = None    # bf16 autocast: cuda (default), always, never
+    clip_weight: float | None = None    # the fusions: the CLIP's weight
+    clip_protocol: str | None = None    # the fusions: the CLIP protocol's dense settings (segearth)
+
+    @property
+    def runs_sam3(self) -> bool:
+        return bool(self.protocol) and is_sam3(self.protocol)
+
+    def sam3_protocol(self) -> Sam3Protocol:
+        """The SAM 3 protocol with the options given (a CLIP-only option is refused)."""
+        given = [flag for k, flag in CLIP_OPTIONS.items() if getattr(self, k) is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)}: CLIP option(s); protocol {self.protocol} runs SAM 3 (its options: "
+                             f"{', '.join(sorted(set(SAM3_OPTIONS.values())))}, --window, --stride, --threshold)")
+        return get_protocol(self.protocol, dict(
+            crop=self.window, stride=self.stride, confidence=self.confidence_threshold, instances=self.instances,
+            semantic=self.semantic, presence=self.presence, autocast=self.sam3_autocast,
+            clip_weight=self.clip_weight, clip_protocol=self.clip_protocol, threshold=self.threshold,
+            background_index=self.background_index))
 
     def resolved(self) -> "SegmentOptions":
         """A copy with every protocol setting decided (the one place where options are resolved)."""
+        if self.protocol and self.protocol.lower() not in PROTOCOL_NAMES:
+            raise UsageError(f"--protocol {self.protocol}: one of {', '.join(PROTOCOL_NAMES)}")
+        if self.runs_sam3:
+            try:
+                rule = self.sam3_protocol().raster_rule()
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+            chosen = dict(window=rule.crop, stride=rule.stride, threshold=rule.threshold,
+                          background_index=rule.background_index)
+            return replace(self, **{k: v for k, v in chosen.items() if getattr(self, k) is None})
+        given = [flag for k, flag in SAM3_OPTIONS.items() if getattr(self, k) is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)}: SAM 3 option(s); they need --protocol segearth-ov3 or sam3-clip-*")
         chosen = dict(RASTER_DEFAULTS)
         if self.protocol:
             proto = get_protocol(self.protocol)
@@ -132,7 +186,8 @@ def segment(inputs: Sequence[str | Path] | str | Path, classes: Sequence[str] | 
             checkpoint: str | Path | None = None, model=None, tokenizer=None, classes_file: str | Path | None = None,
             out: str | Path = "segmentations", arch: str | None = None, device: str = "auto",
             options: SegmentOptions | None = None, redo: bool = False, inputs_from: str | Path | None = None,
-            stac_asset: str | None = None, log: Log | None = print, **overrides) -> Run:
+            stac_asset: str | None = None, log: Log | None = print, clip_checkpoint: str | Path | None = None,
+            clip_model=None, clip_tokenizer=None, **overrides) -> Run:
     """Segment each input into ``classes`` (``"building,roof"`` = one class with synonyms); per input, write the
     COGs ``OUT/<stem>.tif`` (class indexes, input georeference kept, 255 = nodata) and ``OUT/<stem>.confidence.tif``,
     ``OUT/<stem>.png`` (preview), ``OUT/<stem>.json`` and as asked the per-class probabilities, polygons and an
@@ -143,13 +198,18 @@ def segment(inputs: Sequence[str | Path] | str | Path, classes: Sequence[str] | 
     come from ``options`` and the keyword ``overrides`` (any :class:`SegmentOptions` field, e.g.
     ``protocol="segearth", threshold=0.2``). Inputs already complete in ``out`` are skipped unless ``redo``; under
     torchrun the inputs are dealt to the processes. Returns the :class:`~farslip.infer.runner.Run`: the results
-    of the inputs segmented now (``run[0].geotiff``) and every input's outcome."""
+    of the inputs segmented now (``run[0].geotiff``) and every input's outcome.
+
+    With a SAM 3 protocol (``protocol="segearth-ov3"``, ``"sam3-clip-*"``), ``checkpoint`` (or ``model``, a loaded
+    ``Sam3Model``) is SAM 3's weights, and the fusions' CLIP is ``clip_checkpoint`` (or ``clip_model`` +
+    ``clip_tokenizer``)."""
     opts = _options(options, overrides)
     paths = expand_inputs([inputs] if isinstance(inputs, (str, Path)) else inputs, inputs_from=inputs_from,
                           stac_asset=stac_asset)
     stems = distinct_stems(paths)
-    job = SegmentJob(parse_classes(classes, classes_file), opts, Path(out), checkpoint, arch, model, tokenizer)
-    job.check(paths, stems, [p for p in (classes_file, checkpoint) if p and Path(p).is_file()])
+    job = SegmentJob(parse_classes(classes, classes_file), opts, Path(out), checkpoint, arch, model, tokenizer,
+                     clip_checkpoint=clip_checkpoint, clip_model=clip_model, clip_tokenizer=clip_tokenizer)
+    job.check(paths, stems, [p for p in (classes_file, checkpoint, clip_checkpoint) if p and Path(p).is_file()])
     return run_inputs(job, paths, stems, device=device, redo=redo, log=log)
 
 
@@ -167,6 +227,23 @@ class SegmentWorker:
     runtime: ProtocolRuntime
     text: torch.Tensor
     query_to_class: torch.Tensor
+    num_classes: int
+    options: SegmentOptions
+
+    def tile_scores(self, scene: SceneTiles, tile: Tile) -> torch.Tensor | None:
+        """``[C, h, w]`` class probabilities of the tile's output pixels (None: no valid pixel there)."""
+        opts = self.options
+        window = self.runtime.window_options(opts.as_protocol(scene.window, scene.stride))
+        del window["crop"], window["stride"]  # the scene's windows
+        logits = tile_logits(scene, tile, self.runtime.model, self.text, amp=opts.amp,
+                             window_batch_size=opts.window_batch_size, **window)
+        if logits is None:
+            return None
+        trim()  # the windows' buffers are freed: hand their pages back before the next tile
+        return class_scores(logits, self.query_to_class, self.num_classes, logit_scale=opts.logit_scale)
+
+    def window(self) -> int:
+        return self.options.window or model_input_size(self.runtime.model)
 
 
 @dataclass
@@ -181,6 +258,9 @@ class SegmentJob:
     tokenizer: object = None
     several: bool = False               # more than one input: a --vector PATH gets each input's stem
     command: str = "segment"
+    clip_checkpoint: str | Path | None = None  # the SAM 3 fusions' CLIP (or clip_model + clip_tokenizer)
+    clip_model: object = None
+    clip_tokenizer: object = None
 
     @property
     def names(self) -> list[str]:
@@ -195,7 +275,19 @@ class SegmentJob:
             raise UsageError(f"{n} classes: a class map holds at most {NODATA} ({NODATA} marks nodata)")
         if self.out.exists() and not self.out.is_dir():
             raise UsageError(f"--out {self.out}: is a file; segment writes a folder of outputs per image")
-        if self.model is None and self.checkpoint is None:
+        if opts.runs_sam3:
+            from ..engine.sam3 import check_prompt_lengths
+            from ..models.sam3 import require_transformers, sam3_tokenizer
+            from .sam3 import check_sam3_models
+
+            require_transformers()
+            check_sam3_models(opts.sam3_protocol(), "segment", self.checkpoint, self.model, self.clip_checkpoint,
+                              self.clip_model)
+            check_prompt_lengths(sam3_tokenizer(), query_table(self.classes)[0])
+        elif self.clip_checkpoint is not None or self.clip_model is not None:
+            raise UsageError("--clip-checkpoint is for the SAM 3 fusions (--protocol sam3-clip-*); with a CLIP "
+                             "protocol --checkpoint names the CLIP")
+        elif self.model is None and self.checkpoint is None:
             raise UsageError("segment needs a checkpoint (or a model and its tokenizer)")
         self.several = len(paths) > 1
         refuse_overwriting_inputs([p for stem in stems for p in self.outputs(stem)], list(paths) + list(extra_inputs))
@@ -213,9 +305,20 @@ class SegmentJob:
     def settings(self) -> dict:
         values = {k: v for k, v in asdict(self.options).items() if k != "progress"}
         model = checkpoint_identity(self.checkpoint) if self.model is None else weights_fingerprint(self.model)
-        return {**values, "command": self.command, "classes": self.classes, "checkpoint": model, "arch": self.arch}
+        clip = checkpoint_identity(self.clip_checkpoint) if self.clip_model is None else \
+            weights_fingerprint(self.clip_model)
+        return {**values, "command": self.command, "classes": self.classes, "checkpoint": model, "arch": self.arch,
+                **({"clip_checkpoint": clip} if self.options.runs_sam3 else {})}
 
-    def load(self, device: str) -> SegmentWorker:
+    def load(self, device: str):
+        if self.options.runs_sam3:
+            from .sam3 import sam3_worker
+
+            names, owner = query_table(self.classes)
+            return sam3_worker(self.options.sam3_protocol(), names, owner, len(self.classes),
+                               checkpoint=self.checkpoint, model=self.model, clip_checkpoint=self.clip_checkpoint,
+                               clip_model=self.clip_model, clip_tokenizer=self.clip_tokenizer, arch=self.arch,
+                               device=device, amp=self.options.amp, window_batch_size=self.options.window_batch_size)
         model, tokenizer = self.model, self.tokenizer
         if model is None:
             model, _, tokenizer = load_for_inference(self.arch, self.checkpoint, device=device)
@@ -227,13 +330,12 @@ class SegmentJob:
             # once per process, in fp32 whatever amp; 64 prompts a batch keeps the text tower's activations (~0.6 GB
             # at 256 for ViT-B) under the peak the tiles reach
             text = name_embeddings(runtime.model, tokenizer, queries, OVSS_TEMPLATES, batch_size=64)
-        return SegmentWorker(runtime, text, query_to_class)
+        return SegmentWorker(runtime, text, query_to_class, len(self.classes), self.options)
 
-    def one(self, worker: SegmentWorker, path: Path, stem: str) -> Done:
+    def one(self, worker, path: Path, stem: str) -> Done:
         vector = self.vector_path(stem) if self.options.vector else None
         with bounded_gdal_cache(self.options.gdal_cache_mb):
-            result = _segment_one(path, stem, worker.runtime, worker.text, worker.query_to_class, self.names,
-                                  self.out, vector, self.options)
+            result = _segment_one(path, stem, worker, self.names, self.out, vector, self.options)
         return Done(result, result.outputs(), result.pixels)
 
     def recall(self, path: Path, stem: str) -> SegmentResult | None:
@@ -248,15 +350,13 @@ class SegmentJob:
                 "   " + ", ".join(f"{n} {100 * f:.1f}%" for n, f in top)]
 
 
-def _segment_one(path: Path, stem: str, runtime: ProtocolRuntime, text, query_to_class, names, out: Path,
-                 vector: Path | None, opts: SegmentOptions) -> SegmentResult:
+def _segment_one(path: Path, stem: str, worker, names, out: Path, vector: Path | None,
+                 opts: SegmentOptions) -> SegmentResult:
+    """One raster: ``worker`` (a CLIP :class:`SegmentWorker` or a SAM 3 worker) gives each tile's class scores."""
     t0 = time.perf_counter()
-    model = runtime.model
     r = open_raster(path, opts.bands, opts.percentiles)
-    window = opts.window or model_input_size(model)
+    window = worker.window()
     scene = SceneTiles(r, window, opts.stride or window // 2, opts.scale, opts.block)
-    protocol_options = runtime.window_options(opts.as_protocol(scene.window, scene.stride))
-    del protocol_options["crop"], protocol_options["stride"]  # the scene's windows
     colours = _class_colours(names)
     tif = out / f"{stem}.tif"
     conf_tif = out / f"{stem}.confidence.tif" if opts.confidence else None
@@ -271,12 +371,9 @@ def _segment_one(path: Path, stem: str, runtime: ProtocolRuntime, text, query_to
                                                      source=path)) if prob_tif else None
             for tile in tqdm(scene, total=len(scene), desc=f"segment {path.name}", unit="tile",
                              disable=not opts.progress):
-                logits = tile_logits(scene, tile, model, text, amp=opts.amp, window_batch_size=opts.window_batch_size,
-                                     **protocol_options)
-                if logits is None:
+                scores = worker.tile_scores(scene, tile)
+                if scores is None:
                     continue  # no valid pixel: the rasters keep their nodata there
-                trim()  # the windows' buffers are freed: hand their pages back before the next tile
-                scores = class_scores(logits, query_to_class, len(names), logit_scale=opts.logit_scale)
                 pred = predict_classes(scores, opts.threshold, opts.background_index)
                 valid = scene.valid(tile)
                 pred = pred.cpu().numpy().astype(np.uint8)
