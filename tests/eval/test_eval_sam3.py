@@ -136,3 +136,39 @@ def test_eval_all_with_sam3_needs_the_clip_for_the_other_suites(bench_root, sam3
     code = main(["eval", "all", "--protocol", "segearth-ov3", "--checkpoint", str(sam3_ckpt), "--data-root",
                  str(bench_root), "--output", str(tmp_path / "out")])
     assert code == 2 and "classification and retrieval run a CLIP" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def clip_ckpt(tmp_path_factory):
+    import farslip
+
+    torch.manual_seed(0)
+    model, *_ = farslip.load_model("FarSLIP-Tiny")
+    return farslip.save_model(model, tmp_path_factory.mktemp("clip") / "clip.pt")
+
+
+def test_compare_runs_each_protocol_on_the_same_images(bench_root, sam3_ckpt, clip_ckpt, tmp_path, capsys):
+    from farslip.eval import compare
+
+    cmp = compare(["farslip", "segearth-ov3", "sam3-clip-fuse"], "loveda", data_root=bench_root,
+                  clip_checkpoint=clip_ckpt, sam3_checkpoint=sam3_ckpt, device="cpu", output=tmp_path,
+                  options=EvalOptions(**QUIET), log=lambda _: None)
+    alone = evaluate("ovss", sam3_ckpt, data_root=bench_root, datasets=["loveda"], output=tmp_path / "alone",
+                     device="cpu", options=EvalOptions(protocol="segearth-ov3", **QUIET), log=lambda _: None)
+    assert cmp.results["segearth-ov3"] == json.loads(json.dumps(alone.report["sections"]["ovss"]["results"]["LoveDA"]))
+    header, rows = cmp.rows()
+    assert header == ["class", "farslip", "segearth-ov3", "sam3-clip-fuse"]
+    assert rows[1][0] == "building"  # LoveDA's second class, its first name in both class files
+    assert [r[0] for r in rows[-3:]] == ["mIoU", "aAcc", "mAcc"] and len(rows) == 7 + 3
+    assert (tmp_path / "compare.md").is_file() and (tmp_path / "segearth-ov3" / "results.json").is_file()
+    assert main(["eval", "compare", "--protocols", "segearth", "segearth-ov3", "--dataset", "loveda", "--data-root",
+                 str(bench_root), "--clip-checkpoint", str(clip_ckpt), "--sam3-checkpoint", str(sam3_ckpt),
+                 "--workers", "0", "--no-progress", "--device", "cpu", "--output", str(tmp_path / "cli")]) == 0
+    out = capsys.readouterr().out
+    assert "mIoU" in out and "segearth-ov3" in out and "protocol segearth," in out
+
+
+def test_compare_needs_the_weights_of_its_protocols(bench_root, sam3_ckpt, tmp_path, capsys):
+    assert main(["eval", "compare", "--protocols", "farslip", "segearth-ov3", "--dataset", "loveda", "--data-root",
+                 str(bench_root), "--sam3-checkpoint", str(sam3_ckpt)]) == 2
+    assert "farslip run(s) a CLIP: give --clip-checkpoint" in capsys.readouterr().err

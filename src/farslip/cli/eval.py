@@ -239,6 +239,76 @@ def add_commands(subparsers) -> None:
         if kind == "all":
             _add_ovss_args(p, own=False)
         p.set_defaults(func=run_command, eval_kind=kind)
+    _add_compare(sub, fmt)
+
+
+COMPARE_EPILOG = """\
+examples:
+  farslip eval compare --protocols farslip segearth-ov3 sam3-clip-fuse --dataset loveda --data-root /data/rs-bench \\
+      --clip-checkpoint farslip2-vit-b-16 --sam3-checkpoint sam3.pt
+  farslip eval compare --protocols segearth-ov3 sam3-clip-rescore sam3-clip-presence --img-dir my/img \\
+      --ann-dir my/ann --classes-file my/classes.txt --clip-checkpoint model.pt --sam3-checkpoint sam3.pt
+
+Each protocol runs on the same images (its results.json in OUTPUT/<protocol>/); the per-class IoU and the means are
+printed side by side and written to OUTPUT/compare.md and OUTPUT/compare.json. Which protocol helps on your data
+is what this measures: the fusions have no published numbers (docs/protocols.md).
+"""
+
+
+def _add_compare(sub, fmt) -> None:
+    p = sub.add_parser("compare", help="several OVSS protocols on one dataset, per-class IoU side by side",
+                       description="Run several OVSS protocols (CLIP, SAM 3, fusions) on one dataset and print "
+                                   "per-class IoU and mean mIoU side by side.", formatter_class=fmt,
+                       epilog=COMPARE_EPILOG)
+    p.add_argument("--protocols", nargs="+", required=True, choices=list(PROTOCOLS), metavar="PROTOCOL",
+                   help=f"two or more of {', '.join(PROTOCOLS)}")
+    p.add_argument("--dataset", default=None, help="a registered OVSS benchmark (name or alias)")
+    p.add_argument("--clip-checkpoint", default=None, help="the CLIP of the CLIP protocols and of the fusions")
+    p.add_argument("--sam3-checkpoint", default=None, help="SAM 3's weights (sam3.pt, the Hub's files, or sam3)")
+    p.add_argument("--model", default=None, help="the CLIP's open_clip architecture (when its file does not tell)")
+    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
+    p.add_argument("--amp", default="auto", choices=["auto", "on", "off", "bf16"], help="the CLIP's autocast")
+    g = p.add_argument_group("run")
+    g.add_argument("--data-root", default=None, help="root of the registered benchmarks")
+    g.add_argument("--root", action="append", default=[], metavar="KIND=DIR", help="e.g. --root ovss=/mnt/data")
+    g.add_argument("--output", default=None, help="folder of the runs and compare.md (default runs/eval/compare-*)")
+    g.add_argument("--workers", type=int, default=None, help="DataLoader workers")
+    g.add_argument("--limit", type=int, default=None, help="only the first N images")
+    g.add_argument("--on-error", default="skip", choices=["skip", "raise"])
+    g.add_argument("--no-progress", action="store_true")
+    o = p.add_argument_group("own data (instead of --dataset)")
+    o.add_argument("--img-dir", default=None)
+    o.add_argument("--ann-dir", default=None)
+    o.add_argument("--classes-file", default=None)
+    o.add_argument("--img-suffix", default=".png")
+    o.add_argument("--ann-suffix", default=".png")
+    o.add_argument("--ignore-index", type=int, default=255)
+    o.add_argument("--reduce-zero-label", action="store_true")
+    o.add_argument("--name", default=None)
+    p.set_defaults(func=run_compare)
+
+
+def run_compare(args) -> int:
+    """``farslip eval compare``: :func:`farslip.eval.compare.compare`, its table printed."""
+    from ..eval import EvalOptions, OVSSData
+    from ..eval.compare import compare
+
+    own = None
+    if args.img_dir or args.ann_dir or args.classes_file:
+        own = OVSSData(args.img_dir, args.ann_dir, args.classes_file, img_suffix=args.img_suffix,
+                       ann_suffix=args.ann_suffix, ignore_index=args.ignore_index,
+                       reduce_zero_label=args.reduce_zero_label, name=args.name)
+    options = EvalOptions(amp=args.amp, workers=args.workers, limit=args.limit, on_error=args.on_error,
+                          progress=not args.no_progress, overlays=0)
+    cmp = compare(args.protocols, args.dataset, data_root=args.data_root, roots=_parse_roots(args.root), own=own,
+                  clip_checkpoint=args.clip_checkpoint, sam3_checkpoint=args.sam3_checkpoint, arch=args.model,
+                  device=args.device, output=args.output, options=options)
+    print()
+    print(cmp.table())
+    for p in cmp.protocols:
+        print(f"  {p}: {cmp.settings[p].get('line', '')}")
+    print(f"wrote {cmp.paths['markdown']} and {cmp.paths['json']}")
+    return 0
 
 
 # ----------------------------------------------------------------------------------------------------------------
