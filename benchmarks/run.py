@@ -3,7 +3,7 @@
 
     .venv/bin/python benchmarks/run.py                 # everything, CPU defaults (make bench)
     .venv/bin/python benchmarks/run.py --quick         # smaller sizes, fewer repeats (a smoke run)
-    .venv/bin/python benchmarks/run.py --only train    # one part: train, data, ovss, retrieval, segment, maps
+    .venv/bin/python benchmarks/run.py --only train    # one part: train, data, ovss, retrieval, segment, maps, sam3
     .venv/bin/python benchmarks/run.py --device cuda   # GPU: ViT-B-16, batch 40 for the training step
 
 Each part reports medians of several repeats after warm-up and the ratio project / baseline. Results go to
@@ -23,7 +23,7 @@ sys.path.insert(0, str(HERE))
 
 from common import fmt, load_snapshot, machine_info  # noqa: E402
 
-PARTS = ("train", "data", "ovss", "retrieval", "segment", "maps")
+PARTS = ("train", "data", "ovss", "retrieval", "segment", "maps", "sam3")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--maps-valid", type=int, default=None,
                    help="only an N x N square of the scene valid, the rest nodata (encodes N^2 pixels)")
     g.add_argument("--maps-no-vectors", action="store_true", help="locate only, no separate vector export run")
+    g.add_argument("--sam3-size", type=int, default=None,
+                   help="raster side for segment --protocol segearth-ov3 with the tiny SAM 3 (default 4096; 20000 is "
+                        "the memory goal)")
+    g.add_argument("--sam3-no-full", action="store_true",
+                   help="skip the full-size SAM 3 (its prompts timing and its 2,048 x 2,048 segment run)")
     return p
 
 
@@ -81,6 +86,11 @@ def config(args) -> dict:
         # locate and vectors
         "maps_arch": args.maps_arch, "maps_size": args.maps_size or (2048 if q else 8000),
         "maps_valid": args.maps_valid, "maps_vectors": not args.maps_no_vectors,
+        # SAM 3: prompts batched vs one at a time (tiny and full size), segment's peak memory
+        "sam3_prompt_sizes": [("tiny", 512)] + ([] if q or args.sam3_no_full else [("full", 512)]),
+        "sam3_repeats": 2 if q else 3,
+        "sam3_segment_runs": [("tiny", args.sam3_size or (1024 if q else 4096), [])] + (
+            [] if q or args.sam3_no_full else [("full", 2048, ["--window", "1024", "--stride", "1024"])]),
     }
     if cuda:
         cfg["precisions"] = (args.precisions or "fp32,bf16").split(",")
@@ -161,6 +171,15 @@ def summary(res: dict) -> str:
         if ve:
             lines.append(f"vectors {mp['size']}x{mp['size']}: {ve['polygons']} polygons, {fmt(ve['mpx_per_s'])} Mpx/s, "
                          f"peak RSS {fmt(ve['peak_rss_mib'])} MiB")
+    s3 = res.get("sam3")
+    if s3:
+        for size, x in s3["prompts"].items():
+            lines.append(f"sam3 prompts ({size}, {x['classes']} classes, window {x['window']} -> {x['resolution']}): "
+                         f"batched {fmt(x['batched_s'], 3)} s vs loop {fmt(x['loop_s'], 3)} s = {fmt(x['speedup'])}x; "
+                         f"masks identical {x['masks_identical']}; image encoder {fmt(x['image_encoder_s'], 3)} s")
+        for key, x in s3["segment"].items():
+            lines.append(f"sam3 segment {key}: {fmt(x['mpx_per_s'], 3)} Mpx/s, peak RSS {fmt(x['peak_rss_mib'])} MiB "
+                         f"(model {fmt(x['model_mib'])} MiB)")
     return "\n".join(lines)
 
 
@@ -174,12 +193,14 @@ def main(argv=None) -> int:
         import bench_maps
         import bench_ovss
         import bench_retrieval
+        import bench_sam3
         import bench_segment
         import bench_train
         import gpu_check
 
         children = {**bench_train.CHILDREN, **gpu_check.CHILDREN, **bench_data.CHILDREN, **bench_ovss.CHILDREN,
-                    **bench_retrieval.CHILDREN, **bench_segment.CHILDREN, **bench_maps.CHILDREN}
+                    **bench_retrieval.CHILDREN, **bench_segment.CHILDREN, **bench_maps.CHILDREN,
+                    **bench_sam3.CHILDREN}
         children[args.child](json.loads(args.params))
         return 0
 
@@ -203,11 +224,13 @@ def main(argv=None) -> int:
     import bench_maps
     import bench_ovss
     import bench_retrieval
+    import bench_sam3
     import bench_segment
     import bench_train
 
     runners = {"train": bench_train.run, "data": bench_data.run, "ovss": bench_ovss.run,
-               "retrieval": bench_retrieval.run, "segment": bench_segment.run, "maps": bench_maps.run}
+               "retrieval": bench_retrieval.run, "segment": bench_segment.run, "maps": bench_maps.run,
+               "sam3": bench_sam3.run}
     for part in parts:
         t = time.time()
         res[part] = runners[part](cfg, log)

@@ -34,3 +34,5 @@ def test_gpu_check_cpu_fallback_writes_every_figure(tmp_path):
     assert set(s["end_to_end"]["samples_per_s"]) == {"official", "project", "project_views_on_device"}
     assert s["ovss"]["masks_identical"] and s["ovss"]["speedup_vs_one_window"] > 0
     assert s["segment"]["256px"]["mpx_per_s"] > 0
+    assert s["sam3"]["prompts_tiny"]["masks_identical"] and s["sam3"]["prompts_tiny"]["windows_per_s"] > 0
+    assert s["sam3"]["segment_tiny-256"]["mpx_per_s"] > 0
