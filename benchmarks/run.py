@@ -55,14 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--sam3-size", type=int, default=None,
                    help="raster side for segment --protocol segearth-ov3 with the tiny SAM 3 (default 4096; 20000 is "
                         "the memory goal)")
-    g.add_argument("--sam3-no-full", action="store_true",
-                   help="skip the full-size SAM 3 (its prompts timing and its 2,048 x 2,048 segment run)")
+    g.add_argument("--sam3-models", default=None,
+                   help="comma list of the SAM 3 sizes to run: tiny (prompts, segment of --sam3-size), full (prompts, "
+                        "segment of 2,048 x 2,048; random weights, 3.4 GB); default both, --quick tiny")
     return p
 
 
 def config(args) -> dict:
     cuda = args.device == "cuda"
     q = args.quick
+    sam3_models = (args.sam3_models or ("tiny" if q else "tiny,full")).split(",")
     cfg = {
         "device": args.device, "threads": args.threads, "quick": q, "compile": args.compile,
         # training step
@@ -87,10 +89,10 @@ def config(args) -> dict:
         "maps_arch": args.maps_arch, "maps_size": args.maps_size or (2048 if q else 8000),
         "maps_valid": args.maps_valid, "maps_vectors": not args.maps_no_vectors,
         # SAM 3: prompts batched vs one at a time (tiny and full size), segment's peak memory
-        "sam3_prompt_sizes": [("tiny", 512)] + ([] if q or args.sam3_no_full else [("full", 512)]),
+        "sam3_prompt_sizes": [(m, 512) for m in sam3_models],
         "sam3_repeats": 2 if q else 3,
-        "sam3_segment_runs": [("tiny", args.sam3_size or (1024 if q else 4096), [])] + (
-            [] if q or args.sam3_no_full else [("full", 2048, ["--window", "1024", "--stride", "1024"])]),
+        "sam3_segment_runs": [(m, args.sam3_size or (1024 if q else 4096), []) if m == "tiny" else
+                              (m, 2048, ["--window", "1024", "--stride", "1024"]) for m in sam3_models],
     }
     if cuda:
         cfg["precisions"] = (args.precisions or "fp32,bf16").split(",")

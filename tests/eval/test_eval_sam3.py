@@ -172,3 +172,14 @@ def test_compare_needs_the_weights_of_its_protocols(bench_root, sam3_ckpt, tmp_p
     assert main(["eval", "compare", "--protocols", "farslip", "segearth-ov3", "--dataset", "loveda", "--data-root",
                  str(bench_root), "--sam3-checkpoint", str(sam3_ckpt)]) == 2
     assert "farslip run(s) a CLIP: give --clip-checkpoint" in capsys.readouterr().err
+
+
+def test_eval_all_runs_the_clip_suites_and_sam3_ovss(bench_root, sam3_ckpt, clip_ckpt, tmp_path):
+    run = evaluate("all", sam3_ckpt, clip_checkpoint=clip_ckpt, data_root=bench_root,
+                   datasets=["aid", "rsicd", "udd5"], output=tmp_path, device="cpu",
+                   options=EvalOptions(protocol="segearth-ov3", **QUIET), log=lambda _: None)
+    assert run.status == 0 and set(run.report["sections"]) == {"classification", "retrieval", "ovss"}
+    meta = run.report["meta"]
+    assert meta["clip_checkpoint"] == str(clip_ckpt) and meta["checkpoint"] == str(sam3_ckpt)
+    assert meta["ovss"]["name"] == "segearth-ov3"
+    assert run.report["sections"]["ovss"]["info"]["UDD5"]["protocol"]["background_index"] == 4

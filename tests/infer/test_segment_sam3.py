@@ -183,3 +183,12 @@ def test_torchrun_equals_one_process(tmp_path, sam3_ckpt, scene):
     for name in ("a", "b", "c"):
         with rasterio.open(tmp_path / "one" / f"{name}.tif") as a, rasterio.open(tmp_path / "two" / f"{name}.tif") as b:
             assert np.array_equal(a.read(1), b.read(1))
+
+
+def test_a_loaded_sam3_model_segments_as_its_files(tmp_path, sam3_ckpt, scene):
+    """The Python API with a loaded SAM 3 (model=) writes the map its checkpoint folder writes."""
+    model, _ = load_sam3(sam3_ckpt)
+    a = farslip.segment(scene, CLASSES, model=model, out=tmp_path / "a", **SAM3)[0]
+    b = farslip.segment(scene, CLASSES, checkpoint=sam3_ckpt, out=tmp_path / "b", **SAM3)[0]
+    with rasterio.open(a.geotiff) as x, rasterio.open(b.geotiff) as y:
+        assert np.array_equal(x.read(1), y.read(1))
