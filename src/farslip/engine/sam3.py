@@ -248,7 +248,8 @@ class Sam3Runtime:
                 one = _one_window(vision, i)
                 for p in range(0, len(self.prompts), self.prompt_batch):
                     with bf16_autocast(self.device, self.autocast):
-                        yield start + i, window, p, ground(self.model, one, self.prompts.take(p, p + self.prompt_batch))
+                        g = ground(self.model, one, self.prompts.take(p, p + self.prompt_batch))
+                    yield start + i, window, p, g  # outside the autocast: the caller's code is not in it
 
     @torch.no_grad()
     def maps(self, windows: Sequence[torch.Tensor]) -> list[torch.Tensor]:
