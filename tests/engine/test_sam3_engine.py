@@ -105,3 +105,14 @@ def test_a_name_longer_than_the_text_encoder_takes_is_refused():
         check_prompt_lengths(sam3_tokenizer(), ["road", "a " * 40 + "house"])
     with pytest.raises(ValueError, match="no class names"):
         check_prompt_lengths(sam3_tokenizer(), [])
+
+
+def test_kept_masks_resized_in_chunks_give_the_same_map():
+    from farslip.engine.sam3 import kept_instance_map
+
+    g = torch.Generator().manual_seed(0)
+    masks, scores = torch.randn(20, 8, 8, generator=g), torch.rand(20, generator=g)
+    keep = scores > 0.3
+    whole = kept_instance_map(masks, scores, keep, (30, 20), chunk=100)
+    assert torch.equal(kept_instance_map(masks, scores, keep, (30, 20), chunk=3), whole)
+    assert kept_instance_map(masks, scores, scores > 2, (30, 20)) is None

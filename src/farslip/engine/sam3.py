@@ -171,13 +171,19 @@ def object_scores(g: Grounding) -> torch.Tensor:
 
 
 def kept_instance_map(masks: torch.Tensor, scores: torch.Tensor, keep: torch.Tensor,
-                      size: tuple[int, int]) -> torch.Tensor | None:
+                      size: tuple[int, int], chunk: int = 16) -> torch.Tensor | None:
     """``[h, w]`` max over the kept objects of ``sigmoid(mask resized to size) x object score`` (None: none kept),
-    in the autocast's dtype as the processor computes it."""
+    in the autocast's dtype as the processor computes it. The kept masks are resized ``chunk`` at a time (a whole
+    UAVid frame is one window: 200 kept masks at 3840 x 2160 would be 6 GB at once)."""
     if not bool(keep.any()):
         return None
-    kept = F.interpolate(masks[keep][:, None], size=size, mode="bilinear", align_corners=False).sigmoid()
-    return (kept[:, 0] * scores[keep][:, None, None]).amax(dim=0)
+    kept, weights = masks[keep], scores[keep]
+    out = None
+    for start in range(0, len(kept), chunk):
+        up = F.interpolate(kept[start:start + chunk][:, None], size=size, mode="bilinear", align_corners=False)
+        part = (up.sigmoid()[:, 0] * weights[start:start + chunk][:, None, None]).amax(dim=0)
+        out = part if out is None else torch.maximum(out, part)
+    return out
 
 
 def window_maps(g: Grounding, size: tuple[int, int], rule: FusionRule,
