@@ -18,6 +18,9 @@ Parts (each reuses the benchmark modules beside this file):
 * ``fsdp``: peak memory per rank and step time of a ViT-L/14 stage-1 step at batch 40 (amp_bf16), the trainer as
   it is (``plain``) and with ``optim.fsdp`` on one GPU (activation checkpointing and bf16 block weights; sharding
   itself needs several GPUs) (bench_fsdp; an out-of-memory is recorded as such).
+* ``sam3``: SAM 3 at the full size (random weights) in SegEarth-OV3's bf16 autocast: windows/s of one 1008 px
+  window with 8 class prompts, the prompts batched against one at a time (masks compared), and
+  ``segment --protocol segearth-ov3`` Mpx/s and peak RSS on a 4,096 x 4,096 raster (bench_sam3).
 
 The goals the figures are read against (docs/performance.md): end-to-end >= 2x the official data flow, step >=
 1.5x at no more memory, >= 40% MFU in bf16, OVSS >= 5x the one-window loop.
@@ -53,6 +56,8 @@ def config(cpu: bool, tiny: bool) -> dict:
         "segment_arch": "FarSLIP-Tiny" if tiny else "ViT-B-16", "segment_sizes": [256 if tiny else 8000],
         "fsdp_arch": "FarSLIP-Tiny" if tiny else "ViT-L-14", "fsdp_batch": 2 if tiny else 40,
         "fsdp_steps": 1 if tiny else 2, "fsdp_runs": ["plain:1", "fsdp:1"],
+        "sam3_prompt_sizes": [("tiny", 128)] if tiny else [("full", 1008)], "sam3_repeats": 1 if tiny else 3,
+        "sam3_segment_runs": [("tiny", 256, [])] if tiny else [("full", 4096, [])],
     }
 
 
@@ -184,6 +189,11 @@ def summarise(res: dict, cfg: dict) -> dict:
                           "peak_memory_mib": r.get("peak_mib_max"), "step_s": r.get("step_s"),
                           "out_of_memory": r.get("out_of_memory"), "failed": r.get("failed")}
                    for spec, r in res["fsdp"].items()}
+    s3 = res["sam3"]
+    out["sam3"] = {**{f"prompts_{k}": {key: v[key] for key in ("windows_per_s", "speedup", "masks_identical",
+                                                                "arithmetic")} for k, v in s3["prompts"].items()},
+                   **{f"segment_{k}": {"mpx_per_s": v["mpx_per_s"], "peak_rss_mib": v["peak_rss_mib"]}
+                      for k, v in s3["segment"].items()}}
     return out
 
 
@@ -192,7 +202,7 @@ def main(argv=None) -> int:
     p.add_argument("--cpu", action="store_true", help="run on the CPU (the fallback; figures are not GPU figures)")
     p.add_argument("--tiny", action="store_true", help="tiny model and sizes (checks that everything runs)")
     p.add_argument("--out", default=None, help="JSON file (default benchmarks/results/gpu-check-<time>.json)")
-    p.add_argument("--only", default=None, help="comma list of parts: train_step, end_to_end, ovss, segment, fsdp")
+    p.add_argument("--only", default=None, help="comma list of parts: train_step, end_to_end, ovss, segment, fsdp, sam3")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--params", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -203,6 +213,7 @@ def main(argv=None) -> int:
             p.error("no CUDA device here: run on a GPU machine, or pass --cpu for the CPU fallback")
     import bench_fsdp
     import bench_ovss
+    import bench_sam3
     import bench_segment
     import bench_train
 
@@ -214,7 +225,8 @@ def main(argv=None) -> int:
         print(f"[{time.time() - t0:6.0f}s] {msg}", flush=True)
 
     runners = {"train_step": bench_train.run, "end_to_end": run_end_to_end, "ovss": bench_ovss.run,
-               "segment": bench_segment.run, "fsdp": bench_fsdp.run}
+               "segment": bench_segment.run, "fsdp": bench_fsdp.run,
+               "sam3": bench_sam3.run}
     parts = list(runners) if not args.only else [x.strip() for x in args.only.split(",")]
     res = {"machine": machine_info(cfg["device"]), "config": {k: v for k, v in cfg.items()},
            "command": " ".join(["benchmarks/gpu_check.py"] + (argv if argv is not None else sys.argv[1:])),

@@ -3,7 +3,7 @@
 
     .venv/bin/python benchmarks/run.py                 # everything, CPU defaults (make bench)
     .venv/bin/python benchmarks/run.py --quick         # smaller sizes, fewer repeats (a smoke run)
-    .venv/bin/python benchmarks/run.py --only train    # one part: train, data, ovss, retrieval, segment, maps, ray, cli
+    .venv/bin/python benchmarks/run.py --only train    # one part: train, data, ovss, retrieval, segment, maps, ray, cli, sam3
     .venv/bin/python benchmarks/run.py --device cuda   # GPU: ViT-B-16, batch 40 for the training step
 
 Each part reports medians of several repeats after warm-up and the ratio project / baseline. Results go to
@@ -23,7 +23,7 @@ sys.path.insert(0, str(HERE))
 
 from common import fmt, load_snapshot, machine_info  # noqa: E402
 
-PARTS = ("train", "data", "ovss", "retrieval", "segment", "maps", "ray", "cli")
+PARTS = ("train", "data", "ovss", "retrieval", "segment", "maps", "ray", "cli", "sam3")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,12 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ray-inputs", type=int, default=None, help="rasters for segment --engine ray (default 16)")
     g.add_argument("--ray-size", type=int, default=None, help="their side in pixels (default 1024)")
     g.add_argument("--ray-arch", default="FarSLIP-Tiny", help="model of the segment --engine ray part")
+    g.add_argument("--sam3-size", type=int, default=None,
+                   help="raster side for segment --protocol segearth-ov3 with the tiny SAM 3 (default 4096; 20000 is "
+                        "the memory goal)")
+    g.add_argument("--sam3-models", default=None,
+                   help="comma list of the SAM 3 sizes to run: tiny (prompts, segment of --sam3-size), full (prompts, "
+                        "segment of 2,048 x 2,048; random weights, 3.4 GB); default both, --quick tiny")
     return p
 
 
 def config(args) -> dict:
     cuda = args.device == "cuda"
     q = args.quick
+    sam3_models = (args.sam3_models or ("tiny" if q else "tiny,full")).split(",")
     cfg = {
         "device": args.device, "threads": args.threads, "quick": q, "compile": args.compile,
         # training step
@@ -94,6 +101,11 @@ def config(args) -> dict:
         # segment --engine ray: 1 and 2 local actors
         "ray_arch": args.ray_arch, "ray_inputs": args.ray_inputs or (6 if q else 16),
         "ray_size": args.ray_size or (512 if q else 1024),
+        # SAM 3: prompts batched vs one at a time (tiny and full size), segment's peak memory
+        "sam3_prompt_sizes": [(m, 512) for m in sam3_models],
+        "sam3_repeats": 2 if q else 3,
+        "sam3_segment_runs": [(m, args.sam3_size or (1024 if q else 4096), []) if m == "tiny" else
+                              (m, 2048, ["--window", "1024", "--stride", "1024"]) for m in sam3_models],
     }
     if cuda:
         cfg["precisions"] = (args.precisions or "fp32,bf16").split(",")
@@ -175,16 +187,16 @@ def summary(res: dict) -> str:
         if ve:
             lines.append(f"vectors {mp['size']}x{mp['size']}: {ve['polygons']} polygons, {fmt(ve['mpx_per_s'])} Mpx/s, "
                          f"peak RSS {fmt(ve['peak_rss_mib'])} MiB")
+        wm = mp.get("webmap")
+        if wm:
+            lines.append(f"web map {mp['size']}x{mp['size']}: {fmt(wm['mib'])} MiB, {wm['polygons_shown']} polygons "
+                         f"shown, {fmt(wm['seconds'])} s")
     ry = res.get("ray")
     if ry:
         lines.append(f"segment --engine ray ({ry['inputs']} rasters of {ry['size']}^2, {ry['arch']}, 1 thread a "
                      "worker): inputs/s over the job (start-up included) / steady: " + ", ".join(
                          f"{k} {fmt(x['inputs_per_s'], 3)} / {fmt(x['steady_inputs_per_s'], 3)}"
                          for k, x in ry["runs"].items()))
-        wm = mp.get("webmap")
-        if wm:
-            lines.append(f"web map {mp['size']}x{mp['size']}: {fmt(wm['mib'])} MiB, {wm['polygons_shown']} polygons "
-                         f"shown, {fmt(wm['seconds'])} s")
     c = res.get("cli")
     if c:
         lines.append("start-up (median s): " + ", ".join(f"{k} {fmt(v['median_s'])}" for k, v in c["startup"].items()))
@@ -193,6 +205,15 @@ def summary(res: dict) -> str:
                      f"({t['first_prompts_encoded']} encoded), second {fmt(t['second_s'])} s "
                      f"({t['second_prompts_encoded']} encoded; hash {fmt(t['fingerprint_s'])} s), identical "
                      f"{t['identical']}")
+    s3 = res.get("sam3")
+    if s3:
+        for size, x in s3["prompts"].items():
+            lines.append(f"sam3 prompts ({size}, {x['classes']} classes, window {x['window']} -> {x['resolution']}): "
+                         f"batched {fmt(x['batched_s'], 3)} s vs loop {fmt(x['loop_s'], 3)} s = {fmt(x['speedup'])}x; "
+                         f"masks identical {x['masks_identical']}; image encoder {fmt(x['image_encoder_s'], 3)} s")
+        for key, x in s3["segment"].items():
+            lines.append(f"sam3 segment {key}: {fmt(x['mpx_per_s'], 3)} Mpx/s, peak RSS {fmt(x['peak_rss_mib'])} MiB "
+                         f"(model {fmt(x['model_mib'])} MiB)")
     return "\n".join(lines)
 
 
@@ -209,6 +230,7 @@ def main(argv=None) -> int:
         import bench_ovss
         import bench_ray
         import bench_retrieval
+        import bench_sam3
         import bench_segment
         import bench_train
         import gpu_check
@@ -216,7 +238,7 @@ def main(argv=None) -> int:
         children = {**bench_train.CHILDREN, **gpu_check.CHILDREN, **bench_data.CHILDREN, **bench_ovss.CHILDREN,
                     **bench_retrieval.CHILDREN, **bench_segment.CHILDREN, **bench_maps.CHILDREN,
                     **bench_ray.CHILDREN, **bench_fsdp.CHILDREN,
-                    **bench_cli.CHILDREN}
+                    **bench_cli.CHILDREN, **bench_sam3.CHILDREN}
         children[args.child](json.loads(args.params))
         return 0
 
@@ -242,12 +264,14 @@ def main(argv=None) -> int:
     import bench_ovss
     import bench_ray
     import bench_retrieval
+    import bench_sam3
     import bench_segment
     import bench_train
 
     runners = {"train": bench_train.run, "data": bench_data.run, "ovss": bench_ovss.run,
                "retrieval": bench_retrieval.run, "segment": bench_segment.run, "maps": bench_maps.run,
-               "ray": bench_ray.run, "cli": bench_cli.run}
+               "ray": bench_ray.run, "cli": bench_cli.run,
+               "sam3": bench_sam3.run}
     for part in parts:
         t = time.time()
         res[part] = runners[part](cfg, log)

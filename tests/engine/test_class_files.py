@@ -9,8 +9,9 @@ from farslip.infer.common import parse_classes
 
 
 def test_all_eight_sets_are_shipped():
+    """SegEarth-OV's eight, and SegEarth-OV3's three that differ from them (its LoveDA, Potsdam, Vaihingen)."""
     assert set(shipped_class_files()) == {"openearthmap", "loveda", "isaid", "potsdam", "vaihingen", "uavid",
-                                          "udd5", "vdd"}
+                                          "udd5", "vdd", "ov3_loveda", "ov3_potsdam", "ov3_vaihingen"}
 
 
 @pytest.mark.parametrize("spelling", ["openearthmap", "OpenEarthMap", "cls_openearthmap", "cls_openearthmap.txt"])

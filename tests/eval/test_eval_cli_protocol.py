@@ -66,7 +66,7 @@ def test_protocol_help_and_errors(capsys, tmp_path):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["eval", "all", "--help"])
     text = capsys.readouterr().out
-    assert "--protocol {farslip,segearth}" in text and "--simfeatup FILE" in text and "--rs-ovss-method" in text
+    assert "--protocol {farslip,segearth,segearth-ov3," in text and "--simfeatup FILE" in text and "--rs-ovss-method" in text
     with pytest.raises(SystemExit):
         build_parser().parse_args(["eval", "ovss", "--protocol", "paper"])
     with pytest.raises(SystemExit):

@@ -271,7 +271,8 @@ def test_ovss_bad_inputs(bench_root, model_parts, tmp_path):
         fe.ovss(model, tokenizer, missing, **kw)
 
 
-def test_text_embeddings_are_computed_once_per_name(model_parts):
+def test_text_embeddings_are_computed_once_per_name(model_parts, monkeypatch):
+    monkeypatch.setenv("FARSLIP_NO_CACHE", "1")  # the in-memory cache alone (the disk's may hold a name already)
     model, _, tokenizer = model_parts
     seen = []
 

@@ -188,7 +188,7 @@ def test_tries_and_partials_of_a_dead_try(tmp_path):
     assert [tries.start(7) for _ in range(TRIES + 1)] == [1, 2, 3, 4] and tries.start(8) == 1
     job = SegmentJob([["a"], ["b"]], SegmentOptions(vector="gpkg").resolved(), tmp_path)
     left = [tmp_path / ".x.tif.123.partial", tmp_path / ".x.gpkg.9.partial",
-            tmp_path / ".farslip-done" / ".x.json.5.partial"]
+            tmp_path / ".farslip-done" / ".x.segment.json.5.partial"]
     kept = [tmp_path / ".x.y.tif.4.partial", tmp_path / "x.tif"]  # another input's (stem x.y), a finished file
     for f in left + kept:
         f.parent.mkdir(exist_ok=True)
@@ -209,7 +209,7 @@ def test_a_try_after_a_death_neither_writes_twice_nor_retries_for_ever(tmp_path)
         raise AssertionError("an input complete before this try was written again")
 
     job.one = must_not_run
-    mark_complete(job.out, scene, "settings", [], "x")  # the first try finished it, then died before answering
+    mark_complete(job.out, scene, "settings", [], "x", command="segment")  # the first try finished it, then died before answering
     actor.start = lambda piece: 2
     _, outcome, _ = actor.one(0, scene, "x")
     assert (outcome.status, outcome.tries) == ("done", 2)

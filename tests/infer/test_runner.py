@@ -122,8 +122,8 @@ def test_torchrun_segment_and_classify_equal_one_process_and_resume(tmp_path, ti
     proc = _torchrun(*seg, "--out", str(tmp_path / "two"))
     assert "1 done, 3 already complete, 1 failed" in proc.stdout, proc.stdout + proc.stderr[-2000:]
     assert main([*seg, "--out", str(tmp_path / "two"), "--threshold", "0.2"]) == 1
-    key = json.loads((tmp_path / "two" / ".farslip-done" / "s0.json").read_text())["settings"]
-    assert is_complete(tmp_path / "two", scenes / "s0.tif", key) and key != settings_key({})
+    key = json.loads((tmp_path / "two" / ".farslip-done" / "s0.segment.json").read_text())["settings"]
+    assert is_complete(tmp_path / "two", scenes / "s0.tif", key, command="segment") and key != settings_key({})
     record = json.loads((tmp_path / "two" / ".farslip-done" / "segment-run.json").read_text())
     assert (record["done"], record["complete"]) == (4, 0)
 

@@ -44,6 +44,7 @@ class FakeHub:
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request, for assertions
         self.ranges: list[str] = []  # Range headers of GET requests (resumed downloads)
         self.cut_next_download_at: int | None = None  # drop the connection after this many bytes, once
+        self.gated: set[str] = set()  # repositories that refuse downloads as a gated one does without access
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -120,6 +121,8 @@ def _handler_for(hub: FakeHub):
             repo = hub.repos.get(repo_id)
             if repo is None:
                 return self._error(404, "RepoNotFound", f"repository {repo_id} not found", head)
+            if repo_id in hub.gated:
+                return self._error(403, "GatedRepo", f"access to {repo_id} is restricted", head)
             commit = repo.resolve(rev)
             if commit is None:
                 return self._error(404, "RevisionNotFound", f"revision {rev} not found", head)

@@ -36,3 +36,5 @@ def test_gpu_check_cpu_fallback_writes_every_figure(tmp_path):
     assert s["segment"]["256px"]["mpx_per_s"] > 0
     assert set(s["fsdp"]) == {"plain:1", "fsdp:1"}
     assert all(e["peak_memory_mib"] > 0 and e["step_s"] > 0 and not e["out_of_memory"] for e in s["fsdp"].values())
+    assert s["sam3"]["prompts_tiny"]["masks_identical"] and s["sam3"]["prompts_tiny"]["windows_per_s"] > 0
+    assert s["sam3"]["segment_tiny-256"]["mpx_per_s"] > 0

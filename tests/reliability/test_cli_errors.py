@@ -18,12 +18,20 @@ TINY = ["--model", "FarSLIP-Tiny", "--workers", "0", "--no-progress"]
 
 @pytest.fixture
 def files(tmp_path):
-    """An empty benchmark root, a class-names file, an empty table and two empty folders."""
+    """An empty benchmark root, a class-names file, an empty table and two empty folders; for the SAM 3 cases a
+    small raster, a blank class file and a checkpoint that is not SAM 3."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
     (tmp_path / "bench").mkdir()
     (tmp_path / "img").mkdir()
     (tmp_path / "overlays").mkdir()
     (tmp_path / "names.txt").write_text("a\nb\n")
+    (tmp_path / "blank.txt").write_text("\n \n")
     (tmp_path / "table.csv").write_text("filepath,label\n")
+    Image.fromarray(np.zeros((24, 24, 3), np.uint8)).save(tmp_path / "tile.png")
+    torch.save({"visual.conv1.weight": torch.zeros(4, 3, 8, 8)}, tmp_path / "clip.pt")
     return tmp_path
 
 
@@ -100,6 +108,33 @@ OTHER_CASES = [
     (["view", "{d}/none.tif"], ["none.tif"]),
 ]
 
+SAM3 = ["--protocol", "segearth-ov3", "--no-progress", "--out", "{d}/maps"]
+#: the SAM 3 protocols' mistakes (the checkpoint is SAM 3's weights; a fusion's CLIP is --clip-checkpoint)
+SAM3_CASES = [
+    (["segment", "{d}/tile.png", "--checkpoint", "{d}/clip.pt", "--classes", "a", "b", *SAM3],
+     ["clip.pt", "not a SAM 3 checkpoint"]),
+    (["segment", "{d}/tile.png", "--checkpoint", "{d}/names.txt", "--classes", "a", "b", *SAM3],
+     ["names.txt", "not a checkpoint: a text file"]),
+    (["segment", "{d}/tile.png", "--checkpoint", "{d}/none.pt", "--classes", "a", "b", *SAM3],
+     ["none.pt", "no such file"]),
+    (["segment", "{d}/tile.png", "--checkpoint", "{d}/clip.pt", "--classes", "a " * 40, "b", *SAM3],
+     ["tokens long", "SAM 3's text encoder takes 32"]),
+    (["segment", "{d}/tile.png", "--checkpoint", "{d}/clip.pt", "--classes-file", "{d}/blank.txt", *SAM3],
+     ["no classes given"]),
+    (["segment", "{d}/tile.png", "--checkpoint", "{d}/clip.pt", "--classes", "a", "b", *SAM3, "--attn", "sclip"],
+     ["--attn", "CLIP option", "segearth-ov3 runs SAM 3"]),
+    (["segment", "{d}/tile.png", "--checkpoint", "{d}/clip.pt", "--classes", "a", "b", *SAM3, "--clip-checkpoint",
+      "{d}/clip.pt"], ["--clip-checkpoint", "runs SAM 3 alone"]),
+    (["segment", "{d}/tile.png", "--checkpoint", "{d}/clip.pt", "--classes", "a", "b", "--protocol", "sam3-clip-fuse",
+      "--no-progress"], ["fuses SAM 3 with a CLIP", "--clip-checkpoint"]),
+    (["locate", "road", "{d}/tile.png", "--checkpoint", "{d}/clip.pt", *SAM3], ["clip.pt", "not a SAM 3 checkpoint"]),
+    (["locate", "a " * 40, "{d}/tile.png", "--checkpoint", "{d}/clip.pt", *SAM3], ["tokens long"]),
+    (["eval", "ovss", "--data-root", "{d}/bench", "--protocol", "segearth-ov3", "--checkpoint", "{d}/clip.pt",
+      "--cls-lambda", "-0.3"], ["cls_lambda", "CLIP-only"]),
+    (["eval", "ovss", "--data-root", "{d}/bench", "--protocol", "segearth-ov3", "--checkpoint", "{d}/clip.pt",
+      "--datasets", "loveda", "--output", "{d}/o"], ["clip.pt", "not a SAM 3 checkpoint"]),
+]
+
 
 def _ids(cases):
     return [f"{' '.join(argv[:2])}-{i}" for i, (argv, _) in enumerate(cases)]
@@ -124,6 +159,42 @@ def test_eval_errors(capsys, files, argv, fragments):
 @pytest.mark.parametrize("argv, fragments", OTHER_CASES, ids=_ids(OTHER_CASES))
 def test_other_commands_errors(capsys, files, argv, fragments):
     _one_error_line(run_cli(capsys, *_argv(argv, files)), fragments, files)
+
+
+@pytest.mark.parametrize("argv, fragments", SAM3_CASES, ids=_ids(SAM3_CASES))
+def test_sam3_errors_write_nothing(capsys, files, argv, fragments):
+    _one_error_line(run_cli(capsys, *_argv(argv, files)), fragments, files)
+    assert not (files / "maps").exists() and not (files / "o").exists()
+
+
+@pytest.mark.parametrize("hub_state, fragment", [("offline", "not in the local Hugging Face cache"),
+                                                 ("gated", "is gated")])
+def test_sam3_by_name_when_the_hub_cannot_give_it(capsys, files, monkeypatch, hub_state, fragment):
+    """``--checkpoint sam3`` (facebook/sam3, gated): offline with an empty cache, or refused access."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import GatedRepoError
+
+    import farslip.models.sam3 as sam3
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(files / "empty-cache"))
+    if hub_state == "offline":
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    else:
+        try:
+            import httpx2 as httpx  # huggingface_hub 2.x's HTTP client
+        except ImportError:
+            import httpx
+
+        def refused(repo, filename, **kwargs):
+            url = f"https://huggingface.co/{repo}/resolve/main/{filename}"
+            response = httpx.Response(403, request=httpx.Request("GET", url))
+            raise GatedRepoError(f"403 Client Error: access to model {repo} is restricted", response=response)
+
+        monkeypatch.setattr("huggingface_hub.hf_hub_download", refused)
+    outcome = run_cli(capsys, "segment", files / "tile.png", "--checkpoint", "sam3", "--classes", "a", "b",
+                      *_argv(SAM3, files))
+    _one_error_line(outcome, [fragment, "sam3"], files)
+    assert not (files / "maps").exists() and sam3.SAM3_HUB_REPO in outcome.err
 
 
 def test_eval_checks_come_before_the_model_is_loaded(capsys, files, monkeypatch):

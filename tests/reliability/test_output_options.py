@@ -141,6 +141,10 @@ CASES = {
     ("eval all", "--output"): lambda d, ck: (
         ["eval", "all", *TINY_EVAL, "--data-root", b := _bench(d), "--output", b], b / "aid" / "classnames.txt",
         "bench"),
+    ("eval compare", "--output"): lambda d, ck: (
+        ["eval", "compare", "--protocols", "farslip", "segearth", "--clip-checkpoint", ck, *TINY_EVAL[:2],
+         "--no-progress", "--img-dir", _overlays(d), "--ann-dir", d / "ann", "--classes-file",
+         _copy_to(d / "names.txt", d / "compare.md"), "--output", d], d / "compare.md"),
     ("eval table", "--json"): lambda d, ck: (
         ["eval", "table", r := _results(d), "--json", r / "results.json"], r / "results.json"),
     ("data build", "--out"): lambda d, ck: (
@@ -167,6 +171,12 @@ EXEMPT = {
 def _link(link: Path, target: Path) -> Path:
     link.symlink_to(target)
     return link
+
+
+def _copy_to(src: Path, dst: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copy(src, dst))
 
 
 def _copy(ckpt, d: Path) -> Path:

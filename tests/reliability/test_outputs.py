@@ -277,6 +277,11 @@ def test_a_rerun_with_other_settings_leaves_no_stale_outputs(tmp_path, scene, ti
     farslip.locate(["ship", "tank"], scene, checkpoint=tiny_ckpt, out=tmp_path / "w", progress=False)
     farslip.locate(["ship"], scene, checkpoint=tiny_ckpt, out=tmp_path / "w", progress=False)
     assert not (tmp_path / "w" / "scene.tank.tif").exists() and (tmp_path / "w" / "scene.ship.tif").exists()
+    # segment and locate into one folder: neither takes the other's outputs for stale ones of its own
+    farslip.locate(["ship"], scene, checkpoint=tiny_ckpt, out=out, progress=False)
+    assert {"scene.tif", "scene.confidence.tif", "scene.ship.tif"} <= set(_stem_files(out))
+    rerun = farslip.segment(scene, ["road", "tree", "roof"], checkpoint=tiny_ckpt, out=out, progress=False)
+    assert rerun.line().count("1 already complete") == 1 and (out / "scene.ship.tif").exists()
 
 
 @pytest.mark.parametrize("phase", ["preview", "polygons", "web map"])

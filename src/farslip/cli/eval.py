@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..engine.protocols import HALF_MODEL_CHOICES, PROTOCOLS
+from ..engine.protocols import HALF_MODEL_CHOICES, PROTOCOLS, SAM3_AUTOCAST_CHOICES
 from ..models.attention import ATTENTION_VARIANTS
 
 EPILOG_ALL = """\
@@ -41,6 +41,9 @@ examples:
       --img-suffix .tif --ann-suffix .png --threshold 0.3 --bg-idx 0 --reduce-zero-label
   farslip eval ovss --checkpoint ckpt.pt --data-root /data/rs-bench --protocol segearth \
       --simfeatup SegEarth-OV/simfeatup_dev/weights/xclip_jbu_one_million_aid.ckpt
+  farslip eval ovss --protocol segearth-ov3 --checkpoint sam3.pt --data-root /data/rs-bench
+  farslip eval ovss --protocol sam3-clip-fuse --checkpoint sam3.pt --clip-checkpoint farslip2-vit-b-16 \
+      --data-root /data/rs-bench --datasets loveda
   (a class file has one class a line in label order, synonyms separated by commas: building,roof,house)
 """,
     "all": """\
@@ -56,7 +59,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint", "--pretrained", dest="checkpoint", default=None,
                    help="a released model's name (farslip model list) or a checkpoint file (any form load_model reads: "
                         "DDP state dict, FarSLIP long-text, OpenAI, "
-                        "safetensors, farslip's own) or an open_clip pretrained tag such as 'openai'")
+                        "safetensors, farslip's own) or an open_clip pretrained tag such as 'openai'; with a SAM 3 "
+                        "protocol: SAM 3's weights (sam3.pt, the Hub's facebook/sam3 files, or the name sam3)")
+    g.add_argument("--clip-checkpoint", default=None,
+                   help="SAM 3 protocols: the CLIP of the fusions (sam3-clip-*) and of eval all's classification and "
+                        "retrieval (a file or a released model's name; --model etc. apply to it)")
     g.add_argument("--model", default=None, help="open_clip architecture (ViT-B-16, ViT-B-32, ...); optional when the "
                                                  "checkpoint identifies it")
     g.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
@@ -142,7 +149,9 @@ def _add_ovss_args(p: argparse.ArgumentParser, own: bool = True) -> None:
     g.add_argument("--protocol", default="farslip", choices=list(PROTOCOLS),
                    help="farslip (default): NJU-LHRS/RS-OVSS eval_customized.py, the FarSLIP paper's table -- no "
                         "CLS-bias, no threshold, windows resized to the model's input; segearth: SegEarth-OV's "
-                        "configs -- CLS-bias -0.3, per-dataset thresholds (docs/benchmarks.md)")
+                        "configs -- CLS-bias -0.3, per-dataset thresholds (docs/benchmarks.md); segearth-ov3: "
+                        "SegEarth-OV3's SAM 3 protocol (--checkpoint = SAM 3); sam3-clip-rescore / sam3-clip-fuse / "
+                        "sam3-clip-presence: SAM 3 fused with the CLIP of --clip-checkpoint (docs/protocols.md)")
     g.add_argument("--attn", default=None, choices=list(ATTENTION_VARIANTS),
                    help="last-block attention variant (both protocols: segearth)")
     g.add_argument("--scale", type=int, default=None, help="resize to fit SCALE x SCALE keeping the ratio (448; "
@@ -165,7 +174,20 @@ def _add_ovss_args(p: argparse.ArgumentParser, own: bool = True) -> None:
     g.add_argument("--half-model", default=None, choices=list(HALF_MODEL_CHOICES),
                    help="float16 model as the official codes run it: on CUDA (default), always, never")
     g.add_argument("--window-batch-size", type=int, default=None,
-                   help="windows per encoder call (default: 64 on a GPU, about 1024 token rows on the CPU)")
+                   help="windows per encoder call (default: 64 on a GPU, about 1024 token rows on the CPU; SAM 3: "
+                        "8 on a GPU, 1 on the CPU)")
+    s3 = p.add_argument_group("SAM 3 protocols (segearth-ov3, sam3-clip-rescore, sam3-clip-fuse, sam3-clip-presence)")
+    s3.add_argument("--confidence-threshold", type=_threshold, default=None,
+                    help="objects kept when sigmoid(logit) x presence exceeds it (default: each dataset's "
+                         "confidence_threshold in SegEarth-OV3's configs, 0.5 elsewhere)")
+    s3.add_argument("--no-instances", action="store_true", help="leave out the instance masks (use_transformer_decoder)")
+    s3.add_argument("--no-semantic", action="store_true", help="leave out the semantic head (use_sem_seg)")
+    s3.add_argument("--no-presence", action="store_true", help="do not multiply by the presence score")
+    s3.add_argument("--sam3-autocast", default=None, choices=list(SAM3_AUTOCAST_CHOICES),
+                    help="bf16 autocast on CUDA only (default, as SegEarth-OV3), always, or never (fp32)")
+    s3.add_argument("--clip-weight", type=float, default=None, help="the CLIP's weight in a fusion (0.5; 0 = SAM 3)")
+    s3.add_argument("--clip-protocol", default=None, choices=["farslip", "segearth"],
+                    help="the CLIP protocol whose dense settings a fusion uses (default segearth)")
     g.add_argument("--overlays", type=int, default=3, help="image|prediction|truth PNGs per dataset (0: none)")
     if own:
         o = p.add_argument_group("own data (instead of --data-root)")
@@ -183,10 +205,14 @@ def _add_ovss_args(p: argparse.ArgumentParser, own: bool = True) -> None:
 def ovss_overrides(args) -> dict:
     """The protocol values given on the command line (None: the protocol's)."""
     resize = {"on": True, "off": False, None: None}[args.window_resize]
-    return dict(attn=args.attn, scale=args.scale, crop=args.crop, stride=args.stride, logit_scale=args.logit_scale,
+    clip = dict(attn=args.attn, scale=args.scale, crop=args.crop, stride=args.stride, logit_scale=args.logit_scale,
                 cls_lambda=args.cls_lambda, cls_from=args.cls_from, threshold=args.threshold,
                 background_index=args.bg_idx, window_to_model_size=resize, simfeatup=args.simfeatup,
                 half_model=args.half_model)
+    sam3 = dict(confidence=args.confidence_threshold, instances=False if args.no_instances else None,
+                semantic=False if args.no_semantic else None, presence=False if args.no_presence else None,
+                autocast=args.sam3_autocast, clip_weight=args.clip_weight, clip_protocol=args.clip_protocol)
+    return {**clip, **{k: v for k, v in sam3.items() if v is not None}}
 
 
 def add_commands(subparsers) -> None:
@@ -200,8 +226,8 @@ def add_commands(subparsers) -> None:
     specs = {
         "classification": ("zero-shot scene classification (8 sets: top-1/top-5)", _add_classification_args),
         "retrieval": ("image-text retrieval (4 sets: R@1/5/10/100 both ways)", _add_retrieval_args),
-        "ovss": ("open-vocabulary semantic segmentation (8 sets: mIoU; --protocol farslip or segearth)",
-                 _add_ovss_args),
+        "ovss": ("open-vocabulary semantic segmentation (8 sets: mIoU; --protocol farslip, segearth, segearth-ov3 "
+                 "or a SAM 3 + CLIP fusion)", _add_ovss_args),
         "all": ("all three suites on the registered benchmarks (the paper's table)", None),
     }
     for kind, (helptext, extra) in specs.items():
@@ -216,6 +242,7 @@ def add_commands(subparsers) -> None:
         p.set_defaults(func=run_command, eval_kind=kind)
     _add_table_command(sub, fmt)
     _add_ablations_command(sub, fmt)
+    _add_compare(sub, fmt)
 
 
 TABLE_EPILOG = """\
@@ -323,6 +350,75 @@ def run_ablations(args) -> int:
     return 0
 
 
+COMPARE_EPILOG = """\
+examples:
+  farslip eval compare --protocols farslip segearth-ov3 sam3-clip-fuse --dataset loveda --data-root /data/rs-bench \\
+      --clip-checkpoint farslip2-vit-b-16 --sam3-checkpoint sam3.pt
+  farslip eval compare --protocols segearth-ov3 sam3-clip-rescore sam3-clip-presence --img-dir my/img \\
+      --ann-dir my/ann --classes-file my/classes.txt --clip-checkpoint model.pt --sam3-checkpoint sam3.pt
+
+Each protocol runs on the same images (its results.json in OUTPUT/<protocol>/); the per-class IoU and the means are
+printed side by side and written to OUTPUT/compare.md and OUTPUT/compare.json. Which protocol helps on your data
+is what this measures: the fusions have no published numbers (docs/protocols.md).
+"""
+
+
+def _add_compare(sub, fmt) -> None:
+    p = sub.add_parser("compare", help="several OVSS protocols on one dataset, per-class IoU side by side",
+                       description="Run several OVSS protocols (CLIP, SAM 3, fusions) on one dataset and print "
+                                   "per-class IoU and mean mIoU side by side.", formatter_class=fmt,
+                       epilog=COMPARE_EPILOG)
+    p.add_argument("--protocols", nargs="+", required=True, choices=list(PROTOCOLS), metavar="PROTOCOL",
+                   help=f"two or more of {', '.join(PROTOCOLS)}")
+    p.add_argument("--dataset", default=None, help="a registered OVSS benchmark (name or alias)")
+    p.add_argument("--clip-checkpoint", default=None, help="the CLIP of the CLIP protocols and of the fusions")
+    p.add_argument("--sam3-checkpoint", default=None, help="SAM 3's weights (sam3.pt, the Hub's files, or sam3)")
+    p.add_argument("--model", default=None, help="the CLIP's open_clip architecture (when its file does not tell)")
+    p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
+    p.add_argument("--amp", default="auto", choices=["auto", "on", "off", "bf16"], help="the CLIP's autocast")
+    g = p.add_argument_group("run")
+    g.add_argument("--data-root", default=None, help="root of the registered benchmarks")
+    g.add_argument("--root", action="append", default=[], metavar="KIND=DIR", help="e.g. --root ovss=/mnt/data")
+    g.add_argument("--output", default=None, help="folder of the runs and compare.md (default runs/eval/compare-*)")
+    g.add_argument("--workers", type=int, default=None, help="DataLoader workers")
+    g.add_argument("--limit", type=int, default=None, help="only the first N images")
+    g.add_argument("--on-error", default="skip", choices=["skip", "raise"])
+    g.add_argument("--no-progress", action="store_true")
+    o = p.add_argument_group("own data (instead of --dataset)")
+    o.add_argument("--img-dir", default=None)
+    o.add_argument("--ann-dir", default=None)
+    o.add_argument("--classes-file", default=None)
+    o.add_argument("--img-suffix", default=".png")
+    o.add_argument("--ann-suffix", default=".png")
+    o.add_argument("--ignore-index", type=int, default=255)
+    o.add_argument("--reduce-zero-label", action="store_true")
+    o.add_argument("--name", default=None)
+    p.set_defaults(func=run_compare)
+
+
+def run_compare(args) -> int:
+    """``farslip eval compare``: :func:`farslip.eval.compare.compare`, its table printed."""
+    from ..eval import EvalOptions, OVSSData
+    from ..eval.compare import compare
+
+    own = None
+    if args.img_dir or args.ann_dir or args.classes_file:
+        own = OVSSData(args.img_dir, args.ann_dir, args.classes_file, img_suffix=args.img_suffix,
+                       ann_suffix=args.ann_suffix, ignore_index=args.ignore_index,
+                       reduce_zero_label=args.reduce_zero_label, name=args.name)
+    options = EvalOptions(amp=args.amp, workers=args.workers, limit=args.limit, on_error=args.on_error,
+                          progress=not args.no_progress, overlays=0)
+    cmp = compare(args.protocols, args.dataset, data_root=args.data_root, roots=_parse_roots(args.root), own=own,
+                  clip_checkpoint=args.clip_checkpoint, sam3_checkpoint=args.sam3_checkpoint, arch=args.model,
+                  device=args.device, output=args.output, options=options)
+    print()
+    print(cmp.table())
+    for p in cmp.protocols:
+        print(f"  {p}: {cmp.settings[p].get('line', '')}")
+    print(f"wrote {cmp.paths['markdown']} and {cmp.paths['json']}")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------------------------
 
 def run_command(args) -> int:
@@ -334,7 +430,8 @@ def run_command(args) -> int:
     run = evaluate(args.eval_kind, args.checkpoint, data_root=args.data_root, roots=_parse_roots(args.root),
                    datasets=args.datasets, own=_own_data(args), output=args.output, arch=args.model,
                    device=args.device, precision=args.precision, quick_gelu=args.quick_gelu,
-                   context_length=args.context_length, rs_ovss_method=args.rs_ovss_method, options=_options(args))
+                   context_length=args.context_length, rs_ovss_method=args.rs_ovss_method, options=_options(args),
+                   clip_checkpoint=args.clip_checkpoint)
     if run.paths is None:  # another rank under torchrun: the first one prints
         return run.status
     print()

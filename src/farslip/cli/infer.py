@@ -39,11 +39,18 @@ of the shown class, NaN = nodata), OUT/<name>.png (preview with legend), OUT/<na
 16-bit and float inputs are stretched to 8 bits between the 2nd and 98th percentiles."""
 
 
+#: The protocols of segment (and, from segearth-ov3 on, of locate).
+SEGMENT_PROTOCOLS = ("farslip", "segearth", "segearth-ov3", "sam3-clip-rescore", "sam3-clip-fuse",
+                     "sam3-clip-presence")
+SAM3_PROTOCOLS = SEGMENT_PROTOCOLS[2:]
+
+
 def _model_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--checkpoint", required=True,
                    help="a released model's name (farslip model list: downloaded and cached) or any checkpoint file "
-                        "load_model reads (FarSLIP, RemoteCLIP, GeoRSCLIP, SkyCLIP, OpenAI, farslip's own)")
+                        "load_model reads (FarSLIP, RemoteCLIP, GeoRSCLIP, SkyCLIP, OpenAI, farslip's own); with a "
+                        "SAM 3 protocol: SAM 3's weights (sam3.pt, the Hub's facebook/sam3 files, or the name sam3)")
     g.add_argument("--model", dest="arch", default=None,
                    help="open_clip architecture (not needed for farslip checkpoints or when the shapes tell)")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:1")
@@ -109,11 +116,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     _input_args(p)
     p.add_argument("--out", default="segmentations", help="output folder (default: segmentations/)")
     p.add_argument("--bands", help="1-based bands for R,G,B of multi-band inputs, e.g. 4,3,2")
-    p.add_argument("--protocol", default=None, choices=["farslip", "segearth"],
-                   help="an OVSS evaluation protocol's settings (window 224/112, CLS-bias, window resize, float16 "
-                        "model on CUDA; see docs/benchmarks.md) instead of the raster-friendly defaults (windows of "
-                        "the model's input size, CLS-bias -0.3); the raster is not fitted to 448 px either way; "
-                        "the options below still override it")
+    p.add_argument("--protocol", default=None, choices=list(SEGMENT_PROTOCOLS),
+                   help="an OVSS evaluation protocol's settings (farslip, segearth: window 224/112, CLS-bias, window "
+                        "resize, float16 model on CUDA; see docs/benchmarks.md) instead of the raster-friendly "
+                        "defaults (windows of the model's input size, CLS-bias -0.3); the raster is not fitted to "
+                        "448 px either way; the options below still override it. segearth-ov3: SAM 3 as "
+                        "SegEarth-OV3 runs it (--checkpoint = SAM 3's weights, windows 512/512); sam3-clip-rescore, "
+                        "sam3-clip-fuse, sam3-clip-presence: SAM 3 fused with the CLIP of --clip-checkpoint "
+                        "(docs/protocols.md)")
     p.add_argument("--threshold", type=float, default=None,
                    help="best-class probability under this -> background (default 0: none)")
     p.add_argument("--background-index", type=int, default=None,
@@ -127,6 +137,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--block", type=int, default=1024,
                    help="output pixels per tile side, rounded to whole window strides (bounds memory; the map does "
                         "not depend on it)")
+    _sam3_args(p)
     p.add_argument("--no-confidence", action="store_true", help="do not write OUT/<name>.confidence.tif")
     p.add_argument("--probabilities", action="store_true",
                    help="also write OUT/<name>.probabilities.tif, every class's probability (a float32 band each)")
@@ -210,7 +221,7 @@ def run_segment(args) -> int:
     from ..models.precision import cpu_has_native_bf16
 
     on_cpu = args.device == "cpu" or (args.device == "auto" and not _cuda())
-    if on_cpu and args.amp == "auto" and cpu_has_native_bf16():
+    if on_cpu and args.amp == "auto" and args.protocol not in SAM3_PROTOCOLS and cpu_has_native_bf16():
         print("note: this CPU computes bf16 natively; --amp bf16 segments about 3x faster with a ViT-B "
               "(a few pixels in a thousand change class)", file=sys.stderr)
     opts = SegmentOptions(protocol=args.protocol, attn=args.attn, cls_lambda=args.cls_lambda,
@@ -219,10 +230,10 @@ def run_segment(args) -> int:
                           progress=not args.no_progress, amp=_amp(args), bands=_bands(args.bands),
                           confidence=not args.no_confidence,
                           probabilities=args.probabilities, vector=args.vector, min_area=args.min_area,
-                          simplify=args.simplify, html=args.html)
+                          simplify=args.simplify, html=args.html, **_sam3_options(args))
     run = farslip.segment(args.images, args.classes, checkpoint=args.checkpoint, classes_file=args.classes_file,
-                          out=args.out, arch=args.arch, device=args.device, options=opts, **_many(args),
-                          **_engine(args))
+                          out=args.out, arch=args.arch, device=args.device, options=opts,
+                          clip_checkpoint=args.clip_checkpoint, **_many(args), **_engine(args))
     return _report(run)
 
 
@@ -304,6 +315,29 @@ you switch on and off, legends, the polygons with their attributes. The image is
 FARSLIP_SOURCE tag unless --image is given."""
 
 
+def _sam3_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("SAM 3 protocols (--protocol segearth-ov3, sam3-clip-*)")
+    g.add_argument("--clip-checkpoint", default=None,
+                   help="the CLIP of the fusions sam3-clip-* (a file or a released model's name; --model is its "
+                        "architecture)")
+    g.add_argument("--confidence-threshold", type=float, default=None,
+                   help="objects kept when sigmoid(logit) x presence exceeds it (default 0.5, SegEarth-OV3's "
+                        "segmentor default)")
+    g.add_argument("--no-instances", action="store_true", help="leave out the instance masks")
+    g.add_argument("--no-semantic", action="store_true", help="leave out the semantic head")
+    g.add_argument("--no-presence", action="store_true", help="do not multiply by the presence score")
+    g.add_argument("--sam3-autocast", default=None, choices=["cuda", "always", "never"],
+                   help="bf16 autocast on CUDA only (default, as SegEarth-OV3), always, or never (fp32)")
+    g.add_argument("--clip-weight", type=float, default=None, help="the CLIP's weight in a fusion (0.5; 0 = SAM 3)")
+
+
+def _sam3_options(args) -> dict:
+    """The SAM 3 options given (None: the protocol's)."""
+    return dict(confidence_threshold=args.confidence_threshold, instances=False if args.no_instances else None,
+                semantic=False if args.no_semantic else None, presence=False if args.no_presence else None,
+                sam3_autocast=args.sam3_autocast, clip_weight=args.clip_weight)
+
+
 def _vector_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-area", type=float, default=0.0,
                    help="leave out regions smaller than this, in the CRS's units^2 (m^2 in a metric CRS, deg^2 in a "
@@ -335,6 +369,11 @@ def add_map_commands(sub) -> None:
     p.add_argument("--window", type=int, default=None, help="sliding-window size (default: the model's input size)")
     p.add_argument("--stride", type=int, default=None, help="window stride (default: half the window)")
     p.add_argument("--block", type=int, default=1024, help="output pixels per tile side (bounds memory)")
+    p.add_argument("--protocol", default=None, choices=list(SAM3_PROTOCOLS),
+                   help="SAM 3 instead of the CLIP: segearth-ov3 (--checkpoint = SAM 3's weights; a query's heatmap "
+                        "is SegEarth-OV3's map of its best name, windows 512/512), or a fusion with the CLIP of "
+                        "--clip-checkpoint (docs/protocols.md)")
+    _sam3_args(p)
     p.add_argument("--no-progress", action="store_true")
     _engine_args(p)
     p.set_defaults(func=run_locate)
@@ -371,10 +410,11 @@ def run_locate(args) -> int:
                          min_area=args.min_area, simplify=args.simplify, vector_format=args.vector_format,
                          scale=args.scale, resampling=args.resampling, window=args.window, stride=args.stride,
                          block=args.block, bands=_bands(args.bands), progress=not args.no_progress, amp=_amp(args),
-                         html=args.html)
+                         html=args.html, protocol=args.protocol, **_sam3_options(args))
     return_freed_memory()  # a whole scene's thousands of windows: keep the peak where the work is
     run = farslip.locate(queries, images, checkpoint=args.checkpoint, out=args.out, arch=args.arch,
-                         device=args.device, options=opts, **_many(args), **_engine(args))
+                         device=args.device, options=opts, clip_checkpoint=args.clip_checkpoint, **_many(args),
+                         **_engine(args))
     return _report(run)
 
 

@@ -1,4 +1,5 @@
-"""The class-name files farslip ships -- SegEarth-OV's, one per OVSS benchmark -- by name.
+"""The class-name files farslip ships -- SegEarth-OV's, one per OVSS benchmark, and SegEarth-OV3's where they differ
+(``ov3_loveda``, ``ov3_potsdam``, ``ov3_vaihingen``) -- by name.
 
 ``--classes-file openearthmap`` (or ``cls_openearthmap``, ``cls_openearthmap.txt``) finds the packaged
 ``resources/cls_openearthmap.txt``; a path to an existing file always wins over a name.

@@ -24,7 +24,7 @@ import torch.distributed
 
 from ..core import distributed
 from ..core.errors import UsageError
-from ..engine.protocols import get_protocol
+from ..engine.protocols import get_protocol, is_sam3
 from .metrics import TIE_RULES
 from .registry import DEFAULT_ROOTS, select, select_any
 from .report import write_report
@@ -158,8 +158,8 @@ def evaluate(suite: str = "all", checkpoint: str | Path | None = None, *, data_r
              own: OwnData | None = None, output: str | Path | None = None, arch: str | None = None,
              device: str | None = None, precision: str = "fp32", quick_gelu: bool | None = None,
              context_length: int | None = None, rs_ovss_method: str | None = None, model=None, preprocess=None,
-             tokenizer=None, options: EvalOptions | None = None,
-             log: Callable[[str], None] = print) -> EvalReport:
+             tokenizer=None, options: EvalOptions | None = None, clip_checkpoint: str | Path | None = None,
+             sam3=None, log: Callable[[str], None] = print) -> EvalReport:
     """Evaluate a checkpoint with the paper's protocols and write ``results.json`` / ``results.md``.
 
     Args:
@@ -177,6 +177,10 @@ def evaluate(suite: str = "all", checkpoint: str | Path | None = None, *, data_r
         model, preprocess, tokenizer: an already loaded model (all three), evaluated as it is, where it is
             (the loading arguments are then unused).
         options: :class:`EvalOptions`.
+        clip_checkpoint, sam3: with a SAM 3 protocol (``options.protocol``: ``segearth-ov3`` or a fusion),
+            ``checkpoint`` (or ``sam3``, a loaded ``Sam3Model``) is SAM 3's weights (a file such as sam3.pt, the
+            Hub's files, or the name ``sam3``), and the CLIP -- which the fusions and ``suite="all"``'s
+            classification and retrieval need -- is ``clip_checkpoint`` (or ``model`` and co., with ``arch``, ...).
         log: gets each dataset's line (done, missing, failed), on the first rank only.
 
     Under ``torchrun`` every rank runs its share of each dataset and gets the same numbers; the process group is
@@ -184,8 +188,16 @@ def evaluate(suite: str = "all", checkpoint: str | Path | None = None, *, data_r
     """
     options = options or EvalOptions()
     chosen = _check_data(suite, own, data_root, roots, datasets)
-    _check_model(checkpoint, arch, model, preprocess, tokenizer)
     _check_options(suite, options)
+    sam3_protocol = suite in ("ovss", "all") and is_sam3(options.protocol)
+    if sam3_protocol:
+        checkpoint, clip_checkpoint = _check_sam3_models(suite, options, checkpoint, clip_checkpoint, sam3, model,
+                                                         preprocess, tokenizer)
+    elif clip_checkpoint is not None or sam3 is not None:
+        raise UsageError("--clip-checkpoint and a SAM 3 model are for the SAM 3 protocols (--protocol segearth-ov3, "
+                         "sam3-clip-*); with a CLIP protocol --checkpoint names the CLIP")
+    else:
+        _check_model(checkpoint, arch, model, preprocess, tokenizer)
     out_dir = Path(output) if output else default_output(checkpoint, arch, suite)
     _refuse_outputs_over_inputs(own, out_dir, [data_root, *(roots or {}).values()])
     # torchrun's ranks join the group here, one GPU per local rank; a caller that joined it keeps it
@@ -194,19 +206,31 @@ def evaluate(suite: str = "all", checkpoint: str | Path | None = None, *, data_r
         device = str(distributed.join(device or "auto").device)
     main = distributed.is_main()
     log = log if main else (lambda _line: None)
-    if model is None:
-        model, preprocess, tokenizer = _load(checkpoint, arch, device, precision, quick_gelu, context_length,
+    clip_weights = clip_checkpoint if sam3_protocol else checkpoint
+    if sam3_protocol and sam3 is None:
+        from ..models.sam3 import load_sam3
+
+        sam3 = load_sam3(checkpoint, device=device or ("cuda" if torch.cuda.is_available() else "cpu"))[0]
+    if model is None and (clip_weights is not None or not sam3_protocol):
+        model, preprocess, tokenizer = _load(clip_weights, arch, device, precision, quick_gelu, context_length,
                                              rs_ovss_method)
-        for line in _load_notes(checkpoint, model, suite, options):
+        for line in _load_notes(clip_weights, model, suite, options):
             log(line)
-    else:
+    elif model is not None:
         precision = "as given"  # the caller's model runs as it is
     if own is not None:
-        sections = {suite: _run_own(own, model, tokenizer, preprocess, out_dir, options, log)}
+        sections = {suite: _run_own(own, model, tokenizer, preprocess, out_dir, options, log, sam3)}
     else:
         sections = _run_registered(suite, chosen, data_root, roots, datasets, model, tokenizer, preprocess,
-                                   out_dir, options, log)
-    report = {"meta": _meta(checkpoint, arch, model, precision, options, data_root, sections), "sections": sections}
+                                   out_dir, options, log, sam3)
+    meta = _meta(clip_weights, arch, model if model is not None else sam3, precision, options, data_root, sections)
+    if sam3_protocol:
+        meta.update(checkpoint=None if checkpoint is None else str(checkpoint),
+                    clip_checkpoint=None if clip_weights is None else str(clip_weights),
+                    sam3=getattr(sam3, "farslip_sam3", None) or {"sam3": "a loaded model"})
+        if model is None:
+            meta.update(model="SAM 3", precision="the protocol's autocast")
+    report = {"meta": meta, "sections": sections}
     paths = write_report(report, out_dir) if main else None
     if joined:  # after a run every rank finished (leave() waits for all of them); after a failure the process ends
         distributed.leave()
@@ -293,6 +317,29 @@ def _check_own(suite: str, own: OwnData, data_root, roots, datasets) -> None:
         resolve_class_file(own.classes_file)  # a file, or a shipped set by name
 
 
+def _check_sam3_models(suite, options, checkpoint, clip_checkpoint, sam3, model, preprocess, tokenizer):
+    """With a SAM 3 protocol: SAM 3's weights are needed, and a CLIP for the fusions and for ``all``'s other
+    suites; a file given is checked to exist before anything loads."""
+    from ..engine.protocols import get_protocol, is_sam3
+
+    protocol = get_protocol(options.protocol)
+    if sam3 is None and checkpoint is None:
+        raise UsageError(f"protocol {protocol.name} runs SAM 3: give its weights as --checkpoint (sam3.pt, the Hub's "
+                         "facebook/sam3 files, or the name sam3)")
+    needs_clip = protocol.needs_clip or suite == "all"
+    has_clip = clip_checkpoint is not None or model is not None
+    if needs_clip and not has_clip:
+        why = f"protocol {protocol.name} fuses SAM 3 with a CLIP" if protocol.needs_clip else \
+            "eval all's classification and retrieval run a CLIP"
+        raise UsageError(f"{why}: give the CLIP as --clip-checkpoint (a file or a released model's name)")
+    if not needs_clip and has_clip:
+        raise UsageError(f"--clip-checkpoint: protocol {protocol.name} runs SAM 3 alone (the fusions sam3-clip-* "
+                         "take a CLIP)")
+    if model is not None and (preprocess is None or tokenizer is None):
+        raise UsageError("a loaded model needs its preprocess and tokenizer too")
+    return checkpoint, clip_checkpoint
+
+
 def _check_options(suite: str, options: EvalOptions) -> None:
     if options.amp not in AMP_CHOICES:
         raise UsageError(f"--amp {options.amp}: one of {', '.join(AMP_CHOICES)}")
@@ -306,6 +353,8 @@ def _check_options(suite: str, options: EvalOptions) -> None:
         protocol = get_protocol(options.protocol, options.protocol_overrides)
     except (ValueError, TypeError) as exc:
         raise UsageError(f"OVSS protocol: {exc}") from None
+    if is_sam3(protocol):
+        return
     if protocol.simfeatup:  # a bad weights file stops here, not after the model loads
         from ..engine.simfeatup import read_simfeatup_state
 
@@ -361,13 +410,15 @@ def _load_notes(checkpoint, model, suite: str, options: EvalOptions) -> list[str
     return notes
 
 
-def _run_own(own: OwnData, model, tokenizer, preprocess, out_dir: Path, options: EvalOptions, log) -> dict:
+def _run_own(own: OwnData, model, tokenizer, preprocess, out_dir: Path, options: EvalOptions, log, sam3=None) -> dict:
+    extra = {"sam3": sam3} if own.kind == "ovss" and sam3 is not None else {}
     return run_custom(own.kind, model, tokenizer, preprocess, own_name(own), on_error=options.on_error,
-                      overlay_root=out_dir / "overlays", log=log, **own.run_kwargs(), **options.for_suite(own.kind))
+                      overlay_root=out_dir / "overlays", log=log, **own.run_kwargs(), **options.for_suite(own.kind),
+                      **extra)
 
 
 def _run_registered(suite, chosen, data_root, roots, datasets, model, tokenizer, preprocess, out_dir: Path,
-                    options: EvalOptions, log) -> dict:
+                    options: EvalOptions, log, sam3=None) -> dict:
     from ..engine import TextEmbeddingCache
 
     cache = TextEmbeddingCache()
@@ -375,10 +426,11 @@ def _run_registered(suite, chosen, data_root, roots, datasets, model, tokenizer,
     for kind, benches in chosen.items():
         if suite == "all" and datasets and not benches:  # `all --datasets aid loveda`: no retrieval section
             continue
+        extra = {"sam3": sam3} if kind == "ovss" and sam3 is not None else {}
         sections[kind] = run_registered(kind, model, tokenizer, preprocess, data_root=data_root, roots=roots,
                                         names=[b.name for b in benches], on_error=options.on_error,
                                         text_cache=cache, overlay_root=out_dir / "overlays" if kind == "ovss" else None,
-                                        log=log, **options.for_suite(kind))
+                                        log=log, **options.for_suite(kind), **extra)
     return sections
 
 

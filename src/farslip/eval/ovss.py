@@ -34,8 +34,8 @@ from ..core.distributed import batch_shard, is_main
 from ..core.problems import Problem
 from ..engine import (OVSS_TEMPLATES, Template, TextEmbeddingCache, class_scores, name_embeddings, predict_classes,
                       prepare_image, query_table, sliding_window_logits)
-from ..engine.images import read_label_array, read_rgb_array, read_rgb_like_mmcv
-from ..engine.protocols import OVSSProtocol, get_protocol
+from ..engine.images import open_image, read_label_array, read_rgb_array, read_rgb_like_mmcv
+from ..engine.protocols import OVSSProtocol, get_protocol, is_sam3
 from ..engine.runtime import protocol_runtime
 from ..models.precision import Amp, model_device
 from . import distributed
@@ -112,10 +112,13 @@ class OVSSDataset:
 # Loading
 
 class SegmentationSamples(Dataset):
-    """Image (resized, normalised) + label map (original size) for each pair; unreadable ones -> a Problem."""
+    """Image (resized, normalised) + label map (original size) for each pair; unreadable ones -> a Problem.
 
-    def __init__(self, pairs: list[tuple[str, str]], dataset: OVSSDataset, scale: int | None):
-        self.pairs, self.ds, self.scale = pairs, dataset, scale
+    ``pil``: the image as SegEarth-OV3 reads it instead (``Image.open(path).convert("RGB")``), uint8 ``[3, H, W]``
+    at its own size (the SAM 3 protocols)."""
+
+    def __init__(self, pairs: list[tuple[str, str]], dataset: OVSSDataset, scale: int | None, pil: bool = False):
+        self.pairs, self.ds, self.scale, self.pil = pairs, dataset, scale, pil
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -123,7 +126,7 @@ class SegmentationSamples(Dataset):
     def __getitem__(self, i):
         img_path, ann_path = self.pairs[i]
         try:
-            rgb = read_rgb_like_mmcv(img_path)  # as the official pipelines decode it (cv2); else our reader
+            rgb = _read_pil_rgb(img_path) if self.pil else read_rgb_like_mmcv(img_path)  # as the official code
             rgb = torch.from_numpy(rgb if rgb is not None else read_rgb_array(img_path))
         except Exception as exc:  # noqa: BLE001
             return Problem("bad-image", img_path, f"{self.ds.name}: cannot read image: {type(exc).__name__}: {exc}")
@@ -138,8 +141,16 @@ class SegmentationSamples(Dataset):
                                 f"{img_path!r} is {tuple(rgb.shape[:2])} (rows, columns)")
         if self.ds.reduce_zero_label:
             label = reduce_zero_label(label, self.ds.ignore_index)
-        return {"image": prepare_image(rgb, self.scale), "label": label, "index": i,
-                "ori_size": tuple(rgb.shape[:2]), "path": img_path}
+        image = rgb.permute(2, 0, 1).contiguous() if self.pil else prepare_image(rgb, self.scale)
+        return {"image": image, "label": label, "index": i, "ori_size": tuple(rgb.shape[:2]), "path": img_path}
+
+
+def _read_pil_rgb(path: str) -> np.ndarray | None:
+    """``Image.open(path).convert("RGB")`` as uint8 ``[H, W, 3]``; None when PIL cannot decode it."""
+    try:
+        return np.array(open_image(path).convert("RGB"))
+    except Exception:  # noqa: BLE001 -- the caller falls back to its own reader (rasterio for TIFF flavours)
+        return None
 
 
 def _collate(batch):
@@ -158,13 +169,15 @@ def ovss(model: nn.Module, tokenizer, dataset: OVSSDataset, *, protocol: str | O
          templates: Sequence[Template] | None = None, batch_size: int = 4, window_batch_size: int | None = None,
          num_workers: int | None = None, amp: Amp = None, on_error: str = "raise", limit: int | None = None,
          overlays: int = 0, overlay_dir=None, text_cache: TextEmbeddingCache | None = None,
-         show_progress: bool = True, desc: str | None = None, device=None) -> EvalResult:
+         show_progress: bool = True, desc: str | None = None, device=None, sam3=None) -> EvalResult:
     """Open-vocabulary segmentation mIoU of ``model`` on ``dataset`` under an OVSS protocol.
 
     Args:
         protocol: ``"farslip"`` (default: NJU-LHRS/RS-OVSS, the FarSLIP paper's table), ``"segearth"``
             (SegEarth-OV's) or an :class:`~farslip.engine.protocols.OVSSProtocol`. Every value is documented
-            there; the arguments below override it when given (None: the protocol's):
+            there; the arguments below override it when given (None: the protocol's). A SAM 3 protocol
+            (``"segearth-ov3"``, the fusions; a :class:`~farslip.engine.protocols.Sam3Protocol`) runs ``sam3``
+            (:func:`farslip.eval.sam3.sam3_ovss`), ``model``/``tokenizer`` being the fusions' CLIP (or None):
         attn: last-block attention variant (``segearth``, ``sclip``, ``clearclip``, ``maskclip``, ``vanilla``).
         scale: images are resized (OpenCV bilinear) to fit ``scale x scale`` keeping their ratio (0: no resize).
         crop, stride: sliding window size and step on the resized image.
@@ -203,6 +216,13 @@ def ovss(model: nn.Module, tokenizer, dataset: OVSSDataset, *, protocol: str | O
     if not isinstance(dataset, OVSSDataset):
         raise TypeError("dataset must be an OVSSDataset (for a registered benchmark: "
                         "farslip.eval.OVSS['LoveDA'].dataset(data_root))")
+    if is_sam3(proto):
+        from .sam3 import sam3_ovss
+
+        return sam3_ovss(sam3, dataset, proto, clip_model=model, clip_tokenizer=tokenizer, batch_size=batch_size,
+                         window_batch_size=window_batch_size, num_workers=num_workers, amp=amp, on_error=on_error,
+                         limit=limit, overlays=overlays, overlay_dir=overlay_dir, text_cache=text_cache,
+                         show_progress=show_progress, desc=desc)
     t0 = time.time()
     if device is not None:
         model.to(device)

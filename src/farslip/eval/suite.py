@@ -10,7 +10,7 @@ from typing import Callable, Mapping, Sequence
 from torch import nn
 
 from ..engine import TextEmbeddingCache
-from ..engine.protocols import PROTOCOL_SETTINGS, get_protocol
+from ..engine.protocols import PROTOCOL_SETTINGS, SAM3_SETTINGS, get_protocol
 from .io import EvalDataError
 from .ovss import OVSSDataset, ovss
 from .registry import select
@@ -68,7 +68,7 @@ def _with_protocol(section: dict, options: dict) -> dict:
     """Resolve the OVSS protocol of ``options`` (name + overrides) once, record it in the section, and hand the
     resolved protocol on."""
     options = dict(options)
-    overrides = {k: options.pop(k) for k in PROTOCOL_SETTINGS if k in options}
+    overrides = {k: options.pop(k) for k in dict.fromkeys(PROTOCOL_SETTINGS + SAM3_SETTINGS) if k in options}
     proto = get_protocol(options.pop("protocol", None), overrides)
     section["protocol"] = proto.settings()
     section["protocol_line"] = proto.describe()

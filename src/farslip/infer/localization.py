@@ -9,6 +9,12 @@ the probability the segmentation protocol would give the query in a two-way "que
 Queries do not compete with each other (a storage tank on a ship's deck may score high for both); synonyms
 (``"storage tank,oil tank"``) score by their best name, as in ``segment``.
 
+With a SAM 3 protocol (``protocol="segearth-ov3"``; ``checkpoint`` = SAM 3's weights) a query's heatmap is
+SegEarth-OV3's map of its best name -- the kept objects' masks x their scores, max-fused with the semantic head, x
+the presence score, averaged over the windows: SAM 3 decides "is this a <query>" for each prompt on its own, so no
+background vocabulary competes (the fusions ``sam3-clip-*`` give the CLIP the background names to classify
+against).
+
 Per image and query: ``OUT/<stem>.<query>.tif`` (float32 COG, the input's CRS/transform, NaN = nodata); per image:
 ``OUT/<stem>.regions.gpkg`` (connected areas at or above ``threshold``: query, mean and maximum score, area),
 ``OUT/<stem>.locate.png`` (the image with each heatmap), ``OUT/<stem>.locate.json`` (summary) and, with ``html``,
@@ -67,6 +73,31 @@ class LocateOptions:
     gdal_cache_mb: int = 128            # two float32 heatmaps and the image share it (segment: 256)
     amp: str | None = None
     html: bool = False                  # OUT/<stem>.locate.html: the offline interactive map
+    protocol: str | None = None         # a SAM 3 protocol (segearth-ov3, sam3-clip-*): SAM 3 instead of the CLIP
+    confidence_threshold: float | None = None  # SAM 3: objects kept above it (None: the protocol's, 0.5)
+    instances: bool | None = None       # SAM 3's switches (None: the protocol's)
+    semantic: bool | None = None
+    presence: bool | None = None
+    sam3_autocast: str | None = None
+    clip_weight: float | None = None    # the fusions: the CLIP's weight
+
+    def sam3_protocol(self):
+        """The SAM 3 protocol with the options given; None when locate runs the CLIP."""
+        from ..engine.protocols import get_protocol, is_sam3
+
+        if not self.protocol:
+            return None
+        if not is_sam3(self.protocol):
+            raise UsageError(f"--protocol {self.protocol}: locate takes a SAM 3 protocol (segearth-ov3, "
+                             "sam3-clip-rescore, sam3-clip-fuse, sam3-clip-presence); its CLIP settings are "
+                             "--window/--stride")
+        try:
+            return get_protocol(self.protocol, dict(
+                crop=self.window, stride=self.stride, confidence=self.confidence_threshold, instances=self.instances,
+                semantic=self.semantic, presence=self.presence, autocast=self.sam3_autocast,
+                clip_weight=self.clip_weight))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
 
 
 @dataclass
@@ -100,11 +131,13 @@ def locate(queries: Sequence[str] | str, inputs: Sequence[str | Path] | str | Pa
            checkpoint: str | Path | None = None, model=None, tokenizer=None, out: str | Path = "locate",
            arch: str | None = None, device: str = "auto", options: LocateOptions | None = None, redo: bool = False,
            inputs_from: str | Path | None = None, stac_asset: str | None = None, log: Log | None = print,
-           engine: str = "local", address: str | None = None, actors: int | None = None, **overrides) -> Run:
+           engine: str = "local", address: str | None = None, actors: int | None = None,
+           clip_checkpoint: str | Path | None = None, clip_model=None, clip_tokenizer=None, **overrides) -> Run:
     """Heatmaps and regions of each query in each input (see the module's description). ``inputs``, ``redo``,
     torchrun, ``engine="ray"`` and the returned :class:`~farslip.infer.runner.Run` are as in
-    :func:`~farslip.infer.segment`;
-    ``overrides`` are :class:`LocateOptions` fields."""
+    :func:`~farslip.infer.segment`; ``overrides`` are :class:`LocateOptions` fields. With a SAM 3 protocol
+    ``checkpoint`` (or ``model``) is SAM 3, and the fusions' CLIP ``clip_checkpoint`` (or ``clip_model`` +
+    ``clip_tokenizer``)."""
     known = {f.name for f in fields(LocateOptions)}
     if set(overrides) - known:
         raise UsageError(f"unknown locate option(s) {', '.join(sorted(set(overrides) - known))}; known: "
@@ -114,8 +147,9 @@ def locate(queries: Sequence[str] | str, inputs: Sequence[str | Path] | str | Pa
     entries = [inputs] if isinstance(inputs, (str, Path)) else inputs
     paths = expand_inputs(entries, inputs_from=inputs_from, stac_asset=stac_asset)
     stems = distinct_stems(paths)
-    job = LocateJob(parse_classes(queries, option="query"), opts, Path(out), checkpoint, arch, model, tokenizer)
-    job.check(paths, stems, ([checkpoint] if checkpoint and Path(checkpoint).is_file() else [])
+    job = LocateJob(parse_classes(queries, option="query"), opts, Path(out), checkpoint, arch, model, tokenizer,
+                    clip_checkpoint=clip_checkpoint, clip_model=clip_model, clip_tokenizer=clip_tokenizer)
+    job.check(paths, stems, [p for p in (checkpoint, clip_checkpoint) if p and Path(p).is_file()]
               + listing_files(entries, inputs_from))
     return run_inputs(job, paths, stems, device=device, redo=redo, log=log, engine=engine, address=address,
                       actors=actors)
@@ -126,6 +160,42 @@ class LocateWorker:
     model: object
     text: torch.Tensor                  # the queries' names then the background's
     owner: torch.Tensor                 # each query name's query index
+
+    def windows(self, opts: LocateOptions) -> tuple[int, int]:
+        window = opts.window or model_input_size(self.model)
+        return window, opts.stride or window // 2
+
+    def heat(self, scene: SceneTiles, tile, n_queries: int, opts: LocateOptions,
+             on_batch=None) -> torch.Tensor | None:
+        """``[n_queries, h, w]`` each query's probability against the background (None: no valid pixel);
+        ``on_batch(share)`` as the tile's windows are encoded."""
+        logits = tile_logits(scene, tile, self.model, self.text, attn=opts.attn, cls_lambda=opts.cls_lambda,
+                             amp=opts.amp, window_batch_size=opts.window_batch_size, on_batch=on_batch)
+        if logits is None:
+            return None
+        trim()  # the windows' buffers are freed: hand their pages back before the next tile
+        return query_probabilities(logits.float(), self.owner, n_queries, opts.logit_scale)
+
+
+@dataclass
+class Sam3LocateWorker:
+    """SAM 3 (or a fusion) on the queries' names (then the background's, which only the fusions' CLIP reads)."""
+    worker: object                      # infer.sam3.Sam3Worker
+    owner: torch.Tensor                 # each query name's query index
+    stride: int
+
+    def windows(self, opts: LocateOptions) -> tuple[int, int]:
+        return self.worker.window(), self.stride
+
+    def heat(self, scene: SceneTiles, tile, n_queries: int, opts: LocateOptions,
+             on_batch=None) -> torch.Tensor | None:
+        """``[n_queries, h, w]`` each query's SAM 3 map (its best name's); progress moves tile by tile."""
+        from ..engine.sam3 import synonym_max
+
+        maps = self.worker.tile_maps(scene, tile)
+        if maps is None:
+            return None
+        return synonym_max(maps[:self.owner.numel()].float(), self.owner, n_queries)
 
 
 @dataclass
@@ -139,6 +209,9 @@ class LocateJob:
     model: object = None
     tokenizer: object = None
     command: str = "locate"
+    clip_checkpoint: str | Path | None = None  # the SAM 3 fusions' CLIP (or clip_model + clip_tokenizer)
+    clip_model: object = None
+    clip_tokenizer: object = None
 
     @property
     def slugs(self) -> list[str]:
@@ -153,7 +226,18 @@ class LocateJob:
             raise UsageError(f"two queries give the same file name: {self.slugs}")
         driver_for(f"x.{opts.vector_format}")
         check_resampling(opts.resampling)
-        if self.model is None and self.checkpoint is None:
+        protocol = opts.sam3_protocol()
+        if protocol is not None:
+            from ..engine.sam3 import check_prompt_lengths
+            from ..models.sam3 import require_transformers, sam3_tokenizer
+            from .sam3 import check_sam3_models
+
+            require_transformers()
+            check_sam3_models(protocol, "locate", self.checkpoint, self.model, self.clip_checkpoint, self.clip_model)
+            check_prompt_lengths(sam3_tokenizer(), query_table(self.queries)[0])
+        elif self.clip_checkpoint is not None or self.clip_model is not None:
+            raise UsageError("--clip-checkpoint is for the SAM 3 fusions (--protocol sam3-clip-*)")
+        elif self.model is None and self.checkpoint is None:
             raise UsageError("locate needs a checkpoint (or a model and its tokenizer)")
         if self.out.exists() and not self.out.is_dir():
             raise UsageError(f"--out {self.out}: is a file; locate writes a folder of outputs per image")
@@ -168,9 +252,24 @@ class LocateJob:
     def settings(self) -> dict:
         values = {k: v for k, v in asdict(self.options).items() if k != "progress"}
         model = checkpoint_identity(self.checkpoint) if self.model is None else weights_fingerprint(self.model)
-        return {**values, "command": self.command, "queries": self.queries, "checkpoint": model, "arch": self.arch}
+        clip = checkpoint_identity(self.clip_checkpoint) if self.clip_model is None else \
+            weights_fingerprint(self.clip_model)
+        return {**values, "command": self.command, "queries": self.queries, "checkpoint": model, "arch": self.arch,
+                **({"clip_checkpoint": clip} if self.options.protocol else {})}
 
-    def load(self, device: str) -> LocateWorker:
+    def load(self, device: str):
+        protocol = self.options.sam3_protocol()
+        if protocol is not None:
+            from .sam3 import sam3_worker
+
+            names, owner = query_table(self.queries)
+            background = background_names(self.queries, self.options.background) if protocol.needs_clip else []
+            worker = sam3_worker(protocol, names + background, torch.arange(len(names) + len(background)),
+                                 len(names) + len(background), checkpoint=self.checkpoint, model=self.model,
+                                 clip_checkpoint=self.clip_checkpoint, clip_model=self.clip_model,
+                                 clip_tokenizer=self.clip_tokenizer, arch=self.arch, device=device,
+                                 amp=self.options.amp, window_batch_size=self.options.window_batch_size)
+            return Sam3LocateWorker(worker, owner, protocol.raster_rule().stride)
         model, tokenizer = self.model, self.tokenizer
         if model is None:
             model, _, tokenizer = load_for_inference(self.arch, self.checkpoint, device=device)
@@ -184,8 +283,7 @@ class LocateJob:
 
     def one(self, worker: LocateWorker, path: Path, stem: str) -> Done:
         with bounded_gdal_cache(self.options.gdal_cache_mb):
-            r = _locate_one(path, stem, worker.model, worker.text, worker.owner, [q[0] for q in self.queries],
-                            self.slugs, self.out, self.options)
+            r = _locate_one(path, stem, worker, [q[0] for q in self.queries], self.slugs, self.out, self.options)
         written = [r.regions, r.preview, r.html, *(q.heatmap for q in r.queries),
                    str(self.out / f"{stem}.locate.json")]
         return Done(r, [w for w in written if w], r.pixels)
@@ -238,19 +336,19 @@ def query_probabilities(logits: torch.Tensor, owner: torch.Tensor, n_queries: in
     return out.scatter_reduce_(0, idx, p, reduce="amax", include_self=True)
 
 
-def _locate_one(path: Path, stem: str, model, text, owner, queries, slugs, out: Path,
-                opts: LocateOptions) -> LocateResult:
-    """One input's outputs, finished together (:class:`~farslip.core.files.StagedFiles`), as in ``segment``."""
+def _locate_one(path: Path, stem: str, worker, queries, slugs, out: Path, opts: LocateOptions) -> LocateResult:
+    """One raster's outputs, finished together (:class:`~farslip.core.files.StagedFiles`), as in ``segment``;
+    ``worker`` (:class:`LocateWorker` or :class:`Sam3LocateWorker`) gives each tile's heatmaps."""
     with StagedFiles() as stage:
-        return _locate_staged(path, stem, model, text, owner, queries, slugs, out, opts, stage)
+        return _locate_staged(path, stem, worker, queries, slugs, out, opts, stage)
 
 
-def _locate_staged(path: Path, stem: str, model, text, owner, queries, slugs, out: Path, opts: LocateOptions,
+def _locate_staged(path: Path, stem: str, worker, queries, slugs, out: Path, opts: LocateOptions,
                    stage: StagedFiles) -> LocateResult:
     t0 = time.perf_counter()
     r = open_raster(path, opts.bands, opts.percentiles)  # a nonsense georeference stops here: nothing written
-    window = opts.window or model_input_size(model)
-    scene = SceneTiles(r, window, opts.stride or window // 2, opts.scale, opts.block, opts.resampling)
+    window, stride = worker.windows(opts)
+    scene = SceneTiles(r, window, stride, opts.scale, opts.block, opts.resampling)
     heat_paths = [out / f"{stem}.{s}.tif" for s in slugs]
     peaks = np.full(len(queries), np.nan)
     try:
@@ -262,13 +360,10 @@ def _locate_staged(path: Path, stem: str, model, text, owner, queries, slugs, ou
             tiles = PixelProgress(scene, r.height * r.width, f"locate {path.name}", opts.progress)
             for tile in tiles:
                 win = tile.window
-                logits = tile_logits(scene, tile, model, text, attn=opts.attn, cls_lambda=opts.cls_lambda,
-                                     amp=opts.amp, window_batch_size=opts.window_batch_size,
-                                     on_batch=tiles.windows_done)
-                if logits is None:
+                heat = worker.heat(scene, tile, len(queries), opts, on_batch=tiles.windows_done)
+                if heat is None:
                     continue  # nothing valid: the COG keeps its nodata there
-                trim()  # the windows' buffers are freed: hand their pages back before the next tile
-                prob = query_probabilities(logits.float(), owner, len(queries), opts.logit_scale).cpu().numpy()
+                prob = heat.cpu().numpy()
                 valid = scene.valid(tile)
                 if valid is not None:
                     prob[:, ~valid] = np.nan

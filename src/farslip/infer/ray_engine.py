@@ -43,8 +43,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..core.errors import FarslipError, UsageError
-from .runner import (DONE_DIR, InputJob, Log, Outcome, Run, finish_run, is_complete, mark_complete, settings_key,
-                     skip_complete)
+from .runner import (InputJob, Log, Outcome, Run, finish_run, is_complete, mark_complete, record_path,
+                     remove_stale_outputs, settings_key, skip_complete)
 
 #: Tries of one input or batch before it is reported as failed (its worker died on each).
 TRIES = 3
@@ -183,7 +183,7 @@ class InputActor(_Actor):
         if tries > TRIES:
             return i, Outcome(str(path), "failed", error=died(TRIES), tries=TRIES), None
         if tries > 1:
-            if is_complete(job.out, path, self.key, stem):  # the try before finished it, then died
+            if is_complete(job.out, path, self.key, stem, command=job.command):  # the try before finished it, then died
                 return i, Outcome(str(path), "done", worker=self.name, tries=tries), job.recall(path, stem)
             clear_partials(job, stem)
         start = time.perf_counter()
@@ -192,14 +192,15 @@ class InputActor(_Actor):
         except (FarslipError, OSError, ValueError) as exc:
             return i, Outcome(str(path), "failed", error=str(exc), worker=self.name, tries=tries), None
         self.test_hook()
-        mark_complete(job.out, path, self.key, done.outputs, stem)
+        remove_stale_outputs(job.out, stem, done.outputs, [path], command=job.command)  # outside OUT: left alone
+        mark_complete(job.out, path, self.key, done.outputs, stem, command=job.command)
         return i, Outcome(str(path), "done", 0, round(time.perf_counter() - start, 3), done.pixels, done.outputs,
                           worker=self.name, tries=tries), done.result
 
 
 def clear_partials(job: InputJob, stem: str) -> list[Path]:
     """Remove the ``.partial`` files a dead try left of this input's outputs and completion record."""
-    finals = [*job.outputs(stem), job.out / DONE_DIR / f"{stem}.json"]
+    finals = [*job.outputs(stem), record_path(job.out, job.command, stem)]
     found = [Path(f) for o in finals for f in glob.glob(str(o.parent / f".{glob.escape(o.name)}.*.partial"))]
     for f in found:
         f.unlink(missing_ok=True)
@@ -330,7 +331,7 @@ def run_on_ray(job: InputJob, paths: list[Path], stems: list[str], *, device: st
     if todo:
         if redo:  # a try after a death must not take an older run's record for its own
             for i in todo:
-                (job.out / DONE_DIR / f"{stems[i]}.json").unlink(missing_ok=True)
+                record_path(job.out, job.command, stems[i]).unlink(missing_ok=True)
         todo.sort(key=lambda i: -_size(paths[i]))  # the largest first: the last to finish are small
         rows = [{"index": i, "path": str(paths[i]), "stem": stems[i]} for i in todo]
         with connected(address) as ray:

@@ -9,9 +9,9 @@ outputs) -- so the same job runs on either engine. Locally :func:`run_inputs` de
 complete, runs the others, and gathers one :class:`Run` for all ranks; on Ray the inputs go to whichever model
 actor is free.
 
-An input is complete when its completion record ``OUT/.farslip-done/<stem>.json`` -- written after all of its
-outputs -- names the same file (path, size, modification time) and the same settings, and its outputs are still
-there. A stopped run therefore resumes where it was; a run with other settings redoes everything. One input that
+An input is complete when its completion record ``OUT/.farslip-done/<stem>.<command>.json`` -- written after all
+of its outputs -- names the same file (path, size, modification time) and the same settings, and its outputs are
+still there (one record per command: ``segment`` and ``locate`` may share a folder). A stopped run therefore resumes where it was; a run with other settings redoes everything. One input that
 fails (a user error or an unreadable file) is reported in ``OUT/problems.jsonl`` and the others go on -- except a
 single input on a single process, whose error is the command's.
 """
@@ -154,8 +154,10 @@ def settings_key(settings: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def _record_path(out: Path, stem: str) -> Path:
-    return out / DONE_DIR / f"{stem}.json"
+def record_path(out: Path, command: str, stem: str) -> Path:
+    """An input's completion record: one per command, so that ``segment`` and ``locate`` writing into one folder
+    neither take each other's outputs for their own nor remove them as stale."""
+    return out / DONE_DIR / f"{stem}.{command.replace(' ', '-')}.json"
 
 
 def _identity(path: Path) -> dict:
@@ -163,28 +165,31 @@ def _identity(path: Path) -> dict:
     return {"input": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
-def is_complete(out: Path, path: Path, key: str, stem: str | None = None) -> bool:
-    """Whether ``path``'s outputs in ``out`` were completed with the settings ``key`` and are still there."""
+def is_complete(out: Path, path: Path, key: str, stem: str | None = None, *, command: str) -> bool:
+    """Whether ``command``'s outputs of ``path`` in ``out`` were completed with the settings ``key`` and are still
+    there."""
     try:
-        done = json.loads(_record_path(out, stem or path.stem).read_text())
+        done = json.loads(record_path(out, command, stem or path.stem).read_text())
     except (OSError, json.JSONDecodeError):
         return False
     same = {k: done.get(k) for k in ("input", "size", "mtime_ns")} == _identity(path) and done.get("settings") == key
     return same and all(Path(o).exists() for o in done.get("outputs", []))
 
 
-def mark_complete(out: Path, path: Path, key: str, outputs: Sequence[str], stem: str | None = None) -> None:
-    atomic_write(_record_path(out, stem or path.stem),
+def mark_complete(out: Path, path: Path, key: str, outputs: Sequence[str], stem: str | None = None, *,
+                  command: str) -> None:
+    atomic_write(record_path(out, command, stem or path.stem),
                  json.dumps({**_identity(path), "settings": key, "outputs": [str(o) for o in outputs]}, indent=1))
 
 
-def remove_stale_outputs(out: Path, stem: str, outputs: Sequence[str], inputs: Sequence[Path]) -> list[str]:
+def remove_stale_outputs(out: Path, stem: str, outputs: Sequence[str], inputs: Sequence[Path], *,
+                         command: str) -> list[str]:
     """The files the earlier run of this input recorded that this run did not write again (the polygons of a run
     with ``--vector``, the heatmap of another query) are removed from ``out``, so that nothing made with other
     settings looks current beside the new outputs. Returns those outside ``out`` (a ``--vector PATH``), which are
     left alone, to be reported; an input is never removed."""
     try:
-        before = json.loads(_record_path(out, stem).read_text()).get("outputs", [])
+        before = json.loads(record_path(out, command, stem).read_text()).get("outputs", [])
     except (OSError, ValueError, AttributeError):
         return []
     now = {Path(o).resolve() for o in outputs}
@@ -259,7 +264,7 @@ def skip_complete(job: InputJob, paths: Sequence[Path], stems: Sequence[str], in
     settings ``key``, and the indexes still to do."""
     outcomes, results, todo = [], [], []
     for i in indexes:
-        if not redo and is_complete(job.out, paths[i], key, stems[i]):
+        if not redo and is_complete(job.out, paths[i], key, stems[i], command=job.command):
             outcomes.append(Outcome(str(paths[i]), "complete", rank))
             results.append((i, job.recall(paths[i], stems[i])))
         else:
@@ -287,11 +292,11 @@ def _run_on_ranks(job: InputJob, paths: list[Path], stems: list[str], device: st
                 log(f"{rank_prefix()}{path}: FAILED -- {exc}")
             outcomes.append(Outcome(str(path), "failed", rank, error=str(exc)))
             continue
-        for left in remove_stale_outputs(job.out, stem, done.outputs, paths):
+        for left in remove_stale_outputs(job.out, stem, done.outputs, paths, command=job.command):
             if log:
                 log(f"{rank_prefix()}{path}: {left} is from an earlier run with other settings (outside "
                     f"{job.out}: left in place)")
-        mark_complete(job.out, path, key, done.outputs, stem)
+        mark_complete(job.out, path, key, done.outputs, stem, command=job.command)
         if log:
             for line in job.describe(done.result):
                 log(rank_prefix() + line)

@@ -136,17 +136,23 @@ def bounded_gdal_cache(megabytes: int):
     return rasterio.Env(GDAL_CACHEMAX=int(megabytes))
 
 
-def tile_logits(scene: SceneTiles, tile: Tile, model, text: torch.Tensor, *, amp=None,
-                window_batch_size: int | None = None, normalise=None, **window) -> torch.Tensor | None:
+def tile_logits(scene: SceneTiles, tile: Tile, model=None, text: torch.Tensor | None = None, *, amp=None,
+                window_batch_size: int | None = None, normalise=None, dense=None, **window) -> torch.Tensor | None:
     """``[Q, h, w]`` window-averaged cosine logits of the tile's output pixels against ``text`` (NaN where no
     encoded window covers a pixel, i.e. nodata), or None when the tile has no valid pixel. ``normalise``: uint8
     ``[3, h, w]`` -> the model's input (default: the model's own mean and std). ``window``: the other options of
-    :func:`~farslip.engine.sliding_window_logits` (attn, cls_lambda, a protocol's settings)."""
+    :func:`~farslip.engine.sliding_window_logits` (attn, cls_lambda, a protocol's settings). ``dense``: instead of
+    the CLIP's windows, ``dense(pixels, boxes)`` turns the region's uint8 ``[3, h, w]`` pixels and its windows into
+    ``[Q, h, w]`` maps (the SAM 3 protocols)."""
     boxes = scene.encoded_boxes(tile)
     if not boxes:
         return None
-    x = (normalise or normaliser(model))(torch.from_numpy(scene.pixels(tile)))
-    logits = sliding_window_logits(model, [x.to(next(model.parameters()).device)], text, crop=scene.window,
-                                   stride=scene.stride, amp=amp, window_batch_size=window_batch_size,
-                                   boxes=[boxes], **window)[0]
+    pixels = torch.from_numpy(scene.pixels(tile))
+    if dense is not None:
+        logits = dense(pixels, boxes)
+    else:
+        x = (normalise or normaliser(model))(pixels)
+        logits = sliding_window_logits(model, [x.to(next(model.parameters()).device)], text, crop=scene.window,
+                                       stride=scene.stride, amp=amp, window_batch_size=window_batch_size,
+                                       boxes=[boxes], **window)[0]
     return tile.cols.take(tile.rows.take(logits, 1), 2)

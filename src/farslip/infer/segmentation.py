@@ -13,6 +13,10 @@ normalisation of the pixels. The raster is never fitted to 448 px: ``scale`` sta
 resampling is the protocols' own (OpenCV's bilinear resize of the whole raster, evaluated tile by tile: see
 ``scene.py``) unless ``resampling="gdal-bilinear"`` asks for GDAL's; so a protocol's map of an image is the map
 ``farslip eval`` computes for it at the same scale.
+
+``protocol="segearth-ov3"`` runs SAM 3 instead (``checkpoint`` = SAM 3's weights; ``infer/sam3.py``): windows of
+512 px every 512 (OpenEarthMap's config) unless given, each through SAM 3 at its own resolution, a class's map its
+best name's, no threshold unless given; the fusions (``sam3-clip-*``) add the CLIP of ``clip_checkpoint``.
 """
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ from ..core.memory import trim
 from ..engine import OVSS_TEMPLATES, class_scores, model_input_size, name_embeddings, predict_classes, query_table
 from ..engine.colours import class_colours
 from ..engine.images import protocol_normalise
-from ..engine.protocols import OVSSProtocol, get_protocol
+from ..engine.protocols import OVSSProtocol, Sam3Protocol, get_protocol, is_sam3
 from ..engine.runtime import ProtocolRuntime, protocol_runtime
 from ..models import weights_fingerprint
 from .cog import class_map_writer, score_writer
@@ -41,10 +45,13 @@ from .common import PNG_METADATA, PixelProgress, load_for_inference, parse_class
 from .inputs import expand_inputs, listing_files
 from .raster import RasterError, crs_name, open_dataset, open_raster, read_thumbnail
 from .runner import Done, Log, Run, checkpoint_identity, format_pixels, run_inputs
-from .scene import SceneTiles, bounded_gdal_cache, check_resampling, tile_logits
+from .scene import SceneTiles, Tile, bounded_gdal_cache, check_resampling, tile_logits
 from .vectors import driver_for, vectorize_class_map
 
 NODATA = 255
+
+#: The protocols segment takes.
+PROTOCOL_NAMES = ("farslip", "segearth", "segearth-ov3", "sam3-clip-rescore", "sam3-clip-fuse", "sam3-clip-presence")
 
 
 #: What ``segment`` does where neither the caller nor a protocol says: raster-friendly settings (windows of the
@@ -52,13 +59,23 @@ NODATA = 255
 RASTER_DEFAULTS = dict(attn="segearth", cls_lambda=-0.3, cls_from="surgery", logit_scale=50.0, threshold=0.0,
                        background_index=0, window_to_model_size=False, simfeatup=None, half_model="never")
 
+#: Options that only mean something for a CLIP (refused with a SAM 3 protocol), and the reverse, as the CLI
+#: spells them.
+CLIP_OPTIONS = {"attn": "--attn", "cls_lambda": "--cls-lambda", "cls_from": "--cls-from", "logit_scale":
+                "--logit-scale", "window_to_model_size": "--window-resize", "simfeatup": "--simfeatup",
+                "half_model": "--half-model"}
+SAM3_OPTIONS = {"confidence_threshold": "--confidence-threshold", "instances": "--no-instances",
+                "semantic": "--no-semantic", "presence": "--no-presence", "sam3_autocast": "--sam3-autocast", "clip_weight": "--clip-weight",
+                "clip_protocol": "--clip-protocol"}
+
 
 @dataclass
 class SegmentOptions:
     """How to segment. The protocol settings (``attn`` .. ``half_model``, ``window``, ``stride``) are None until
     :meth:`resolved` fills them: a value given wins, then ``protocol``'s, then :data:`RASTER_DEFAULTS` (window:
     the model's input size, stride: half the window, chosen when the model is known)."""
-    protocol: str | None = None         # an OVSS protocol's settings (farslip, segearth) instead of the defaults
+    protocol: str | None = None         # an OVSS protocol's settings (farslip, segearth) instead of the defaults;
+                                        # a SAM 3 protocol (segearth-ov3, sam3-clip-*) runs SAM 3
     attn: str | None = None
     cls_lambda: float | None = None
     cls_from: str | None = None
@@ -86,9 +103,46 @@ class SegmentOptions:
     min_area: float = 0.0               # polygons: regions under this many CRS units^2 (m^2, deg^2, px^2) are left out
     simplify: float = 0.0               # polygons: simplification tolerance in the CRS's units
     html: bool = False                  # OUT/<stem>.html: the offline interactive map
+    # SAM 3 protocols (None: the protocol's)
+    confidence_threshold: float | None = None  # objects kept when sigmoid(logit) x presence exceeds it (0.5)
+    instances: bool | None = None       # the instance masks x object scores
+    semantic: bool | None = None        # the semantic head
+    presence: bool | None = None        # x the presence score
+    sam3_autocast: str | None = None    # bf16 autocast: cuda (default), always, never
+    clip_weight: float | None = None    # the fusions: the CLIP's weight
+    clip_protocol: str | None = None    # the fusions: the CLIP protocol's dense settings (segearth)
+
+    @property
+    def runs_sam3(self) -> bool:
+        return bool(self.protocol) and is_sam3(self.protocol)
+
+    def sam3_protocol(self) -> Sam3Protocol:
+        """The SAM 3 protocol with the options given (a CLIP-only option is refused)."""
+        given = [flag for k, flag in CLIP_OPTIONS.items() if getattr(self, k) is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)}: CLIP option(s); protocol {self.protocol} runs SAM 3 (its options: "
+                             f"{', '.join(sorted(set(SAM3_OPTIONS.values())))}, --window, --stride, --threshold)")
+        return get_protocol(self.protocol, dict(
+            crop=self.window, stride=self.stride, confidence=self.confidence_threshold, instances=self.instances,
+            semantic=self.semantic, presence=self.presence, autocast=self.sam3_autocast,
+            clip_weight=self.clip_weight, clip_protocol=self.clip_protocol, threshold=self.threshold,
+            background_index=self.background_index))
 
     def resolved(self) -> "SegmentOptions":
         """A copy with every protocol setting decided (the one place where options are resolved)."""
+        if self.protocol and self.protocol.lower() not in PROTOCOL_NAMES:
+            raise UsageError(f"--protocol {self.protocol}: one of {', '.join(PROTOCOL_NAMES)}")
+        if self.runs_sam3:
+            try:
+                rule = self.sam3_protocol().raster_rule()
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+            chosen = dict(window=rule.crop, stride=rule.stride, threshold=rule.threshold,
+                          background_index=rule.background_index)
+            return replace(self, **{k: v for k, v in chosen.items() if getattr(self, k) is None})
+        given = [flag for k, flag in SAM3_OPTIONS.items() if getattr(self, k) is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)}: SAM 3 option(s); they need --protocol segearth-ov3 or sam3-clip-*")
         chosen = dict(RASTER_DEFAULTS)
         if self.protocol:
             proto = get_protocol(self.protocol)
@@ -138,7 +192,8 @@ def segment(inputs: Sequence[str | Path] | str | Path, classes: Sequence[str] | 
             out: str | Path = "segmentations", arch: str | None = None, device: str = "auto",
             options: SegmentOptions | None = None, redo: bool = False, inputs_from: str | Path | None = None,
             stac_asset: str | None = None, log: Log | None = print, engine: str = "local",
-            address: str | None = None, actors: int | None = None, **overrides) -> Run:
+            address: str | None = None, actors: int | None = None, clip_checkpoint: str | Path | None = None,
+            clip_model=None, clip_tokenizer=None, **overrides) -> Run:
     """Segment each input into ``classes`` (``"building,roof"`` = one class with synonyms); per input, write the
     COGs ``OUT/<stem>.tif`` (class indexes, input georeference kept, 255 = nodata) and ``OUT/<stem>.confidence.tif``,
     ``OUT/<stem>.png`` (preview), ``OUT/<stem>.json`` and as asked the per-class probabilities, polygons and an
@@ -152,13 +207,18 @@ def segment(inputs: Sequence[str | Path] | str | Path, classes: Sequence[str] | 
     cluster (``address``, default ``RAY_ADDRESS`` or a Ray started here; ``actors``, default one per GPU or CPU;
     the model from ``checkpoint``), see :mod:`farslip.infer.ray_engine`. Returns the
     :class:`~farslip.infer.runner.Run`: the results of the inputs segmented now (``run[0].geotiff``) and every
-    input's outcome."""
+    input's outcome.
+
+    With a SAM 3 protocol (``protocol="segearth-ov3"``, ``"sam3-clip-*"``), ``checkpoint`` (or ``model``, a loaded
+    ``Sam3Model``) is SAM 3's weights, and the fusions' CLIP is ``clip_checkpoint`` (or ``clip_model`` +
+    ``clip_tokenizer``)."""
     opts = _options(options, overrides)
     entries = [inputs] if isinstance(inputs, (str, Path)) else inputs
     paths = expand_inputs(entries, inputs_from=inputs_from, stac_asset=stac_asset)
     stems = distinct_stems(paths)
-    job = SegmentJob(parse_classes(classes, classes_file), opts, Path(out), checkpoint, arch, model, tokenizer)
-    job.check(paths, stems, [p for p in (classes_file, checkpoint) if p and Path(p).is_file()]
+    job = SegmentJob(parse_classes(classes, classes_file), opts, Path(out), checkpoint, arch, model, tokenizer,
+                     clip_checkpoint=clip_checkpoint, clip_model=clip_model, clip_tokenizer=clip_tokenizer)
+    job.check(paths, stems, [p for p in (classes_file, checkpoint, clip_checkpoint) if p and Path(p).is_file()]
               + listing_files(entries, inputs_from))
     return run_inputs(job, paths, stems, device=device, redo=redo, log=log, engine=engine, address=address,
                       actors=actors)
@@ -178,6 +238,26 @@ class SegmentWorker:
     runtime: ProtocolRuntime
     text: torch.Tensor
     query_to_class: torch.Tensor
+    num_classes: int
+    options: SegmentOptions
+
+    def tile_scores(self, scene: SceneTiles, tile: Tile, on_batch=None) -> torch.Tensor | None:
+        """``[C, h, w]`` class probabilities of the tile's output pixels (None: no valid pixel there);
+        ``on_batch(share)`` as the tile's windows are encoded."""
+        opts = self.options
+        window = self.runtime.window_options(opts.as_protocol(scene.window, scene.stride))
+        del window["crop"], window["stride"]  # the scene's windows
+        normalise = protocol_normalise if opts.protocol else None  # the raster defaults: the model's own mean/std
+        logits = tile_logits(scene, tile, self.runtime.model, self.text, amp=opts.amp,
+                             window_batch_size=opts.window_batch_size, normalise=normalise, on_batch=on_batch,
+                             **window)
+        if logits is None:
+            return None
+        trim()  # the windows' buffers are freed: hand their pages back before the next tile
+        return class_scores(logits, self.query_to_class, self.num_classes, logit_scale=opts.logit_scale)
+
+    def window(self) -> int:
+        return self.options.window or model_input_size(self.runtime.model)
 
 
 @dataclass
@@ -192,6 +272,9 @@ class SegmentJob:
     tokenizer: object = None
     several: bool = False               # more than one input: a --vector PATH gets each input's stem
     command: str = "segment"
+    clip_checkpoint: str | Path | None = None  # the SAM 3 fusions' CLIP (or clip_model + clip_tokenizer)
+    clip_model: object = None
+    clip_tokenizer: object = None
 
     @property
     def names(self) -> list[str]:
@@ -211,7 +294,19 @@ class SegmentJob:
         check_resampling(opts.resampling)
         if self.out.exists() and not self.out.is_dir():
             raise UsageError(f"--out {self.out}: is a file; segment writes a folder of outputs per image")
-        if self.model is None and self.checkpoint is None:
+        if opts.runs_sam3:
+            from ..engine.sam3 import check_prompt_lengths
+            from ..models.sam3 import require_transformers, sam3_tokenizer
+            from .sam3 import check_sam3_models
+
+            require_transformers()
+            check_sam3_models(opts.sam3_protocol(), "segment", self.checkpoint, self.model, self.clip_checkpoint,
+                              self.clip_model)
+            check_prompt_lengths(sam3_tokenizer(), query_table(self.classes)[0])
+        elif self.clip_checkpoint is not None or self.clip_model is not None:
+            raise UsageError("--clip-checkpoint is for the SAM 3 fusions (--protocol sam3-clip-*); with a CLIP "
+                             "protocol --checkpoint names the CLIP")
+        elif self.model is None and self.checkpoint is None:
             raise UsageError("segment needs a checkpoint (or a model and its tokenizer)")
         self.several = len(paths) > 1
         refuse_overwriting_inputs([p for stem in stems for p in self.outputs(stem)], list(paths) + list(extra_inputs))
@@ -229,9 +324,20 @@ class SegmentJob:
     def settings(self) -> dict:
         values = {k: v for k, v in asdict(self.options).items() if k != "progress"}
         model = checkpoint_identity(self.checkpoint) if self.model is None else weights_fingerprint(self.model)
-        return {**values, "command": self.command, "classes": self.classes, "checkpoint": model, "arch": self.arch}
+        clip = checkpoint_identity(self.clip_checkpoint) if self.clip_model is None else \
+            weights_fingerprint(self.clip_model)
+        return {**values, "command": self.command, "classes": self.classes, "checkpoint": model, "arch": self.arch,
+                **({"clip_checkpoint": clip} if self.options.runs_sam3 else {})}
 
-    def load(self, device: str) -> SegmentWorker:
+    def load(self, device: str):
+        if self.options.runs_sam3:
+            from .sam3 import sam3_worker
+
+            names, owner = query_table(self.classes)
+            return sam3_worker(self.options.sam3_protocol(), names, owner, len(self.classes),
+                               checkpoint=self.checkpoint, model=self.model, clip_checkpoint=self.clip_checkpoint,
+                               clip_model=self.clip_model, clip_tokenizer=self.clip_tokenizer, arch=self.arch,
+                               device=device, amp=self.options.amp, window_batch_size=self.options.window_batch_size)
         model, tokenizer = self.model, self.tokenizer
         if model is None:
             model, _, tokenizer = load_for_inference(self.arch, self.checkpoint, device=device)
@@ -244,13 +350,12 @@ class SegmentJob:
             # at 256 for ViT-B) under the peak the tiles reach
             text = name_embeddings(runtime.model, tokenizer, queries, OVSS_TEMPLATES, batch_size=64,
                                    progress=self.options.progress)
-        return SegmentWorker(runtime, text, query_to_class)
+        return SegmentWorker(runtime, text, query_to_class, len(self.classes), self.options)
 
-    def one(self, worker: SegmentWorker, path: Path, stem: str) -> Done:
+    def one(self, worker, path: Path, stem: str) -> Done:
         vector = self.vector_path(stem) if self.options.vector else None
         with bounded_gdal_cache(self.options.gdal_cache_mb):
-            result = _segment_one(path, stem, worker.runtime, worker.text, worker.query_to_class, self.names,
-                                  self.out, vector, self.options)
+            result = _segment_one(path, stem, worker, self.names, self.out, vector, self.options)
         return Done(result, result.outputs(), result.pixels)
 
     def recall(self, path: Path, stem: str) -> SegmentResult | None:
@@ -266,24 +371,21 @@ class SegmentJob:
                 "   " + ", ".join(f"{n} {100 * f:.1f}%" for n, f in top)]
 
 
-def _segment_one(path: Path, stem: str, runtime: ProtocolRuntime, text, query_to_class, names, out: Path,
-                 vector: Path | None, opts: SegmentOptions) -> SegmentResult:
+def _segment_one(path: Path, stem: str, worker, names, out: Path, vector: Path | None,
+                 opts: SegmentOptions) -> SegmentResult:
     """One input's outputs, finished together (:class:`~farslip.core.files.StagedFiles`): a failure in any phase --
-    tiles, preview, polygons, web page -- leaves none of this run's files, and an earlier run's untouched."""
+    tiles, preview, polygons, web page -- leaves none of this run's files, and an earlier run's untouched.
+    ``worker`` (a CLIP :class:`SegmentWorker` or a SAM 3 worker) gives each tile's class scores."""
     with StagedFiles() as stage:
-        return _segment_staged(path, stem, runtime, text, query_to_class, names, out, vector, opts, stage)
+        return _segment_staged(path, stem, worker, names, out, vector, opts, stage)
 
 
-def _segment_staged(path: Path, stem: str, runtime: ProtocolRuntime, text, query_to_class, names, out: Path,
-                    vector: Path | None, opts: SegmentOptions, stage: StagedFiles) -> SegmentResult:
+def _segment_staged(path: Path, stem: str, worker, names, out: Path, vector: Path | None, opts: SegmentOptions,
+                    stage: StagedFiles) -> SegmentResult:
     t0 = time.perf_counter()
-    model = runtime.model
     r = open_raster(path, opts.bands, opts.percentiles)  # a nonsense georeference stops here: nothing written
-    window = opts.window or model_input_size(model)
+    window = worker.window()
     scene = SceneTiles(r, window, opts.stride or window // 2, opts.scale, opts.block, opts.resampling)
-    protocol_options = runtime.window_options(opts.as_protocol(scene.window, scene.stride))
-    del protocol_options["crop"], protocol_options["stride"]  # the scene's windows
-    normalise = protocol_normalise if opts.protocol else None  # the raster defaults: the model's own mean/std
     tags = {"FARSLIP_PROTOCOL": opts.protocol or "none", **scene.tags()}
     colours = class_colours(names)
     tif = out / f"{stem}.tif"
@@ -302,12 +404,9 @@ def _segment_staged(path: Path, stem: str, runtime: ProtocolRuntime, text, query
                     written.update_tags(**tags)
             tiles = PixelProgress(scene, r.height * r.width, f"segment {path.name}", opts.progress)
             for tile in tiles:
-                logits = tile_logits(scene, tile, model, text, amp=opts.amp, window_batch_size=opts.window_batch_size,
-                                     normalise=normalise, on_batch=tiles.windows_done, **protocol_options)
-                if logits is None:
+                scores = worker.tile_scores(scene, tile, on_batch=tiles.windows_done)
+                if scores is None:
                     continue  # no valid pixel: the rasters keep their nodata there
-                trim()  # the windows' buffers are freed: hand their pages back before the next tile
-                scores = class_scores(logits, query_to_class, len(names), logit_scale=opts.logit_scale)
                 pred = predict_classes(scores, opts.threshold, opts.background_index)
                 valid = scene.valid(tile)
                 pred = pred.cpu().numpy().astype(np.uint8)

@@ -36,12 +36,13 @@ class CheckpointError(FarslipError, RuntimeError):
     """A checkpoint could not be read or does not fit the requested model."""
 
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def read_checkpoint(path: str | os.PathLike, *, mmap: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Return ``(state_dict, meta)`` for a checkpoint file of any supported form.
 
     ``meta`` is farslip's metadata (empty for foreign checkpoints). The state dict has the DDP prefix removed,
     non-parameter entries dropped and tensors in their stored dtype. A file that is not a checkpoint, or a cut-off
-    one, is named with what it is (:func:`file_form`).
+    one, is named with what it is (:func:`file_form`). ``mmap``: a torch file's tensors are mapped from the file
+    rather than read into memory (a multi-GB checkpoint is then not held twice while a model takes its weights).
     """
     path = Path(path)
     if not path.is_file():
@@ -53,7 +54,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         elif form in ("zip", "pickle") and is_torchscript_archive(path):
             state, meta = _read_torchscript(path), {}
         elif form in ("zip", "pickle"):
-            state, meta = _read_torch_pickle(path)
+            state, meta = _read_torch_pickle(path, mmap and form == "zip")
         else:
             raise CheckpointError(f"{path}: not a checkpoint: {form}")
     except CheckpointError:
@@ -168,8 +169,9 @@ def clean_state_dict(state: dict[str, Any], source: str = "checkpoint") -> dict[
     return out
 
 
-def _read_torch_pickle(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    obj = torch.load(path, map_location="cpu", weights_only=True)  # errors: read_checkpoint says what the file is
+def _read_torch_pickle(path: Path, mmap: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    # errors: read_checkpoint says what the file is
+    obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors, found {type(obj).__name__}")
     meta = obj.get(META_KEY) or {}
