@@ -145,6 +145,11 @@ def test_validate_bad_images_and_json(good):
     assert len(errs) == 1 and "not valid JSON" in errs[0] and "line 1" in errs[0]
     (d / "text_info.json").write_text('{"a": 1}')
     assert "top level must be a JSON list" in _errors(d)[0]
+    # the build's report handed over instead of its records: the message points at them
+    (d / "text_info.json").write_text(json.dumps(recs))
+    (d / "build_report.json").write_text('{"records": 1}')
+    report = validate_mgrs(d / "build_report.json", check_images=False)
+    assert any("records of this build are in" in f.message and "text_info.json" in f.message for f in report.findings)
 
 
 def test_validate_cli(good, tmp_path, capsys):

@@ -160,7 +160,10 @@ def validate_mgrs(path: str | Path, root: str | Path | None = None, check_images
         add("error", name, str(exc))
         return rep
     if not isinstance(data, list):
-        add("error", name, f"top level must be a JSON list of records, got {type(data).__name__}")
+        sibling = p.parent / "text_info.json"
+        hint = (f"; the records of this build are in {sibling}" if p.name != sibling.name and sibling.is_file()
+                else "")  # e.g. build_report.json or categories.json handed over by mistake
+        add("error", name, f"top level must be a JSON list of records, got {type(data).__name__}{hint}")
         return rep
     rep.records = len(data)
     ids_of_name: dict[str, set] = defaultdict(set)
