@@ -116,3 +116,15 @@ def test_kept_masks_resized_in_chunks_give_the_same_map():
     whole = kept_instance_map(masks, scores, keep, (30, 20), chunk=100)
     assert torch.equal(kept_instance_map(masks, scores, keep, (30, 20), chunk=3), whole)
     assert kept_instance_map(masks, scores, scores > 2, (30, 20)) is None
+
+
+def test_prompts_per_decoder_call_on_a_cpu_follow_the_image_tokens():
+    """The full size's decoder takes one prompt a call on a CPU (a batch there only grows the peak), the tiny
+    configs of the tests eight (per-call overhead dominates)."""
+    from types import SimpleNamespace
+
+    from farslip.engine.sam3 import cpu_prompt_batch
+    from farslip.models.sam3 import sam3_config
+
+    assert cpu_prompt_batch(SimpleNamespace(config=sam3_config("full"))) == 1
+    assert cpu_prompt_batch(SimpleNamespace(config=sam3_config("tiny"))) == 8
