@@ -54,6 +54,7 @@ def config(cpu: bool, tiny: bool) -> dict:
         "ovss_arch": "FarSLIP-Tiny" if tiny else "ViT-B-16", "ovss_images": 1 if tiny else 16,
         "ovss_repeats": 1 if tiny else 3,
         "segment_arch": "FarSLIP-Tiny" if tiny else "ViT-B-16", "segment_sizes": [256 if tiny else 8000],
+        "segment_scale": 1.0, "segment_resampling": "opencv-linear", "segment_bf16": False,
         "fsdp_arch": "FarSLIP-Tiny" if tiny else "ViT-L-14", "fsdp_batch": 2 if tiny else 40,
         "fsdp_steps": 1 if tiny else 2, "fsdp_runs": ["plain:1", "fsdp:1"],
         "sam3_prompt_sizes": [("tiny", 128)] if tiny else [("full", 1008)], "sam3_repeats": 1 if tiny else 3,
