@@ -13,10 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
 import ray  # `make test` installs the ray extra
 import torch
-from rasterio.transform import from_origin
 from safetensors.torch import load_file
 
 import farslip
@@ -26,7 +24,7 @@ from farslip.infer.ray_engine import KILL_HOOK, TRIES, InputActor, Tries, clear_
 from farslip.infer.runner import mark_complete
 from farslip.infer.search import EmbedJob
 from farslip.infer.segmentation import SegmentJob, SegmentOptions
-from support.hostile import assert_user_error, run_cli
+from support.hostile import assert_user_error, run_cli, write_geotiff
 
 CLASSES = ["water,river", "forest", "road"]
 
@@ -71,11 +69,7 @@ def one_thread():
 
 
 def _geotiff(path: Path, seed: int, size=(3, 40, 56)) -> Path:
-    arr = np.random.default_rng(seed).integers(1, 255, size, dtype=np.uint8)
-    with rasterio.open(path, "w", driver="GTiff", height=size[1], width=size[2], count=size[0], dtype="uint8",
-                       crs="EPSG:32633", transform=from_origin(500000, 4600000, 0.5, 0.5)) as dst:
-        dst.write(arr)
-    return path
+    return write_geotiff(path, np.random.default_rng(seed).integers(1, 255, size, dtype=np.uint8))
 
 
 def _scenes(folder: Path, n: int = 4) -> Path:

@@ -14,20 +14,16 @@ import pytest
 
 from farslip.core.problems import read_problems
 import rasterio
-from rasterio.transform import from_origin
 
 import farslip
 from farslip.cli import main
 from farslip.infer.runner import deal, is_complete, settings_key
 from farslip.infer.inputs import InputError, expand_inputs, names_input
+from support.hostile import write_geotiff
 
 
 def _geotiff(path: Path, seed: int, size=(3, 40, 56)) -> Path:
-    arr = np.random.default_rng(seed).integers(1, 255, size, dtype=np.uint8)
-    with rasterio.open(path, "w", driver="GTiff", height=size[1], width=size[2], count=size[0], dtype="uint8",
-                       crs="EPSG:32633", transform=from_origin(500000, 4600000, 0.5, 0.5)) as dst:
-        dst.write(arr)
-    return path
+    return write_geotiff(path, np.random.default_rng(seed).integers(1, 255, size, dtype=np.uint8))
 
 
 def _stac(path: Path, hrefs: dict[str, str]) -> Path:

@@ -67,3 +67,20 @@ def open_like_official(json_path: Path, root_img_dir: Path) -> list[tuple[int, i
             im.load()
             sizes.append(im.size)
     return sizes
+
+
+def torchrun_train(recipe: Path, over: dict, *extra: str, processes: int = 2):
+    """``farslip train --config recipe`` under torchrun on ``processes`` CPU processes, ``over`` given as
+    ``--set section.key=value`` (JSON values); asserts it succeeded and returns the completed process."""
+    import subprocess
+    import sys
+
+    args = []
+    for section, values in over.items():
+        for k, v in values.items():
+            args += ["--set", f"{section}.{k}={'null' if v is None else json.dumps(v)}"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", "-m",
+           "farslip", "train", "--config", str(recipe), *args, *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc

@@ -5,9 +5,6 @@ of them once. (The loader-level deal is tested in test_elastic_data.py.)"""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -16,7 +13,7 @@ from PIL import Image
 
 from farslip.train import load_config, train
 
-from support.fixtures import REPO
+from support.fixtures import REPO, torchrun_train
 
 RECIPE = REPO / "configs" / "vanilla_vitb16_rs5m.yaml"
 
@@ -40,16 +37,8 @@ def _over(tmp_path: Path) -> dict:
             "run": {"out": str(tmp_path / "run"), "tensorboard": False, "progress": False, "save_every": 1000}}
 
 
-def _torchrun(over: dict, *extra: str) -> subprocess.CompletedProcess:
-    args = []
-    for section, values in over.items():
-        for k, v in values.items():
-            args += ["--set", f"{section}.{k}={'null' if v is None else json.dumps(v)}"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "farslip",
-           "train", "--config", str(RECIPE), *args, *extra]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+def _torchrun(over: dict, *extra: str):
+    return torchrun_train(RECIPE, over, *extra)
 
 
 def _lines(path: Path) -> list[dict]:

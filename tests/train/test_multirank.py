@@ -4,30 +4,19 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from support.fixtures import REPO, tiny_overrides
+from support.fixtures import REPO, torchrun_train, tiny_overrides
 
 RECIPE = REPO / "configs" / "stage1_vitb16_rs5m.yaml"
 
 
-def _torchrun(over: dict, *extra: str) -> subprocess.CompletedProcess:
-    args = []
-    for section, values in over.items():
-        for k, v in values.items():
-            args += ["--set", f"{section}.{k}={'null' if v is None else json.dumps(v)}"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "farslip",
-           "train", "--config", str(RECIPE), *args, *extra]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+def _torchrun(over: dict, *extra: str):
+    return torchrun_train(RECIPE, over, *extra)
 
 
 def _lines(path: Path) -> list[dict]:

@@ -4,9 +4,6 @@ of ranks, and exact resume through the trainer."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +14,7 @@ import farslip
 from farslip.train import load_config, sharding, train
 
 from support import sharded_worker
-from support.fixtures import REPO, tiny_overrides
+from support.fixtures import REPO, torchrun_train, tiny_overrides
 
 
 def _spawn(fn, world, tmp_path, *args):
@@ -119,15 +116,8 @@ def test_sharded_resume_is_exact_in_one_process(tmp_path, tiny_towers):
     assert step2.logit_bias.shape == a["logit_bias"].shape == ()
 
 
-def _torchrun(over: dict, *extra: str) -> None:
-    args = []
-    for section, values in over.items():
-        for k, v in values.items():
-            args += ["--set", f"{section}.{k}={'null' if v is None else json.dumps(v)}"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "farslip",
-           "train", "--config", str(REPO / "configs" / "stage2_vitb16_mgrs.yaml"), *args, *extra]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def _torchrun(over: dict, *extra: str):
+    return torchrun_train(REPO / "configs" / "stage2_vitb16_mgrs.yaml", over, *extra)
 
 
 @pytest.mark.slow
